@@ -1,0 +1,22 @@
+"""Shared fixtures: the MIMIC-III demo path and small helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = REPO_ROOT.parent / "shared" / "data" / "mimic3-demo"
+RESOURCES_DIR = REPO_ROOT.parent / "shared" / "data" / "mimic3-benchmarks-resources"
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    """Path to the MIMIC-III Clinical Database Demo; skips when it is not present."""
+    if not (DEMO_DIR / "ICUSTAYS.csv.gz").exists():
+        pytest.skip(
+            f"MIMIC-III demo not found at {DEMO_DIR}; fetch it from PhysioNet "
+            "(mimiciii-demo 1.4) and place the gzipped tables there to run this test"
+        )
+    return DEMO_DIR
