@@ -1,0 +1,178 @@
+"""Evaluation plots: reliability diagram, risk histogram by outcome, referral curve.
+
+Figures are built with ``matplotlib.figure.Figure`` directly and rendered by the Agg canvas,
+never through ``pyplot``: no GUI backend is touched, no window can open, and figures are not
+kept alive in pyplot's global registry (which leaks memory in long pipelines).
+Each ``*_figure`` function returns a Figure and, given ``path``, also writes it as an
+owner-only PNG. Use :func:`figure_png_bytes` / :func:`figure_base64` to embed a figure in
+HTML or log it to MLflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from pipeline.files import write_private_bytes
+from pipeline.metrics import DEFAULT_N_BINS, as_labels, reliability_bins, to_numpy
+from pipeline.uncertainty import ReferralCurve
+
+_FIGSIZE = (5.0, 4.0)
+_DPI = 100
+
+
+def _new_figure() -> Figure:
+    fig = Figure(figsize=_FIGSIZE, dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_png_bytes(fig: Figure) -> bytes:
+    """Render a figure to PNG bytes (Agg), without the 'Software' metadata chunk."""
+    buffer = io.BytesIO()
+    # Dropping the metadata keeps PNGs byte-stable and free of the matplotlib URL.
+    fig.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def figure_base64(fig: Figure) -> str:
+    """Base64 text of the figure's PNG, for ``<img src="data:image/png;base64,...">``."""
+    return base64.b64encode(figure_png_bytes(fig)).decode("ascii")
+
+
+def save_png(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write the figure as an owner-only (0600) PNG, atomically."""
+    return write_private_bytes(path, figure_png_bytes(fig))
+
+
+def _maybe_save(fig: Figure, path: str | os.PathLike | None) -> Figure:
+    if path is not None:
+        save_png(fig, path)
+    return fig
+
+
+def reliability_figure(
+    probs: Any,
+    labels: Any,
+    *,
+    n_bins: int = DEFAULT_N_BINS,
+    title: str = "Reliability diagram",
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Reliability diagram: accuracy vs mean top-label confidence per equal-width bin.
+
+    Args:
+        probs: mixture probabilities, (N,) binary risk or (N, C).
+        labels: shape (N,).
+        n_bins: number of bins (same binning as the ECE).
+        title: axes title.
+        path: optional PNG destination.
+
+    Returns:
+        The figure.
+    """
+    bins = reliability_bins(probs, labels, n_bins)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    centers = (bins["lower"] + bins["upper"]) / 2
+    width = bins["upper"] - bins["lower"]
+    nonempty = bins["count"] > 0
+    ax.bar(
+        centers[nonempty],
+        bins["accuracy"][nonempty],
+        width=width[nonempty],
+        edgecolor="black",
+        color="#4c78a8",
+        label="observed accuracy",
+    )
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    ax.plot(
+        bins["confidence"][nonempty],
+        bins["accuracy"][nonempty],
+        marker="o",
+        linestyle="none",
+        color="#e45756",
+        label="bin mean confidence",
+    )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize="small")
+    return _maybe_save(fig, path)
+
+
+def risk_histogram_figure(
+    risk: Any,
+    labels: Any,
+    *,
+    n_bins: int = 20,
+    title: str = "Predicted risk by outcome",
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Histogram of predicted risk, one series per observed outcome (binary task).
+
+    Args:
+        risk: shape (N,), predicted probability of the positive outcome.
+        labels: shape (N,), 0/1.
+        n_bins: histogram bins on [0, 1].
+        title: axes title.
+        path: optional PNG destination.
+
+    Returns:
+        The figure.
+    """
+    r = to_numpy(risk)
+    y = as_labels(labels)
+    if r.shape != y.shape:
+        raise ValueError(f"risk {r.shape} and labels {y.shape} must both be (N,)")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for outcome, color, name in ((0, "#4c78a8", "outcome 0"), (1, "#e45756", "outcome 1")):
+        subset = r[y == outcome]
+        ax.hist(subset, bins=edges, alpha=0.6, color=color, label=f"{name} (n={subset.size})")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("predicted risk")
+    ax.set_ylabel("number of cases")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    return _maybe_save(fig, path)
+
+
+def referral_figure(
+    curve: ReferralCurve,
+    *,
+    title: str = "Referral curve",
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Accuracy (and AUROC where defined) of the retained cases vs fraction referred.
+
+    Args:
+        curve: a :class:`pipeline.uncertainty.ReferralCurve`.
+        title: axes title.
+        path: optional PNG destination.
+
+    Returns:
+        The figure.
+    """
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    percent = 100 * curve.fractions
+    ax.plot(percent, curve.accuracy, marker="o", color="#4c78a8", label="accuracy")
+    if np.any(np.isfinite(curve.auroc)):
+        ax.plot(percent, curve.auroc, marker="s", color="#e45756", label="AUROC")
+    ax.set_xlabel(f"cases referred, most uncertain first (%) [by {curve.by}]")
+    ax.set_ylabel("score on retained cases")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _maybe_save(fig, path)

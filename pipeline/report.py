@@ -1,0 +1,334 @@
+"""Per-patient uncertainty report: one row per ICU stay, written as Parquet, CSV and HTML.
+
+The table is computed from *calibrated* member logits (each path divided by the fitted
+temperature), so the risk, its interval and the uncertainties all describe the same
+calibrated predictive distribution. The HTML page is self-contained (inline CSS, plots as
+base64 PNG, no scripts or external links) so it opens offline on a hospital workstation, and
+every output file is owner-only (directory 0700, files 0600) because it holds patient
+identifiers.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline import plots
+from pipeline.calibration import TemperatureScaler
+from pipeline.files import make_private_dir, write_private_bytes, write_private_text
+from pipeline.metrics import to_numpy
+from pipeline.uncertainty import (
+    DEFAULT_INTERVAL,
+    UncertaintyKind,
+    decompose,
+    refer_flags,
+    referral_curve_from_scores,
+)
+
+ID_COLUMNS = ("subject_id", "hadm_id", "icustay_id")
+DEFAULT_COVERAGE = 0.8
+
+UNCERTAINTY_COLUMNS = {
+    "total": "uncertainty_total",
+    "aleatoric": "uncertainty_aleatoric",
+    "epistemic": "uncertainty_epistemic",
+}
+
+
+def column_descriptions(
+    interval: tuple[float, float] = DEFAULT_INTERVAL,
+    coverage: float = DEFAULT_COVERAGE,
+    referral_by: str = "total",
+) -> dict[str, str]:
+    """Plain-language meaning of each report column, for clinicians."""
+    low, high = interval
+    return {
+        "subject_id": "MIMIC-III patient identifier.",
+        "hadm_id": "Hospital admission identifier.",
+        "icustay_id": "ICU stay identifier (one row per stay).",
+        "risk": (
+            "Calibrated predicted probability of in-hospital death, averaged over all "
+            "ensemble members and samples."
+        ),
+        "risk_low": (
+            f"Lower end of the model's credible interval: the {low:g}th percentile of the "
+            "risks predicted by the individual ensemble members and samples."
+        ),
+        "risk_high": (
+            f"Upper end of the credible interval: the {high:g}th percentile of the member "
+            "risks. A wide interval means the members disagree about this patient."
+        ),
+        "uncertainty_total": (
+            "Total uncertainty (predictive entropy, nats; 0 = certain, 0.69 = a coin flip). "
+            "High when the risk is near 50% or the members disagree."
+        ),
+        "uncertainty_aleatoric": (
+            "Part of the total that is inherent in the data: even a perfect model would "
+            "be unsure about this outcome given the recorded measurements."
+        ),
+        "uncertainty_epistemic": (
+            "Part of the total caused by the model's own lack of knowledge (members "
+            "disagree), e.g. for patients unlike those seen in training. Treat the risk "
+            "of such patients with extra caution."
+        ),
+        "refer": (
+            f"True for the {100 * (1 - coverage):g}% of patients with the highest "
+            f"{referral_by} uncertainty: the model suggests these cases get a clinician's "
+            "review rather than relying on the score."
+        ),
+        "outcome": "Observed outcome where known (1 = died in hospital, 0 = survived).",
+        "true_risk": "True risk of the synthetic generator (synthetic cohorts only).",
+    }
+
+
+def build_report_table(
+    stays: pl.DataFrame,
+    member_logits: Any,
+    temperature: float | TemperatureScaler = 1.0,
+    coverage: float = DEFAULT_COVERAGE,
+    interval: tuple[float, float] = DEFAULT_INTERVAL,
+    referral_by: UncertaintyKind = "total",
+) -> pl.DataFrame:
+    """One row per stay with calibrated risk, interval, uncertainties and a refer flag.
+
+    Args:
+        stays: N rows aligned with the logits' N axis; must hold ``subject_id``,
+            ``hadm_id``, ``icustay_id``; optional ``label`` (0/1, may be null) and
+            ``true_risk`` (synthetic data).
+        member_logits: binary member logits, shape (M, N), M = K members x S samples.
+        temperature: fitted temperature (float or :class:`TemperatureScaler`).
+        coverage: share of stays the model keeps; the rest (most uncertain) get refer=True.
+        interval: percentiles (low, high) of the member risks.
+        referral_by: uncertainty that ranks stays for referral ('total' or 'epistemic').
+
+    Returns:
+        DataFrame in the same row order as ``stays`` with columns subject_id, hadm_id,
+        icustay_id, risk, risk_low, risk_high, uncertainty_total, uncertainty_aleatoric,
+        uncertainty_epistemic, refer, and outcome / true_risk when given.
+    """
+    missing = [c for c in ID_COLUMNS if c not in stays.columns]
+    if missing:
+        raise ValueError(f"stays is missing identifier columns {missing}")
+    scaler = (
+        temperature
+        if isinstance(temperature, TemperatureScaler)
+        else TemperatureScaler(float(temperature))
+    )
+    logits = to_numpy(member_logits)
+    if logits.ndim != 2 or logits.shape[1] != stays.height:
+        raise ValueError(
+            f"member logits must have shape (M, {stays.height}) for {stays.height} stays, "
+            f"got {logits.shape}"
+        )
+    unc = decompose(scaler.apply(logits), interval=interval)
+    table = stays.select(ID_COLUMNS).with_columns(
+        pl.Series("risk", unc.probs),
+        pl.Series("risk_low", unc.interval_low),
+        pl.Series("risk_high", unc.interval_high),
+        pl.Series("uncertainty_total", unc.total),
+        pl.Series("uncertainty_aleatoric", unc.aleatoric),
+        pl.Series("uncertainty_epistemic", unc.epistemic),
+        pl.Series("refer", refer_flags(unc.score(referral_by), coverage)),
+    )
+    if "label" in stays.columns:
+        table = table.with_columns(stays["label"].cast(pl.Int64).alias("outcome"))
+    if "true_risk" in stays.columns:
+        table = table.with_columns(stays["true_risk"].cast(pl.Float64).alias("true_risk"))
+    return table
+
+
+def _format_metric(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em;
+       color: #222; max-width: 1200px; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f0f0f0; position: sticky; top: 0; }
+td.id { text-align: left; font-family: monospace; }
+tr.refer td { background: #fff3cd; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; }
+.figures figure { margin: 0; }
+dl dt { font-weight: bold; font-family: monospace; margin-top: 0.5em; }
+dl dd { margin-left: 1.5em; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _figure_html(fig: Any, caption: str) -> str:
+    data = plots.figure_base64(fig)
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _cohort_rows(table: pl.DataFrame, columns: list[str]) -> str:
+    rows = []
+    for record in table.sort("risk", descending=True).iter_rows(named=True):
+        cells = []
+        for col in columns:
+            value = record[col]
+            if col in ID_COLUMNS:
+                cells.append(f'<td class="id">{html.escape(str(value))}</td>')
+            elif col in ("risk", "risk_low", "risk_high", "true_risk"):
+                cells.append(f"<td>{_percent(value)}</td>")
+            elif col.startswith("uncertainty_"):
+                cells.append(f"<td>{value:.3f}</td>")
+            elif col == "refer":
+                cells.append(f"<td>{'REFER' if value else ''}</td>")
+            else:
+                cells.append(f"<td>{'' if value is None else html.escape(str(value))}</td>")
+        css = ' class="refer"' if record["refer"] else ""
+        rows.append(f"<tr{css}>{''.join(cells)}</tr>")
+    return "\n".join(rows)
+
+
+def render_html(
+    table: pl.DataFrame,
+    *,
+    title: str,
+    metrics: Mapping[str, Any] | None = None,
+    interval: tuple[float, float] = DEFAULT_INTERVAL,
+    coverage: float = DEFAULT_COVERAGE,
+    referral_by: UncertaintyKind = "total",
+    n_bins: int = 15,
+) -> str:
+    """The self-contained HTML page of :func:`write_report` (see there for arguments)."""
+    descriptions = column_descriptions(interval, coverage, referral_by)
+    columns = [c for c in table.columns if c in descriptions]
+    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="note">Created {created}. {table.height} stays; '
+        f"{int(table['refer'].sum())} flagged for review (coverage {100 * coverage:g}%). "
+        "Contains patient identifiers: handle under your data-use agreement.</p>",
+    ]
+    if metrics:
+        parts.append("<h2>Model performance</h2><table><tr><th>metric</th><th>value</th></tr>")
+        for key, value in metrics.items():
+            parts.append(
+                f'<tr><td class="id">{html.escape(str(key))}</td>'
+                f"<td>{html.escape(_format_metric(value))}</td></tr>"
+            )
+        parts.append("</table>")
+
+    known = table.filter(pl.col("outcome").is_not_null()) if "outcome" in columns else None
+    parts.append("<h2>Calibration and referral</h2>")
+    if known is not None and known.height > 0:
+        risk = known["risk"].to_numpy()
+        outcome = known["outcome"].to_numpy()
+        figures = [
+            _figure_html(
+                plots.reliability_figure(risk, outcome, n_bins=n_bins),
+                "Reliability diagram: observed accuracy against model confidence; bars on "
+                "the diagonal mean the stated risks can be taken at face value.",
+            ),
+            _figure_html(
+                plots.referral_figure(
+                    referral_curve_from_scores(
+                        risk,
+                        outcome,
+                        known[UNCERTAINTY_COLUMNS[referral_by]].to_numpy(),
+                        by=referral_by,
+                    )
+                ),
+                "Referral curve: performance on the stays the model keeps when the most "
+                "uncertain ones are referred to a clinician.",
+            ),
+            _figure_html(
+                plots.risk_histogram_figure(risk, outcome),
+                "Predicted risk of patients who died (outcome 1) and survived (outcome 0).",
+            ),
+        ]
+        parts.append(f'<div class="figures">{"".join(figures)}</div>')
+    else:
+        parts.append(
+            '<p class="note">No outcomes are known for these stays, so calibration and '
+            "referral performance cannot be shown.</p>"
+        )
+
+    parts.append("<h2>Cohort (highest risk first)</h2><table><tr>")
+    parts.extend(f"<th>{html.escape(c)}</th>" for c in columns)
+    parts.append("</tr>")
+    parts.append(_cohort_rows(table, columns))
+    parts.append("</table>")
+
+    parts.append("<h2>What the columns mean</h2><dl>")
+    for col in columns:
+        parts.append(f"<dt>{html.escape(col)}</dt><dd>{html.escape(descriptions[col])}</dd>")
+    parts.append(
+        "</dl><p class='note'>The risk is a statistical estimate from routinely collected "
+        "data and does not replace clinical judgement.</p></body></html>"
+    )
+    return "\n".join(parts)
+
+
+def write_report(
+    table: pl.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    title: str = "In-hospital mortality: per-patient risk and uncertainty",
+    metrics: Mapping[str, Any] | None = None,
+    interval: tuple[float, float] = DEFAULT_INTERVAL,
+    coverage: float = DEFAULT_COVERAGE,
+    referral_by: UncertaintyKind = "total",
+    n_bins: int = 15,
+) -> dict[str, Path]:
+    """Write report.parquet, report.csv and a self-contained report.html, owner-only.
+
+    Args:
+        table: output of :func:`build_report_table`.
+        out_dir: directory for the report; created (or tightened) to mode 0700.
+        title: page title.
+        metrics: optional cohort-level metrics shown at the top (e.g. test metrics).
+        interval: the percentiles used to build ``table`` (for the column explanations).
+        coverage: the coverage used to build ``table``.
+        referral_by: the uncertainty that ranked stays for referral.
+        n_bins: reliability-diagram bins.
+
+    Returns:
+        {'parquet': path, 'csv': path, 'html': path}.
+    """
+    directory = make_private_dir(out_dir)
+    parquet = io.BytesIO()
+    table.write_parquet(parquet)
+    paths = {
+        "parquet": write_private_bytes(directory / "report.parquet", parquet.getvalue()),
+        "csv": write_private_text(directory / "report.csv", table.write_csv()),
+        "html": write_private_text(
+            directory / "report.html",
+            render_html(
+                table,
+                title=title,
+                metrics=metrics,
+                interval=interval,
+                coverage=coverage,
+                referral_by=referral_by,
+                n_bins=n_bins,
+            ),
+        ),
+    }
+    return paths
