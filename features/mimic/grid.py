@@ -1,0 +1,107 @@
+"""The hourly 48 x 76 grid of mimic3-benchmarks and its normaliser.
+
+Per stay and variable, each hourly bin holds the last value seen in it; empty bins carry
+the previous bin's value forward, and bins before the first observation hold the
+variable's normal value. Categorical variables (capillary refill, the four GCS items) are
+one-hot encoded over their categories; 17 mask columns mark the bins that were observed.
+That gives 59 value columns + 17 masks = 76 columns, in the benchmark's column order.
+
+The normaliser z-scores the continuous value columns only, with the mean and the sample
+standard deviation (floored at 1e-7) over every hour of every training stay, as the
+benchmark's ``Normalizer`` does; one-hot and mask columns are left as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from features.mimic.variables import channel_names, load_variables, normalised_columns
+
+HOURS = 48
+STD_FLOOR = 1e-7
+
+
+def build_grid(bins: pl.DataFrame, stay_ids: np.ndarray, hours: int = HOURS) -> np.ndarray:
+    """Build the (stays, hours, 76) float32 grid.
+
+    Args:
+        bins: One row per observed (``stay``, ``var``, ``bin``) with the kept ``val`` (a
+            number, or the category index for categorical variables).
+        stay_ids: ICUSTAY_IDs in the order of the grid's first axis.
+        hours: Number of hourly bins.
+
+    Returns:
+        The raw (un-normalised) grid.
+    """
+    variables = load_variables()
+    n_stays, n_vars = len(stay_ids), len(variables)
+    order = np.argsort(stay_ids, kind="stable")
+    sorted_ids = stay_ids[order]
+    stay = bins["stay"].to_numpy()
+    pos = np.searchsorted(sorted_ids, stay)
+    if np.any(pos >= n_stays) or np.any(sorted_ids[np.minimum(pos, n_stays - 1)] != stay):
+        raise ValueError("events refer to stays that are not in the stay list")
+    row = order[pos]
+    var = bins["var"].to_numpy().astype(np.int64)
+    hour = bins["bin"].to_numpy().astype(np.int64)
+
+    values = np.full((n_stays, hours, n_vars), np.nan, dtype=np.float64)
+    values[row, hour, var] = bins["val"].to_numpy()
+    observed = ~np.isnan(values)
+
+    # Forward fill: index of the latest observed hour at or before each hour.
+    latest = np.where(observed, np.arange(hours)[None, :, None], -1)
+    latest = np.maximum.accumulate(latest, axis=1)
+    filled = np.take_along_axis(values, np.maximum(latest, 0), axis=1)
+    normal = np.array([v.normal_code for v in variables])
+    filled = np.where(latest >= 0, filled, normal[None, None, :])
+
+    columns = []
+    for index, variable in enumerate(variables):
+        if variable.is_categorical:
+            codes = filled[:, :, index].astype(np.int64)
+            one_hot = np.eye(len(variable.categories), dtype=np.float32)[codes]
+            columns.append(one_hot)
+        else:
+            columns.append(filled[:, :, index : index + 1].astype(np.float32))
+    columns.append(observed.astype(np.float32))
+    grid = np.concatenate(columns, axis=2)
+    if grid.shape[2] != len(channel_names()):
+        raise AssertionError(f"grid has {grid.shape[2]} columns, expected 76")
+    return grid
+
+
+def fit_normaliser(grid: np.ndarray) -> dict[str, list[float]]:
+    """Fit per-column means and standard deviations on (training) grids.
+
+    Args:
+        grid: (stays, hours, 76) raw grid of the training split.
+
+    Returns:
+        ``{"means": [...76], "stds": [...76], "normalised": [...76 bools]}``; columns that
+        are not normalised get mean 0 and std 1 so that applying the statistics to every
+        column is always correct.
+    """
+    flat = grid.reshape(-1, grid.shape[-1]).astype(np.float64)
+    mask = np.array(normalised_columns())
+    count = flat.shape[0]
+    if count < 2:
+        raise ValueError("need at least two training hours to fit the normaliser")
+    means = flat.mean(axis=0)
+    stds = np.sqrt(np.maximum(((flat - means) ** 2).sum(axis=0) / (count - 1), 0.0))
+    stds = np.maximum(stds, STD_FLOOR)
+    means = np.where(mask, means, 0.0)
+    stds = np.where(mask, stds, 1.0)
+    return {
+        "means": [float(m) for m in means],
+        "stds": [float(s) for s in stds],
+        "normalised": [bool(m) for m in mask],
+    }
+
+
+def apply_normaliser(grid: np.ndarray, normaliser: dict[str, list[float]]) -> np.ndarray:
+    """Z-score the grid's continuous columns with saved statistics (float32 out)."""
+    means = np.asarray(normaliser["means"], dtype=np.float32)
+    stds = np.asarray(normaliser["stds"], dtype=np.float32)
+    return ((grid - means) / stds).astype(np.float32)
