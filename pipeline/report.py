@@ -93,7 +93,7 @@ def column_descriptions(
 def build_report_table(
     stays: pl.DataFrame,
     member_logits: Any,
-    temperature: float | TemperatureScaler = 1.0,
+    temperature: float | TemperatureScaler,
     coverage: float = DEFAULT_COVERAGE,
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     referral_by: UncertaintyKind = "total",

@@ -8,8 +8,9 @@
   formatting when ``mlflow.pytorch`` is imported before it).
 * Patient data never goes into MLflow params, metrics or tags: every key and value passes
   :func:`check_no_patient_data`, which refuses identifier-like keys (subject_id, hadm_id,
-  icustay_id, stay_id, patient...), values that mention them, and long sequences (which
-  look like per-patient data rather than configuration). Per-patient outputs belong in the
+  icustay_id, stay_id, patient...), string values that mention an identifier column, and
+  long sequences or arrays (which look like per-patient data rather than configuration).
+  Experiment and run names are checked the same way. Per-patient outputs belong in the
   owner-only report files (:mod:`pipeline.report`), not in the tracking store.
 * Models are logged in MLflow's pickle format with explicit pip requirements, so they load
   back as the original ``nn.Module`` class (MLflow 3's default pt2 format needs an input
@@ -34,9 +35,12 @@ PROJECT_DISTRIBUTION = "rank1-bnn"
 DEFAULT_DB_NAME = "mlflow.db"
 ARTIFACT_DIR_NAME = "mlartifacts"
 
-# Matched case-insensitively anywhere in a key or string value.
+# Matched case-insensitively anywhere in a key. String values are checked for the
+# identifier column names only: free text such as "predicts patient mortality" is fine.
 PATIENT_ID_MARKERS = ("subject_id", "hadm_id", "icustay_id", "stay_id", "patient")
+_ID_VALUE_MARKERS = PATIENT_ID_MARKERS[:-1]
 _PATIENT_RE = re.compile("|".join(re.escape(m) for m in PATIENT_ID_MARKERS), re.IGNORECASE)
+_ID_VALUE_RE = re.compile("|".join(re.escape(m) for m in _ID_VALUE_MARKERS), re.IGNORECASE)
 # Configuration lists are short; a longer sequence is more likely a column of patient data.
 MAX_SEQUENCE_LENGTH = 64
 
@@ -93,7 +97,7 @@ def _require_active_run():
 def _looks_like_patient_data(value: Any) -> str | None:
     """Reason why a value looks like patient data, or None."""
     if isinstance(value, str):
-        return "it mentions a patient identifier" if _PATIENT_RE.search(value) else None
+        return "it mentions a patient identifier" if _ID_VALUE_RE.search(value) else None
     size = getattr(value, "size", None)
     if callable(getattr(value, "numel", None)):
         size = value.numel()
@@ -215,6 +219,7 @@ def start_run(
         The ``mlflow.ActiveRun``; ``run.info.run_id`` identifies it. The run ends with
         status FAILED if the block raises.
     """
+    check_no_patient_data({"experiment": experiment, "run_name": run_name or ""}, "names")
     flat = flatten_params(params or {})
     check_no_patient_data(flat, "params")
     tag_values = {str(k): str(_plain(v)) for k, v in (tags or {}).items()}

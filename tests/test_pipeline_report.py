@@ -78,10 +78,10 @@ def test_build_report_table_columns_and_values():
 def test_build_report_table_validates_inputs():
     stays, logits = cohort(n=10)
     with pytest.raises(ValueError, match="icustay_id"):
-        build_report_table(stays.drop("icustay_id"), logits)
+        build_report_table(stays.drop("icustay_id"), logits, 1.0)
     with pytest.raises(ValueError, match="shape"):
-        build_report_table(stays, logits[:, :5])
-    no_outcome = build_report_table(stays.drop("label", "true_risk"), logits)
+        build_report_table(stays, logits[:, :5], 1.0)
+    no_outcome = build_report_table(stays.drop("label", "true_risk"), logits, 1.0)
     assert "outcome" not in no_outcome.columns and "true_risk" not in no_outcome.columns
 
 
@@ -120,7 +120,7 @@ def test_write_report_files_contents_and_permissions(tmp_path):
 
 def test_write_report_tightens_existing_directory_and_replaces_files(tmp_path):
     stays, logits = cohort(n=12)
-    table = build_report_table(stays.with_columns(pl.lit(None).alias("label")), logits)
+    table = build_report_table(stays.with_columns(pl.lit(None).alias("label")), logits, 1.0)
     out = tmp_path / "shared"
     out.mkdir(mode=0o755)
     os.chmod(out, 0o755)

@@ -73,7 +73,14 @@ def test_start_run_guard_fires_before_mlflow_touches_the_store(tmp_path, monkeyp
     assert not (tmp_path / "mlflow.db").exists()
     with pytest.raises(RuntimeError, match="no active MLflow run"):
         tracking.log_metrics({"nll": 0.1})
-    tracking.check_no_patient_data({"model.hidden": 128, "interval": (5, 95)})  # allowed
+    with pytest.raises(ValueError, match="patient identifier"):
+        with tracking.start_run("exp", run_name="icustay_id 200001"):
+            pass
+    assert not (tmp_path / "mlflow.db").exists()
+    # Ordinary configuration and free text about patients are allowed.
+    tracking.check_no_patient_data(
+        {"model.hidden": 128, "interval": (5, 95), "about": "predicts patient mortality"}, "tags"
+    )
 
 
 def test_run_params_metrics_artifacts_and_model_round_trip(tmp_path, monkeypatch):
