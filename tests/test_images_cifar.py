@@ -202,3 +202,53 @@ def test_corrupted_cifar_generated_on_the_fly_is_deterministic(tmp_path):
         assert torch.equal(a[i][0], b[i][0])
         assert not torch.equal(a[i][0], clean[i][0])
         assert a[i][1] == clean[i][1]
+
+
+def _py2_batch_pickle(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch pickled the way Python 2 cPickle wrote the official files (protocol 2).
+
+    Python 3 cannot write these opcodes for bytes, so they are assembled by hand: keys and
+    the array buffer are 8-bit strings (BINSTRING), and the array is rebuilt through
+    ``numpy.core.multiarray._reconstruct``, numpy 1.x's module name.
+    """
+
+    def s(b: bytes) -> bytes:  # SHORT_BINSTRING or BINSTRING
+        if len(b) < 256:
+            return b"U" + bytes([len(b)]) + b
+        return b"T" + len(b).to_bytes(4, "little") + b
+
+    n, width = data.shape
+    array = (
+        b"cnumpy.core.multiarray\n_reconstruct\n"
+        + b"cnumpy\nndarray\n"
+        + b"K\x00\x85"  # (0,)
+        + s(b"b")
+        + b"\x87R"  # TUPLE3, REDUCE
+        + b"(K\x01"  # MARK, version 1
+        + b"M"
+        + n.to_bytes(2, "little")
+        + b"M"
+        + width.to_bytes(2, "little")
+        + b"\x86"  # shape tuple
+        + b"cnumpy\ndtype\n"
+        + s(b"u1")
+        + b"\x89\x88\x87R"  # (u1, False, True), REDUCE
+        + b"(K\x03"
+        + s(b"|")
+        + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"  # dtype state, BUILD
+        + b"\x89"  # not Fortran order
+        + s(data.tobytes())
+        + b"tb"  # state tuple, BUILD
+    )
+    label_ops = b"](" + b"".join(b"K" + bytes([v]) for v in labels) + b"e"
+    return b"\x80\x02}(" + s(b"data") + array + s(b"labels") + label_ops + b"u."
+
+
+def test_reads_python2_pickles_like_the_official_files(tmp_path):
+    folder = write_cifar10(tmp_path)
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    (folder / "test_batch").write_bytes(_py2_batch_pickle(data, [7, 0, 9]))
+    test = cifar.read_cifar10(tmp_path, train=False)
+    assert test.labels.tolist() == [7, 0, 9]
+    np.testing.assert_array_equal(test.images, data.reshape(3, 3, 32, 32).transpose(0, 2, 3, 1))

@@ -107,8 +107,9 @@ def test_reads_official_cifar_c_by_severity(tmp_path):
     assert len(ds) == 4 and ds.num_classes == 10
     image, label = ds[1]
     assert image.shape == (3, 32, 32) and label.item() == labels[9]
-    # frost is readable from the release even though it cannot be generated.
-    _write_cifar_c(tmp_path, "frost")
+    # frost is readable from the release even though it cannot be generated; the folder
+    # holding the extracted CIFAR-100-C/ works as corrupted_dir too.
+    _write_cifar_c(tmp_path / "CIFAR-100-C", "frost")
     assert len(datasets.load_corrupted("cifar100", "frost", 5, corrupted_dir=tmp_path)) == 4
 
 

@@ -39,6 +39,7 @@ SPLITS = ("train", "val", "test")
 DEFAULT_VAL_FRACTION = {"digits": 0.1, "cifar10": 0.0, "cifar100": 0.0, "imagenet": 0.0}
 DIGITS_TEST_FRACTION = 0.2
 CIFAR_PAD = 4
+CIFAR_C_DIRNAMES = {"cifar10": "CIFAR-10-C", "cifar100": "CIFAR-100-C"}
 
 
 class ArrayImageDataset(torch.utils.data.Dataset):
@@ -315,7 +316,8 @@ def load_corrupted(
     """The corrupted test set of ``name`` for one corruption and severity.
 
     With ``corrupted_dir`` the official release is read (CIFAR-10-C / CIFAR-100-C:
-    ``<corrupted_dir>/<corruption>.npy`` + ``labels.npy``; ImageNet-C:
+    ``<corrupted_dir>/<corruption>.npy`` + ``labels.npy``, where ``corrupted_dir`` may also
+    be the folder holding the extracted ``CIFAR-10-C/`` or ``CIFAR-100-C/``; ImageNet-C:
     ``<corrupted_dir>/<corruption>/<severity>/<wnid>/``). Without it the clean test set is
     corrupted on the fly with :mod:`features.images.corruptions`, deterministically per image
     for a given ``corruption_seed``. Digits have no official release and are always generated.
@@ -365,6 +367,10 @@ def load_corrupted(
     if name in ("cifar10", "cifar100"):
         n_classes = num_classes(name)
         if corrupted_dir is not None:
+            # Accept the extracted release folder or the folder that contains it.
+            release = Path(corrupted_dir) / CIFAR_C_DIRNAMES[name]
+            if release.is_dir():
+                corrupted_dir = release
             images, labels = corrupted.read_cifar_c(corrupted_dir, corruption, severity)
             if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
                 raise ValueError(

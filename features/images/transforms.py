@@ -29,8 +29,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class WorkerRNG:
     """A numpy Generator that is reseeded once per process / DataLoader worker.
 
-    In the main process the generator is seeded from ``seed`` (or from
-    ``torch.initial_seed()`` when ``seed`` is None, so ``torch.manual_seed`` controls it).
+    In the main process the generator is seeded, at first use, from ``seed`` (or from
+    ``torch.initial_seed()`` when ``seed`` is None, so an earlier ``torch.manual_seed``
+    controls it).
     Inside a DataLoader worker it is seeded from the worker's torch seed (which the
     DataLoader derives from its base seed, different every epoch, plus the worker id) mixed
     with ``seed``. Pickling drops the generator, so a fresh one is built after the dataset
