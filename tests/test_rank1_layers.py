@@ -1,0 +1,259 @@
+"""Correctness of the rank-1 layers against explicit per-example references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+import rank1
+from rank1 import Rank1Conv2d, Rank1Linear, Rank1LSTM
+
+K = 4
+
+
+def _draw(layer, names, n, clip=True):
+    return [getattr(layer, nm).sample(n, layer.sampling, clip=clip) for nm in names]
+
+
+@pytest.mark.parametrize("posterior", ["normal", "cauchy"])
+@pytest.mark.parametrize("sampling", ["example", "member"])
+def test_linear_matches_per_example_effective_weight(posterior, sampling):
+    torch.manual_seed(0)
+    layer = Rank1Linear(6, 5, ensemble_size=K, posterior=posterior, sampling=sampling)
+    with torch.no_grad():
+        layer.bias.normal_()
+    n = 3
+    x = torch.randn(K * n, 6)
+    torch.manual_seed(1)
+    out = layer(x)
+    torch.manual_seed(1)
+    r, s = _draw(layer, ("r", "s"), n)
+    r, s = r.expand(K, n, 6), s.expand(K, n, 5)
+    for k in range(K):
+        for i in range(n):
+            # The effective weight of this member and example: W * (s r^T).
+            w_eff = layer.weight * torch.outer(s[k, i], r[k, i])
+            ref = F.linear(x[k * n + i], w_eff, layer.bias[k])
+            torch.testing.assert_close(out[k * n + i], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_accepts_middle_dims_sharing_one_draw_per_row():
+    torch.manual_seed(0)
+    layer = Rank1Linear(4, 3, ensemble_size=2)
+    x = torch.randn(2 * 3, 7, 4)
+    torch.manual_seed(5)
+    out = layer(x)
+    torch.manual_seed(5)
+    flat = torch.stack([layer(x[:, t]) for t in range(7)], 1)
+    assert out.shape == (6, 7, 3)
+    # Each row's draw is shared over the middle dimension: compare with one fixed draw.
+    torch.manual_seed(5)
+    r, s = _draw(layer, ("r", "s"), 3)
+    ref = (F.linear(x.view(2, 3, 7, 4) * r[:, :, None], layer.weight) * s[:, :, None]).view(6, 7, 3)
+    ref = ref + layer.bias.repeat_interleave(3, 0)[:, None]
+    torch.testing.assert_close(out, ref)
+    assert not torch.allclose(out, flat)  # the per-timestep calls drew fresh factors
+
+
+@pytest.mark.parametrize("posterior", ["normal", "cauchy"])
+def test_conv_matches_per_example_effective_kernel(posterior):
+    torch.manual_seed(0)
+    layer = Rank1Conv2d(3, 4, 3, stride=2, padding=1, ensemble_size=K, posterior=posterior)
+    with torch.no_grad():
+        layer.bias.normal_()
+    n = 2
+    x = torch.randn(K * n, 3, 7, 7)
+    torch.manual_seed(2)
+    out = layer(x)
+    torch.manual_seed(2)
+    r, s = _draw(layer, ("r", "s"), n)
+    for k in range(K):
+        for i in range(n):
+            w_eff = layer.weight * s[k, i][:, None, None, None] * r[k, i][None, :, None, None]
+            ref = F.conv2d(x[k * n + i : k * n + i + 1], w_eff, layer.bias[k], 2, 1)
+            torch.testing.assert_close(out[k * n + i : k * n + i + 1], ref, rtol=1e-5, atol=1e-5)
+
+
+def _lstm_reference(layer, x, lengths, draws):
+    """A per-member, per-example loop with effective weights W * (s r^T)."""
+    r_ih, s_ih, r_hh, s_hh = draws
+    k_, n = r_ih.shape[0], r_ih.shape[1]
+    hid = layer.hidden_size
+    outs = torch.zeros(x.shape[0], x.shape[1], hid)
+    h_last = torch.zeros(x.shape[0], hid)
+    for k in range(k_):
+        for i in range(n):
+            row = k * n + i
+            w_ih = layer.weight_ih_l0 * torch.outer(s_ih[k, i], r_ih[k, i])
+            w_hh = layer.weight_hh_l0 * torch.outer(s_hh[k, i], r_hh[k, i])
+            h = torch.zeros(hid)
+            c = torch.zeros(hid)
+            for t in range(x.shape[1]):
+                if t < lengths[row]:
+                    z = w_ih @ x[row, t] + w_hh @ h + layer.bias_l0[k]
+                    i_, f_, g_, o_ = z.chunk(4)
+                    c = torch.sigmoid(f_) * c + torch.sigmoid(i_) * torch.tanh(g_)
+                    h = torch.sigmoid(o_) * torch.tanh(c)
+                outs[row, t] = h
+            h_last[row] = h
+    return outs, h_last
+
+
+@pytest.mark.parametrize("posterior", ["normal", "cauchy"])
+def test_lstm_matches_per_example_loop_with_lengths(posterior):
+    torch.manual_seed(0)
+    layer = Rank1LSTM(3, 4, batch_first=True, ensemble_size=2, posterior=posterior)
+    n = 3
+    x = torch.randn(2 * n, 5, 3)
+    lengths = torch.tensor([5, 2, 4])
+    torch.manual_seed(3)
+    out, (h_n, c_n) = layer(x, lengths=lengths)
+    torch.manual_seed(3)
+    draws = _draw(layer, ("r_ih_l0", "s_ih_l0", "r_hh_l0", "s_hh_l0"), n, clip=False)
+    ref_out, ref_h = _lstm_reference(layer, x, lengths.repeat(2), draws)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(h_n[0], ref_h, rtol=1e-4, atol=1e-5)
+
+
+def test_lstm_mask_equals_lengths_and_time_major_equals_batch_first():
+    torch.manual_seed(0)
+    layer = Rank1LSTM(3, 4, num_layers=2, ensemble_size=2, sampling="mean")
+    x = torch.randn(6, 6, 3)  # (T, K*B, D)
+    lengths = torch.tensor([6, 3, 1])
+    mask = torch.arange(6)[None, :] < lengths[:, None]
+    a, (ha, ca) = layer(x, lengths=lengths)
+    b, (hb, cb) = layer(x, mask=mask)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ha, hb)
+    layer.batch_first = True
+    c, (hc, _) = layer(x.transpose(0, 1), lengths=lengths)
+    torch.testing.assert_close(c.transpose(0, 1), a)
+    torch.testing.assert_close(hc, ha)
+
+
+def test_gradcheck_float64_all_layers():
+    torch.manual_seed(0)
+    d = torch.float64
+    layers = [
+        (Rank1Linear(3, 2, ensemble_size=2, dtype=d), torch.randn(4, 3, dtype=d)),
+        (
+            Rank1Conv2d(2, 2, 3, padding=1, ensemble_size=2, dtype=d),
+            torch.randn(2, 2, 4, 4, dtype=d),
+        ),
+        (
+            Rank1LSTM(2, 3, batch_first=True, ensemble_size=2, dtype=d),
+            torch.randn(4, 3, 2, dtype=d),
+        ),
+    ]
+    for layer, x in layers:
+        names = [n for n, _ in layer.named_parameters()]
+        params = [p.detach().clone().requires_grad_(True) for p in layer.parameters()]
+        x = x.requires_grad_(True)
+
+        def fn(x, *ps, layer=layer, names=names):
+            torch.manual_seed(7)  # the same factor draws on every evaluation
+            out = functional_call(layer, dict(zip(names, ps, strict=True)), (x,))
+            return out[0] if isinstance(out, tuple) else out
+
+        assert torch.autograd.gradcheck(fn, (x, *params), atol=1e-6)
+
+
+def _fixed_at_one(layer):
+    with torch.no_grad():
+        for f in rank1.rank1_factors(layer):
+            f.loc.fill_(1.0)
+    layer.sampling = "mean"
+    return layer
+
+
+def test_k1_with_unit_factors_equals_plain_layers():
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 3)
+    r1 = _fixed_at_one(Rank1Linear.from_linear(lin, ensemble_size=1))
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(r1(x), lin(x))
+
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+    rc = _fixed_at_one(Rank1Conv2d.from_conv2d(conv, ensemble_size=1))
+    xi = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(rc(xi), conv(xi))
+
+    lstm = nn.LSTM(3, 5, batch_first=True)
+    rl = _fixed_at_one(Rank1LSTM(3, 5, batch_first=True, ensemble_size=1))
+    with torch.no_grad():
+        rl.weight_ih_l0.copy_(lstm.weight_ih_l0)
+        rl.weight_hh_l0.copy_(lstm.weight_hh_l0)
+        rl.bias_l0.copy_((lstm.bias_ih_l0 + lstm.bias_hh_l0)[None])
+    xs = torch.randn(2, 6, 3)
+    out, (h, c) = rl(xs)
+    ref, (hr, cr) = lstm(xs)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(h, hr)
+    torch.testing.assert_close(c, cr)
+
+
+def test_posterior_means_are_repeatable_and_sampling_is_not():
+    torch.manual_seed(0)
+    model = nn.Sequential(Rank1Linear(4, 8), nn.ReLU(), Rank1Linear(8, 2)).eval()
+    x = rank1.tile(torch.randn(3, 4), 4)
+    a, b = model(x), model(x)
+    assert not torch.allclose(a, b)  # sampling happens in eval mode too (spec 1.8)
+    rank1.set_sampling(model, "mean")
+    torch.testing.assert_close(model(x), model(x))
+
+
+def test_cauchy_path_is_finite_and_clipped():
+    torch.manual_seed(0)
+    layer = Rank1Linear(16, 16, posterior="cauchy", ensemble_size=4)
+    with torch.no_grad():
+        layer.r.scale_raw.fill_(3.0)  # a heavy-tailed, wide posterior
+    x = torch.randn(4 * 256, 16, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert torch.isfinite(layer.r.loc.grad).all() and torch.isfinite(x.grad).all()
+    r = layer.r.sample(256)
+    assert r.abs().max() <= 10.0 and r.abs().max() == 10.0  # wide Cauchy tails hit the clip
+    kl = rank1.kl_divergence(layer)
+    assert torch.isfinite(kl)
+
+
+def test_batch_not_divisible_by_k_raises():
+    layer = Rank1Linear(3, 2, ensemble_size=4)
+    with pytest.raises(ValueError, match="not divisible by ensemble_size=4"):
+        layer(torch.randn(6, 3))
+    with pytest.raises(ValueError, match="not divisible"):
+        Rank1Conv2d(1, 1, 1, ensemble_size=4)(torch.randn(5, 1, 2, 2))
+    with pytest.raises(ValueError, match="not divisible"):
+        Rank1LSTM(1, 1, ensemble_size=4)(torch.randn(3, 5, 1))
+    with pytest.raises(ValueError, match="not divisible"):
+        rank1.untile(torch.randn(7, 2), 2)
+
+
+def test_factor_parameter_overhead_is_exact():
+    d_in, d_out = 7, 5
+    for k in (1, 4):
+        layer = Rank1Linear(d_in, d_out, ensemble_size=k)
+        n_params = sum(p.numel() for p in layer.parameters())
+        assert n_params == d_in * d_out + 2 * k * (d_in + d_out) + k * d_out
+        conv = Rank1Conv2d(d_in, d_out, 3, bias=False, ensemble_size=k)
+        assert sum(p.numel() for p in conv.parameters()) == d_in * d_out * 9 + 2 * k * (
+            d_in + d_out
+        )
+
+
+def test_initialisation_follows_the_spec():
+    torch.manual_seed(0)
+    f = rank1.Rank1Factor(4, 10000, random_sign_init=0.75)
+    assert set(f.loc.unique().tolist()) == {-1.0, 1.0}
+    assert abs((f.loc == 1).float().mean().item() - 0.75) < 0.02
+    scale = f.scale
+    assert 0.025 < scale.min() and scale.max() < 0.039  # dropout rate 1e-3 -> ~0.0316
+    g = rank1.Rank1Factor(4, 10000, random_sign_init=-0.5)
+    assert abs(g.loc.mean().item() - 1.0) < 0.02 and abs(g.loc.std().item() - 0.5) < 0.02
+    lstm = Rank1LSTM(3, 4, ensemble_size=2)
+    assert torch.equal(lstm.bias_l0[:, 4:8], torch.ones(2, 4))  # unit forget bias per member
+    assert torch.equal(lstm.bias_l0[:, :4], torch.zeros(2, 4))
