@@ -25,33 +25,106 @@ from pathlib import Path
 
 import polars as pl
 
-from features.mimic.tables import EVENT_TABLES, explain_failure, scan_table
+from features.mimic.tables import (
+    EVENT_TABLES,
+    MimicInputError,
+    locate_bad_value,
+    parse_datetimes,
+    scan_table,
+)
 from features.mimic.variables import clean_values, item_frame
 
 EPS = 1e-6
 HOURS = 48
 
 
-def _validated(mimic_dir: str | Path, table: str, root: pl.DataFrame) -> pl.LazyFrame:
-    """Mapped events of one table after the benchmark's ``validate_events`` rules."""
-    items = item_frame()
-    lf = scan_table(mimic_dir, table)
+def _scan_events(mimic_dir: str | Path, table: str) -> pl.LazyFrame:
+    """The event table with ``icustay_id`` (null for LABEVENTS) and timestamps as text."""
+    lf = scan_table(mimic_dir, table, parse_dates=False)
     if "icustay_id" not in lf.collect_schema():
         # LABEVENTS has no ICUSTAY_ID; the benchmark writes it empty and recovers it.
         lf = lf.with_columns(icustay_id=pl.lit(None, pl.Int64))
-    lf = lf.filter(pl.col("itemid").is_in(items["itemid"].to_list()))
+    return lf
+
+
+def _window_query(
+    events: pl.LazyFrame, table: str, root: pl.DataFrame, task: pl.DataFrame, hours: int
+) -> pl.LazyFrame:
+    """Steps 1-6 of the module docstring for one event table."""
+    items = item_frame()
+    lf = events.filter(pl.col("itemid").is_in(items["itemid"].to_list()))
+    lf = parse_datetimes(lf, table)
     lf = lf.join(items.lazy(), on="itemid", how="inner")
     stays = root.select("subject_id", "hadm_id", pl.col("icustay_id").alias("root_icustay"))
     lf = lf.filter(pl.col("hadm_id").is_not_null())
     lf = lf.join(stays.lazy(), on=["subject_id", "hadm_id"], how="inner")
     lf = lf.with_columns(icustay_id=pl.coalesce("icustay_id", "root_icustay"))
-    return lf.filter(pl.col("icustay_id") == pl.col("root_icustay")).drop("root_icustay")
+    lf = lf.filter(pl.col("icustay_id") == pl.col("root_icustay")).drop("root_icustay")
+    candidates = task.select(
+        "subject_id", pl.col("icustay_id").alias("stay"), "intime", "outtime"
+    ).lazy()
+    lf = lf.join(candidates, on="subject_id", how="inner")
+    lf = lf.filter(
+        (pl.col("icustay_id") == pl.col("stay"))
+        | pl.col("charttime").is_between(pl.col("intime"), pl.col("outtime"))
+    )
+    elapsed = (pl.col("charttime") - pl.col("intime")).dt.total_microseconds() / 3.6e9
+    lf = lf.with_columns(hours=elapsed).filter(
+        (pl.col("hours") > -EPS) & (pl.col("hours") < hours + EPS)
+    )
+    lf = clean_values(lf)
+    return lf.select(
+        "stay",
+        "var",
+        bin=(pl.col("hours") - EPS).floor().clip(0, hours - 1).cast(pl.Int16),
+        charttime="charttime",
+        val="val",
+        key_num="key_num",
+        key_str="key_str",
+    )
+
+
+def _validation_query(events: pl.LazyFrame, root: pl.DataFrame) -> pl.LazyFrame:
+    """Counts of the benchmark's ``validate_events`` rules over all items of a table."""
+    stays = root.select("subject_id", "hadm_id", pl.col("icustay_id").alias("root_icustay"))
+    subjects = root.select("subject_id").unique()
+    lf = events.select("subject_id", "hadm_id", "icustay_id").join(
+        subjects.lazy(), on="subject_id", how="semi"
+    )
+    lf = lf.join(stays.lazy(), on=["subject_id", "hadm_id"], how="left")
+    has_hadm = pl.col("hadm_id").is_not_null()
+    known = has_hadm & pl.col("root_icustay").is_not_null()
+    filled = pl.coalesce("icustay_id", "root_icustay")
+    return lf.select(
+        n_events=pl.len(),
+        empty_hadm=(~has_hadm).sum(),
+        no_hadm_in_stay=(has_hadm & pl.col("root_icustay").is_null()).sum(),
+        no_icustay=(known & pl.col("icustay_id").is_null()).sum(),
+        recovered=(known & pl.col("icustay_id").is_null()).sum(),
+        icustay_missing_in_stays=(known & (filled != pl.col("root_icustay"))).sum(),
+        kept=(known & (filled == pl.col("root_icustay"))).sum(),
+    )
+
+
+def _collect(mimic_dir: str | Path, queries: list[pl.LazyFrame]) -> list[pl.DataFrame]:
+    """Run queries together (one scan per table is shared) and explain any read error."""
+    try:
+        return pl.collect_all(queries, engine="streaming")
+    except (pl.exceptions.PolarsError, OSError) as err:
+        for table in EVENT_TABLES:
+            found = locate_bad_value(mimic_dir, table)
+            if found is not None:
+                raise found from err
+        raise MimicInputError(f"{mimic_dir}: cannot read the event tables: {err}") from err
 
 
 def window_events(
     mimic_dir: str | Path, root: pl.DataFrame, task: pl.DataFrame, *, hours: int = HOURS
-) -> pl.DataFrame:
+) -> tuple[pl.DataFrame, dict[str, int]]:
     """Cleaned events of the 17 variables in the first ``hours`` hours of each task stay.
+
+    The event tables are each read once: the same scan feeds the window query and the
+    validation counts.
 
     Args:
         mimic_dir: Folder with the MIMIC-III tables.
@@ -62,43 +135,30 @@ def window_events(
         hours: Window length in hours.
 
     Returns:
-        One row per kept event: ``stay`` (ICUSTAY_ID), ``var`` (variable index),
-        ``bin`` (hour), ``charttime``, ``val`` and the ordering keys ``key_num`` and
-        ``key_str``.
+        ``(events, counts)``: one row per kept event with ``stay`` (ICUSTAY_ID), ``var``
+        (variable index), ``bin`` (hour), ``charttime``, ``val`` and the ordering keys
+        ``key_num`` and ``key_str``; and the validation counts (see
+        :func:`validation_counts`).
 
     Raises:
         MimicInputError: If a table is missing, lacks a column or has a bad value.
     """
-    frames = []
-    candidates = task.select(
-        "subject_id", pl.col("icustay_id").alias("stay"), "intime", "outtime"
-    ).lazy()
+    queries = []
     for table in EVENT_TABLES:
-        lf = _validated(mimic_dir, table, root)
-        lf = lf.join(candidates, on="subject_id", how="inner")
-        lf = lf.filter(
-            (pl.col("icustay_id") == pl.col("stay"))
-            | pl.col("charttime").is_between(pl.col("intime"), pl.col("outtime"))
-        )
-        elapsed = (pl.col("charttime") - pl.col("intime")).dt.total_microseconds() / 3.6e9
-        lf = lf.with_columns(hours=elapsed).filter(
-            (pl.col("hours") > -EPS) & (pl.col("hours") < hours + EPS)
-        )
-        lf = clean_values(lf)
-        lf = lf.select(
-            "stay",
-            "var",
-            bin=(pl.col("hours") - EPS).floor().clip(0, hours - 1).cast(pl.Int16),
-            charttime="charttime",
-            val="val",
-            key_num="key_num",
-            key_str="key_str",
-        )
-        try:
-            frames.append(lf.collect(engine="streaming"))
-        except (pl.exceptions.PolarsError, OSError) as err:
-            raise explain_failure(mimic_dir, table, err) from err
-    return pl.concat(frames)
+        events = _scan_events(mimic_dir, table)
+        queries.append(_window_query(events, table, root, task, hours))
+        queries.append(_validation_query(events, root))
+    results = _collect(mimic_dir, queries)
+    windows = pl.concat(results[0::2])
+    return windows, _sum_counts(results[1::2])
+
+
+def _sum_counts(frames: list[pl.DataFrame]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for frame in frames:
+        for key, value in frame.row(0, named=True).items():
+            totals[key] = totals.get(key, 0) + int(value)
+    return totals
 
 
 def last_per_bin(events: pl.DataFrame) -> pl.DataFrame:
@@ -118,40 +178,9 @@ def last_per_bin(events: pl.DataFrame) -> pl.DataFrame:
 def validation_counts(mimic_dir: str | Path, root: pl.DataFrame) -> dict[str, int]:
     """Count events at each rule of the benchmark's ``validate_events``, over all items.
 
-    This reads the event tables once more and is used to check our rules against the
-    benchmark's published counts; extraction itself only needs the 17 variables.
-
     Returns:
         ``n_events`` (rows of cohort subjects), ``empty_hadm``, ``no_hadm_in_stay``,
         ``no_icustay``, ``recovered``, ``icustay_missing_in_stays`` and ``kept``.
     """
-    stays = root.select("subject_id", "hadm_id", pl.col("icustay_id").alias("root_icustay"))
-    subjects = root.select("subject_id").unique()
-    totals: dict[str, int] = {}
-    for table in EVENT_TABLES:
-        lf = scan_table(mimic_dir, table)
-        if "icustay_id" not in lf.collect_schema():
-            lf = lf.with_columns(icustay_id=pl.lit(None, pl.Int64))
-        lf = lf.select("subject_id", "hadm_id", "icustay_id").join(
-            subjects.lazy(), on="subject_id", how="semi"
-        )
-        lf = lf.join(stays.lazy(), on=["subject_id", "hadm_id"], how="left")
-        has_hadm = pl.col("hadm_id").is_not_null()
-        known = has_hadm & pl.col("root_icustay").is_not_null()
-        filled = pl.coalesce("icustay_id", "root_icustay")
-        counts = lf.select(
-            n_events=pl.len(),
-            empty_hadm=(~has_hadm).sum(),
-            no_hadm_in_stay=(has_hadm & pl.col("root_icustay").is_null()).sum(),
-            no_icustay=(known & pl.col("icustay_id").is_null()).sum(),
-            recovered=(known & pl.col("icustay_id").is_null()).sum(),
-            icustay_missing_in_stays=(known & (filled != pl.col("root_icustay"))).sum(),
-            kept=(known & (filled == pl.col("root_icustay"))).sum(),
-        )
-        try:
-            row = counts.collect(engine="streaming").row(0, named=True)
-        except (pl.exceptions.PolarsError, OSError) as err:
-            raise explain_failure(mimic_dir, table, err) from err
-        for key, value in row.items():
-            totals[key] = totals.get(key, 0) + int(value)
-    return totals
+    queries = [_validation_query(_scan_events(mimic_dir, t), root) for t in EVENT_TABLES]
+    return _sum_counts(_collect(mimic_dir, queries))

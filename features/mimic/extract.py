@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from features.mimic.cohort import admissions_with_diagnoses, root_stays
-from features.mimic.events import EPS, HOURS, last_per_bin, validation_counts, window_events
+from features.mimic.events import EPS, HOURS, last_per_bin, window_events
 from features.mimic.grid import build_grid, fit_normaliser
 from features.mimic.splits import SPLITS, assign_splits, split_column
 from features.mimic.tables import EVENT_TABLES, MimicInputError, file_fingerprint, table_path
@@ -160,8 +160,7 @@ def extract(
             task = task.join(diagnosed, on=["subject_id", "hadm_id"], how="semi")
             cohort_steps.append(_count("with_diagnoses", task))
         with steps.step("events: validate and cut the first 48 h"):
-            validation = validation_counts(mimic_dir, root)
-            events = window_events(mimic_dir, root, task, hours=HOURS)
+            events, validation = window_events(mimic_dir, root, task, hours=HOURS)
             per_stay = events.group_by("stay").agg(n_events=pl.len())
             task = task.join(per_stay, left_on="icustay_id", right_on="stay", how="inner")
             task = task.sort("subject_id", "intime", "icustay_id")

@@ -1,0 +1,906 @@
+"""A synthetic MIMIC-III generator with a planted, documented mortality risk model.
+
+``generate(out_dir, patients=N, seed=S)`` writes PATIENTS, ADMISSIONS, ICUSTAYS, TRANSFERS,
+CHARTEVENTS, LABEVENTS, OUTPUTEVENTS, D_ITEMS, D_LABITEMS and DIAGNOSES_ICD as CSV files in
+MIMIC-III v1.4's layout (UPPERCASE quoted headers, quoted text and timestamps, the real item
+ids of CareVue and MetaVision), plus ``synthetic_truth.csv`` with the planted risk of every
+ICU stay. Event rows are generated and written a batch of patients at a time, so tens of
+millions of chart rows need little memory. The same seed gives the same bytes.
+
+Planted risk model
+------------------
+Each ICU stay has a severity ``s ~ N(0, 1)`` and, for seven variables ``k``, a standardised
+level ``z_k = 0.6 s + 0.8 e_k`` (``e_k ~ N(0, 1)``), oriented so that larger is worse. The
+stay's measurements sit around fixed levels derived from ``z``:
+
+==============  =====================  =================  ===========
+variable        level                  hourly noise (sd)  coefficient
+==============  =====================  =================  ===========
+heart rate      88 + 14 z  (bpm)       4                  0.5
+mean BP         78 - 10 z  (mmHg)      4                  0.5
+resp. rate      19 + 4 z   (/min)      1.5                0.4
+SpO2            97 - 1.6 z (%, <=100)  0.8                0.4
+temperature     37.0 + 0.6 z (C)       0.15               0.2
+glucose         135 + 35 z (mg/dL)     12                 0.2
+pH              7.39 - 0.05 z          0.015              0.4
+==============  =====================  =================  ===========
+
+``true_risk = sigmoid(-2.9 + sum_k coefficient_k * z_k)``; in-hospital death is drawn as
+``Bernoulli(true_risk)``. The base mortality is about 12% and the planted risk's own AUROC is
+about 0.85. Every level is measured many times in the first 48 hours (vitals hourly,
+temperature every 4 h, glucose and pH every 6-8 h), so the risk is recoverable from the
+48-hour grid. GCS follows the severity (``15 - 2.5 max(s, 0)`` plus noise) but has no
+coefficient of its own. Age, sex and everything else carry no risk.
+
+Realism for the extraction pipeline: half the patients are CareVue (item ids < 220000) and
+half MetaVision; about 7% of ICU stays have a ward transfer, 8% of admissions have two ICU
+stays, 3% of patients are minors and 5% are over 89 (date of birth shifted 300 years back);
+about 85% of first ICU stays last 48 h or more; 8% of hourly vitals are missing, 1% of
+rows have an empty value, some chart rows lack ICUSTAY_ID, some labs lack HADM_ID or fall
+before ICU admission, and most chart rows belong to items outside the 17 variables.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+INTERCEPT = -2.9
+RISK_VARIABLES = ("hr", "map", "rr", "spo2", "temp", "glucose", "ph")
+COEFFICIENTS = {
+    "hr": 0.5,
+    "map": 0.5,
+    "rr": 0.4,
+    "spo2": 0.4,
+    "temp": 0.2,
+    "glucose": 0.2,
+    "ph": 0.4,
+}
+# (centre, scale of z, hourly measurement noise sd); the sign makes larger z worse.
+LEVELS = {
+    "hr": (88.0, 14.0, 4.0),
+    "map": (78.0, -10.0, 4.0),
+    "rr": (19.0, 4.0, 1.5),
+    "spo2": (97.0, -1.6, 0.8),
+    "temp": (37.0, 0.6, 0.15),
+    "glucose": (135.0, 35.0, 12.0),
+    "ph": (7.39, -0.05, 0.015),
+}
+SEVERITY_LOADING = 0.6
+
+# Item ids per source system: CareVue (cv) and MetaVision (mv).
+ITEMS = {
+    "hr": {"cv": 211, "mv": 220045},
+    "sbp": {"cv": 455, "mv": 220179},
+    "dbp": {"cv": 8441, "mv": 220180},
+    "map": {"cv": 456, "mv": 220181},
+    "rr": {"cv": 618, "mv": 220210},
+    "spo2": {"cv": 646, "mv": 220277},
+    "temp": {"cv": 678, "mv": 223762},
+    "fio2": {"cv": 3420, "mv": 223835},
+    "glucose_chart": {"cv": 807, "mv": 225664},
+    "gcs_eye": {"cv": 184, "mv": 220739},
+    "gcs_motor": {"cv": 454, "mv": 223901},
+    "gcs_verbal": {"cv": 723, "mv": 223900},
+    "weight": {"cv": 763, "mv": 226512},
+    "height": {"cv": 1394, "mv": 226730},
+}
+GCS_TOTAL_CV = 198
+CRR_CV = 115
+# Chart items outside the 17 variables, recorded hourly (text and numbers), per system.
+OTHER_CHART = {
+    "cv": [
+        (212, "Heart Rhythm", "text"),
+        (161, "Ectopy Type", "text"),
+        (31, "Activity", "text"),
+        (1125, "Skin Care", "text"),
+        (5815, "HR Alarm [Low]", "num"),
+        (5820, "HR Alarm [High]", "num"),
+        (8549, "O2 Sat Alarm [Low]", "num"),
+        (550, "Precautions", "text"),
+    ],
+    "mv": [
+        (220048, "Heart Rhythm", "text"),
+        (224650, "Ectopy Type 1", "text"),
+        (224084, "Activity", "text"),
+        (224641, "Alarms On", "text"),
+        (220046, "Heart rate Alarm - High", "num"),
+        (220047, "Heart Rate Alarm - Low", "num"),
+        (223769, "O2 Saturation Pulseoxymetry Alarm - High", "num"),
+        (224082, "Turn", "text"),
+    ],
+}
+OTHER_TEXT = ["SR (Sinus Rhythm)", "None", "Bedrest", "Done", "Yes", "ST (Sinus Tachycardia)"]
+LAB_ITEMS = {
+    50931: ("GLUCOSE", "Blood", "Chemistry", "mg/dL"),
+    50820: ("PH", "Blood", "Blood Gas", "units"),
+    50912: ("CREATININE", "Blood", "Chemistry", "mg/dL"),
+    50971: ("POTASSIUM", "Blood", "Chemistry", "mEq/L"),
+    50983: ("SODIUM", "Blood", "Chemistry", "mEq/L"),
+    51221: ("HEMATOCRIT", "Blood", "Hematology", "%"),
+}
+OUTPUT_ITEMS = {"cv": (40055, "Urine Out Foley"), "mv": (226559, "Foley")}
+CHART_LABELS = {
+    211: "Heart Rate",
+    220045: "Heart Rate",
+    455: "NBP [Systolic]",
+    220179: "Non Invasive Blood Pressure systolic",
+    8441: "NBP [Diastolic]",
+    220180: "Non Invasive Blood Pressure diastolic",
+    456: "NBP Mean",
+    220181: "Non Invasive Blood Pressure mean",
+    618: "Respiratory Rate",
+    220210: "Respiratory Rate",
+    646: "SpO2",
+    220277: "O2 saturation pulseoxymetry",
+    678: "Temperature F",
+    223762: "Temperature Celsius",
+    3420: "FIO2",
+    223835: "Inspired O2 Fraction",
+    807: "Fingerstick Glucose",
+    225664: "Glucose finger stick",
+    184: "Eye Opening",
+    220739: "GCS - Eye Opening",
+    454: "Motor Response",
+    223901: "GCS - Motor Response",
+    723: "Verbal Response",
+    223900: "GCS - Verbal Response",
+    763: "Daily Weight",
+    226512: "Admission Weight (Kg)",
+    1394: "Height Inches",
+    226730: "Height (cm)",
+    198: "GCS Total",
+    115: "Capillary Refill [Right]",
+}
+UNITS = {
+    "hr": {"cv": None, "mv": "bpm"},
+    "sbp": {"cv": None, "mv": "mmHg"},
+    "dbp": {"cv": None, "mv": "mmHg"},
+    "map": {"cv": None, "mv": "mmHg"},
+    "rr": {"cv": None, "mv": "insp/min"},
+    "spo2": {"cv": None, "mv": "%"},
+    "temp": {"cv": "Deg. F", "mv": "?C"},
+    "fio2": {"cv": None, "mv": None},
+    "glucose_chart": {"cv": None, "mv": None},
+    "weight": {"cv": None, "mv": "kg"},
+    "height": {"cv": None, "mv": "cm"},
+}
+GCS_TEXT = {
+    "cv": {
+        "gcs_eye": ["1 No Response", "2 To pain", "3 To speech", "4 Spontaneously"],
+        "gcs_motor": [
+            "1 No Response",
+            "2 Abnorm extensn",
+            "3 Abnorm flexion",
+            "4 Flex-withdraws",
+            "5 Localizes Pain",
+            "6 Obeys Commands",
+        ],
+        "gcs_verbal": [
+            "1 No Response",
+            "2 Incomp sounds",
+            "3 Inapprop words",
+            "4 Confused",
+            "5 Oriented",
+        ],
+    },
+    "mv": {
+        "gcs_eye": ["None", "To Pain", "To Speech", "Spontaneously"],
+        "gcs_motor": [
+            "No response",
+            "Abnormal extension",
+            "Abnormal Flexion",
+            "Flex-withdraws",
+            "Localizes Pain",
+            "Obeys Commands",
+        ],
+        "gcs_verbal": [
+            "No Response",
+            "Incomprehensible sounds",
+            "Inappropriate Words",
+            "Confused",
+            "Oriented",
+        ],
+    },
+}
+ICD9_CODES = [
+    "4019",
+    "4280",
+    "41401",
+    "42731",
+    "25000",
+    "5849",
+    "2724",
+    "51881",
+    "53081",
+    "5990",
+    "2720",
+    "2859",
+    "486",
+    "0389",
+    "99591",
+    "78552",
+    "5070",
+    "2762",
+]
+CAREUNITS = ["MICU", "SICU", "CCU", "CSRU", "TSICU"]
+EPOCH = np.datetime64("2100-01-01T00:00:00", "s")
+
+CHART_COLUMNS = [
+    "ROW_ID",
+    "SUBJECT_ID",
+    "HADM_ID",
+    "ICUSTAY_ID",
+    "ITEMID",
+    "CHARTTIME",
+    "STORETIME",
+    "CGID",
+    "VALUE",
+    "VALUENUM",
+    "VALUEUOM",
+    "WARNING",
+    "ERROR",
+    "RESULTSTATUS",
+    "STOPPED",
+]
+LAB_COLUMNS = [
+    "ROW_ID",
+    "SUBJECT_ID",
+    "HADM_ID",
+    "ITEMID",
+    "CHARTTIME",
+    "VALUE",
+    "VALUENUM",
+    "VALUEUOM",
+    "FLAG",
+]
+OUTPUT_COLUMNS = [
+    "ROW_ID",
+    "SUBJECT_ID",
+    "HADM_ID",
+    "ICUSTAY_ID",
+    "CHARTTIME",
+    "ITEMID",
+    "VALUE",
+    "VALUEUOM",
+    "STORETIME",
+    "CGID",
+    "STOPPED",
+    "NEWBOTTLE",
+    "ISERROR",
+]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function."""
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def planted_risk(z: dict[str, np.ndarray]) -> np.ndarray:
+    """The planted in-hospital death probability from standardised levels ``z``."""
+    logit = np.full_like(z[RISK_VARIABLES[0]], INTERCEPT, dtype=np.float64)
+    for name in RISK_VARIABLES:
+        logit = logit + COEFFICIENTS[name] * z[name]
+    return sigmoid(logit)
+
+
+@dataclass
+class _Stays:
+    """Per-ICU-stay arrays of one batch of patients."""
+
+    subject: np.ndarray
+    hadm: np.ndarray
+    icustay: np.ndarray
+    metavision: np.ndarray
+    intime: np.ndarray  # seconds since EPOCH
+    outtime: np.ndarray
+    z: dict[str, np.ndarray]
+    severity: np.ndarray
+    arterial: np.ndarray
+    ventilated: np.ndarray
+    weight: np.ndarray
+    height: np.ndarray
+
+
+class _Writer:
+    """Appends polars frames to one CSV file, header once, MIMIC-style quoting."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
+        self.columns = columns
+        self.handle = open(path, "wb")
+        self.rows = 0
+        header = ",".join(f'"{c}"' for c in columns) + "\n"
+        self.handle.write(header.encode())
+
+    def write(self, frame: pl.DataFrame) -> None:
+        frame = frame.with_columns(
+            pl.int_range(self.rows + 1, self.rows + 1 + frame.height, dtype=pl.Int64).alias(
+                "ROW_ID"
+            )
+        )
+        frame.select(self.columns).write_csv(
+            self.handle,
+            include_header=False,
+            quote_style="non_numeric",
+            datetime_format="%Y-%m-%d %H:%M:%S",
+            float_precision=None,
+        )
+        self.rows += frame.height
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _times(seconds: np.ndarray) -> pl.Series:
+    return pl.Series((EPOCH + seconds.astype("timedelta64[s]")).astype("datetime64[us]"))
+
+
+def generate(
+    out_dir: str | Path,
+    *,
+    patients: int,
+    seed: int = 0,
+    batch_patients: int = 1000,
+) -> dict:
+    """Write a synthetic MIMIC-III database and the planted risk of each ICU stay.
+
+    Args:
+        out_dir: Folder to create (replaced atomically if it already holds a synthetic
+            database; any other non-empty folder is refused).
+        patients: Number of patients.
+        seed: Seed; the same seed and arguments give identical files.
+        batch_patients: Patients generated and written at a time (bounds memory).
+
+    Returns:
+        A summary: patients, admissions, ICU stays, row counts per table, deaths and the
+        mean planted risk.
+
+    Raises:
+        ValueError: If ``patients`` < 1 or ``out_dir`` is a non-empty foreign folder.
+    """
+    if patients < 1:
+        raise ValueError(f"patients must be >= 1, got {patients}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not (out / "synthetic_truth.csv").exists():
+        raise ValueError(f"{out}: folder exists and is not a synthetic database; refusing")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        summary = _generate_into(tmp, patients, seed, batch_patients)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _generate_into(folder: Path, n_patients: int, seed: int, batch_patients: int) -> dict:
+    writers = {
+        "CHARTEVENTS": _Writer(folder / "CHARTEVENTS.csv", CHART_COLUMNS),
+        "LABEVENTS": _Writer(folder / "LABEVENTS.csv", LAB_COLUMNS),
+        "OUTPUTEVENTS": _Writer(folder / "OUTPUTEVENTS.csv", OUTPUT_COLUMNS),
+    }
+    static: dict[str, list[pl.DataFrame]] = {
+        k: [] for k in ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "TRANSFERS", "DIAGNOSES_ICD", "truth")
+    }
+    try:
+        for start in range(0, n_patients, batch_patients):
+            count = min(batch_patients, n_patients - start)
+            # One generator per batch, seeded from (seed, batch): deterministic and
+            # independent of how far earlier batches consumed their streams.
+            rng = np.random.default_rng([seed, start])
+            stays, tables = _patients_batch(rng, start, count)
+            for name, frame in tables.items():
+                static[name].append(frame)
+            writers["CHARTEVENTS"].write(_chart_rows(rng, stays))
+            writers["LABEVENTS"].write(_lab_rows(rng, stays))
+            writers["OUTPUTEVENTS"].write(_output_rows(rng, stays))
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for name in ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "TRANSFERS", "DIAGNOSES_ICD"):
+        frame = pl.concat(static[name])
+        frame = frame.with_columns(
+            pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("ROW_ID")
+        ).select(["ROW_ID", *frame.columns])
+        frame.write_csv(
+            folder / f"{name}.csv", quote_style="non_numeric", datetime_format="%Y-%m-%d %H:%M:%S"
+        )
+    _dictionaries(folder)
+    truth = pl.concat(static["truth"])
+    truth.write_csv(folder / "synthetic_truth.csv")
+    return {
+        "patients": n_patients,
+        "admissions": sum(f.height for f in static["ADMISSIONS"]),
+        "icustays": truth.height,
+        "rows": {name: writer.rows for name, writer in writers.items()},
+        "deaths": int(truth["died"].sum()),
+        "mean_true_risk": float(truth["true_risk"].mean()),
+        "seed": seed,
+    }
+
+
+def _patients_batch(
+    rng: np.random.Generator, start: int, count: int
+) -> tuple[_Stays, dict[str, pl.DataFrame]]:
+    """Patients, admissions, ICU stays, transfers, diagnoses and truth of one batch."""
+    subject = 100001 + start + np.arange(count)
+    metavision_p = rng.random(count) < 0.5
+    gender = np.where(rng.random(count) < 0.55, "M", "F")
+    kind = rng.random(count)
+    age = np.clip(rng.normal(64.0, 15.0, count), 18.5, 88.9)
+    age = np.where(kind < 0.03, rng.uniform(15.0, 17.9, count), age)
+    shifted = kind > 0.95
+    # One admission per patient; admission starts spread over a century of shifted dates.
+    admit = (rng.uniform(0, 90 * 365.25, count) * 86400).astype(np.int64)
+    hadm = 100001 + start + np.arange(count)
+    two_stays = rng.random(count) < 0.08
+    first_in = admit + (rng.uniform(0.2, 24.0, count) * 3600).astype(np.int64)
+    long_stay = rng.random(count) < 0.85
+    los_h = np.where(long_stay, 48.5 + rng.exponential(60.0, count), rng.uniform(6.0, 47.0, count))
+    first_out = first_in + (los_h * 3600).astype(np.int64)
+    second_in = first_out + (rng.uniform(2.0, 48.0, count) * 3600).astype(np.int64)
+    second_los = rng.uniform(20.0, 120.0, count)
+    second_out = second_in + (second_los * 3600).astype(np.int64)
+    last_out = np.where(two_stays, second_out, first_out)
+
+    # Stays: the first of every admission, then the second ones.
+    idx = np.concatenate([np.arange(count), np.flatnonzero(two_stays)])
+    n_stays = len(idx)
+    is_second = np.arange(n_stays) >= count
+    intime = np.where(is_second, second_in[idx], first_in[idx])
+    outtime = np.where(is_second, second_out[idx], first_out[idx])
+    icustay = 200001 + 2 * (start + idx) + is_second
+    severity = rng.normal(size=n_stays)
+    z = {
+        name: SEVERITY_LOADING * severity
+        + np.sqrt(1 - SEVERITY_LOADING**2) * rng.normal(size=n_stays)
+        for name in RISK_VARIABLES
+    }
+    risk = planted_risk(z)
+    died_stay = rng.random(n_stays) < risk
+    # The admission's outcome is the one of its first stay (the cohort keeps only
+    # admissions with one ICU stay, so second stays never reach the task).
+    died = died_stay[:count]
+    disch = last_out + (rng.uniform(6.0, 120.0, count) * 3600).astype(np.int64)
+    death_at = last_out + (rng.uniform(0.5, 48.0, count) * 3600).astype(np.int64)
+    disch = np.where(died, death_at, disch)
+    dob = first_in - (age * 365.0 * 86400).astype(np.int64)
+    dob = np.where(shifted, dob - np.int64(300 * 365 * 86400), dob)
+    dob = (dob // 86400) * 86400
+    later_death = ~died & (rng.random(count) < 0.15)
+    dod_sec = np.where(
+        died, death_at, disch + (rng.uniform(30, 900, count) * 86400).astype(np.int64)
+    )
+    dod_sec = (dod_sec // 86400) * 86400
+    has_dod = died | later_death
+
+    transfer = rng.random(n_stays) < 0.07
+    first_unit = rng.integers(0, len(CAREUNITS), n_stays)
+    last_unit = np.where(transfer, (first_unit + 1) % len(CAREUNITS), first_unit)
+    first_ward = rng.integers(1, 60, n_stays)
+    last_ward = np.where(transfer, first_ward + 1, first_ward)
+    dbsource = np.where(metavision_p[idx], "metavision", "carevue")
+    null_dt = pl.Series([None] * count, dtype=pl.Datetime("us"))
+
+    patients = pl.DataFrame(
+        {
+            "SUBJECT_ID": subject,
+            "GENDER": gender,
+            "DOB": _times(dob),
+            "DOD": pl.select(
+                pl.when(pl.Series(has_dod)).then(_times(dod_sec)).otherwise(null_dt)
+            ).to_series(),
+            "DOD_HOSP": pl.select(
+                pl.when(pl.Series(died)).then(_times(dod_sec)).otherwise(null_dt)
+            ).to_series(),
+            "DOD_SSN": pl.select(
+                pl.when(pl.Series(has_dod)).then(_times(dod_sec)).otherwise(null_dt)
+            ).to_series(),
+            "EXPIRE_FLAG": has_dod.astype(np.int64),
+        }
+    )
+    admissions = pl.DataFrame(
+        {
+            "SUBJECT_ID": subject,
+            "HADM_ID": hadm,
+            "ADMITTIME": _times(admit),
+            "DISCHTIME": _times(disch),
+            "DEATHTIME": pl.select(
+                pl.when(pl.Series(died)).then(_times(death_at)).otherwise(null_dt)
+            ).to_series(),
+            "ADMISSION_TYPE": np.where(rng.random(count) < 0.8, "EMERGENCY", "ELECTIVE"),
+            "ADMISSION_LOCATION": "EMERGENCY ROOM ADMIT",
+            "DISCHARGE_LOCATION": np.where(died, "DEAD/EXPIRED", "HOME"),
+            "INSURANCE": "Medicare",
+            "LANGUAGE": "ENGL",
+            "RELIGION": "NOT SPECIFIED",
+            "MARITAL_STATUS": "MARRIED",
+            "ETHNICITY": rng.choice(
+                [
+                    "WHITE",
+                    "BLACK/AFRICAN AMERICAN",
+                    "HISPANIC OR LATINO",
+                    "ASIAN",
+                    "UNKNOWN/NOT SPECIFIED",
+                ],
+                count,
+            ),
+            "EDREGTIME": null_dt,
+            "EDOUTTIME": null_dt,
+            "DIAGNOSIS": "SEPSIS",
+            "HOSPITAL_EXPIRE_FLAG": died.astype(np.int64),
+            "HAS_CHARTEVENTS_DATA": 1,
+        }
+    )
+    icustays = pl.DataFrame(
+        {
+            "SUBJECT_ID": subject[idx],
+            "HADM_ID": hadm[idx],
+            "ICUSTAY_ID": icustay,
+            "DBSOURCE": dbsource,
+            "FIRST_CAREUNIT": np.array(CAREUNITS)[first_unit],
+            "LAST_CAREUNIT": np.array(CAREUNITS)[last_unit],
+            "FIRST_WARDID": first_ward,
+            "LAST_WARDID": last_ward,
+            "INTIME": _times(intime),
+            "OUTTIME": _times(outtime),
+            "LOS": np.round((outtime - intime) / 86400.0, 4),
+        }
+    )
+    transfers = pl.DataFrame(
+        {
+            "SUBJECT_ID": subject[idx],
+            "HADM_ID": hadm[idx],
+            "ICUSTAY_ID": icustay,
+            "DBSOURCE": dbsource,
+            "EVENTTYPE": np.where(is_second, "transfer", "admit"),
+            "PREV_CAREUNIT": None,
+            "CURR_CAREUNIT": np.array(CAREUNITS)[first_unit],
+            "PREV_WARDID": None,
+            "CURR_WARDID": first_ward,
+            "INTIME": _times(intime),
+            "OUTTIME": _times(outtime),
+            "LOS": np.round((outtime - intime) / 3600.0, 2),
+        }
+    )
+    n_codes = rng.integers(3, 9, count)
+    n_codes = np.where(rng.random(count) < 0.02, 0, n_codes)
+    code_adm = np.repeat(np.arange(count), n_codes)
+    diagnoses = pl.DataFrame(
+        {
+            "SUBJECT_ID": subject[code_adm],
+            "HADM_ID": hadm[code_adm],
+            "SEQ_NUM": np.concatenate([np.arange(1, k + 1) for k in n_codes]).astype(np.int64)
+            if len(code_adm)
+            else np.array([], dtype=np.int64),
+            "ICD9_CODE": rng.choice(ICD9_CODES, len(code_adm)),
+        }
+    )
+    truth = pl.DataFrame(
+        {
+            "subject_id": subject[idx],
+            "hadm_id": hadm[idx],
+            "icustay_id": icustay,
+            "true_risk": risk,
+            "died": np.where(is_second, died[idx], died_stay).astype(np.int64),
+        }
+    )
+    stays = _Stays(
+        subject=subject[idx],
+        hadm=hadm[idx],
+        icustay=icustay,
+        metavision=metavision_p[idx],
+        intime=intime,
+        outtime=outtime,
+        z=z,
+        severity=severity,
+        arterial=rng.random(n_stays) < 0.4,
+        ventilated=rng.random(n_stays) < 0.35,
+        weight=np.clip(rng.normal(80.0, 18.0, n_stays), 40, 200),
+        height=np.clip(rng.normal(170.0, 10.0, n_stays), 145, 205),
+    )
+    tables = {
+        "PATIENTS": patients,
+        "ADMISSIONS": admissions,
+        "ICUSTAYS": icustays,
+        "TRANSFERS": transfers,
+        "DIAGNOSES_ICD": diagnoses,
+        "truth": truth,
+    }
+    return stays, tables
+
+
+def _schedule(rng, stays: _Stays, every_h: float, jitter_h: float, start_h: float = 0.0):
+    """Measurement times (stay index, hours since INTIME) every ``every_h`` hours to OUTTIME."""
+    length = (stays.outtime - stays.intime) / 3600.0
+    counts = np.maximum(np.floor((length - start_h) / every_h).astype(np.int64) + 1, 0)
+    stay = np.repeat(np.arange(len(length)), counts)
+    first = np.cumsum(counts) - counts
+    step = np.arange(len(stay)) - np.repeat(first, counts)
+    hours = start_h + step * every_h + rng.uniform(0.0, jitter_h, len(stay))
+    keep = hours <= length[stay]
+    return stay[keep], hours[keep]
+
+
+def _level(stays: _Stays, name: str, stay: np.ndarray) -> np.ndarray:
+    centre, scale, _ = LEVELS[name]
+    return centre + scale * stays.z[name][stay]
+
+
+def _chart_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
+    blocks: list[dict[str, np.ndarray]] = []
+
+    def add(item_key: str | None, stay, hours, text, number, itemid=None, unit_key=None):
+        mv = stays.metavision[stay]
+        if itemid is None:
+            itemid = np.where(mv, ITEMS[item_key]["mv"], ITEMS[item_key]["cv"])
+        units = UNITS.get(unit_key or item_key or "", {"cv": None, "mv": None})
+        blocks.append(
+            {
+                "stay": stay,
+                "hours": hours,
+                "itemid": np.broadcast_to(itemid, stay.shape),
+                "text": text,
+                "number": number,
+                "uom": np.where(mv, units["mv"] or "", units["cv"] or ""),
+            }
+        )
+
+    # Hourly vitals with 8% of hours missing; values carry AR-free noise around the level.
+    stay, hours = _schedule(rng, stays, 1.0, 0.9)
+    for name in ("hr", "map", "rr", "spo2"):
+        keep = rng.random(len(stay)) > 0.08
+        s, h = stay[keep], hours[keep]
+        noise = LEVELS[name][2]
+        value = _level(stays, name, s) + rng.normal(0.0, noise, len(s))
+        if name == "spo2":
+            value = np.minimum(np.round(value), 100.0)
+        else:
+            value = np.round(value)
+        add(name, s, h, None, value)
+        if name == "map":
+            sbp = np.round(value + 40.0 + rng.normal(0, 4, len(s)))
+            dbp = np.round(value - 20.0 + rng.normal(0, 3, len(s)))
+            add("sbp", s, h, None, sbp)
+            add("dbp", s, h, None, dbp)
+    # Temperature every 4 h: Fahrenheit for CareVue, Celsius for MetaVision.
+    stay, hours = _schedule(rng, stays, 4.0, 1.0)
+    celsius = _level(stays, "temp", stay) + rng.normal(0, LEVELS["temp"][2], len(stay))
+    mv = stays.metavision[stay]
+    add("temp", stay, hours, None, np.round(np.where(mv, celsius, celsius * 9 / 5 + 32), 1))
+    # Fingerstick glucose every 6 h.
+    stay, hours = _schedule(rng, stays, 6.0, 2.0, 0.5)
+    value = _level(stays, "glucose", stay) + rng.normal(0, LEVELS["glucose"][2], len(stay))
+    add("glucose_chart", stay, hours, None, np.round(np.maximum(value, 30.0)))
+    # GCS every 4 h, from severity: components for both systems, total for CareVue.
+    stay, hours = _schedule(rng, stays, 4.0, 1.0, 0.2)
+    total = 15.0 - 2.5 * np.maximum(stays.severity[stay], 0.0) + rng.normal(0, 1.0, len(stay))
+    total = np.clip(np.round(total), 3, 15)
+    eye = np.clip(np.ceil(total * 4 / 15), 1, 4)
+    verbal = np.clip(np.round(total * 5 / 15), 1, 5)
+    motor = np.clip(total - eye - verbal, 1, 6)
+    total = eye + verbal + motor
+    mv = stays.metavision[stay]
+    for key, score in (("gcs_eye", eye), ("gcs_motor", motor), ("gcs_verbal", verbal)):
+        labels_cv = np.array(GCS_TEXT["cv"][key])
+        labels_mv = np.array(GCS_TEXT["mv"][key])
+        code = score.astype(np.int64) - 1
+        add(key, stay, hours, np.where(mv, labels_mv[code], labels_cv[code]), score)
+    cv = ~mv
+    add(
+        None,
+        stay[cv],
+        hours[cv],
+        total[cv].astype(np.int64).astype(str),
+        total[cv],
+        itemid=GCS_TOTAL_CV,
+    )
+    # Capillary refill (CareVue only) every 8 h.
+    stay, hours = _schedule(rng, stays, 8.0, 2.0, 1.0)
+    cv = ~stays.metavision[stay]
+    stay, hours = stay[cv], hours[cv]
+    slow = rng.random(len(stay)) < sigmoid(stays.severity[stay] - 1.5)
+    add(
+        None,
+        stay,
+        hours,
+        np.where(slow, "Abnormal >3 secs", "Normal <3 secs"),
+        np.full(len(stay), np.nan),
+        itemid=CRR_CV,
+    )
+    # FiO2 for ventilated stays every 4 h, in percent.
+    stay, hours = _schedule(rng, stays, 4.0, 1.0, 0.3)
+    vent = stays.ventilated[stay]
+    stay, hours = stay[vent], hours[vent]
+    add("fio2", stay, hours, None, rng.choice([40.0, 50.0, 60.0, 100.0], len(stay)))
+    # Weight and height once, shortly after admission.
+    n = len(stays.icustay)
+    every = np.arange(n)
+    add("weight", every, rng.uniform(0.1, 3.0, n), None, np.round(stays.weight, 1))
+    mv = stays.metavision
+    height = np.where(mv, np.round(stays.height), np.round(stays.height / 2.54))
+    add("height", every, rng.uniform(0.1, 3.0, n), None, height)
+    # Items outside the 17 variables, hourly: most of the table, as in MIMIC-III.
+    stay, hours = _schedule(rng, stays, 1.0, 0.9)
+    mv = stays.metavision[stay]
+    for slot in range(len(OTHER_CHART["cv"])):
+        cv_item, mv_item = OTHER_CHART["cv"][slot], OTHER_CHART["mv"][slot]
+        itemid = np.where(mv, mv_item[0], cv_item[0])
+        if cv_item[2] == "text":
+            text = rng.choice(OTHER_TEXT, len(stay))
+            number = np.full(len(stay), np.nan)
+        else:
+            text = None
+            number = np.round(rng.uniform(50, 150, len(stay)))
+        add(None, stay, hours, text, number, itemid=itemid)
+
+    stay = np.concatenate([b["stay"] for b in blocks])
+    hours = np.concatenate([b["hours"] for b in blocks])
+    itemid = np.concatenate([b["itemid"] for b in blocks]).astype(np.int64)
+    number = np.concatenate([b["number"] for b in blocks]).astype(np.float64)
+    uom = np.concatenate([b["uom"] for b in blocks])
+    text_parts = []
+    for block in blocks:
+        if block["text"] is None:
+            text_parts.append(
+                pl.Series(block["number"]).cast(pl.Int64, strict=False).cast(pl.String)
+                if _integral(block["number"])
+                else pl.Series(block["number"]).cast(pl.String)
+            )
+        else:
+            text_parts.append(pl.Series(block["text"]).cast(pl.String))
+    value = pl.concat(text_parts)
+    n_rows = len(stay)
+    empty = rng.random(n_rows) < 0.01
+    no_icu = rng.random(n_rows) < 0.02
+    charttime = (stays.intime[stay] + (hours * 3600).astype(np.int64)) // 60 * 60
+    frame = pl.DataFrame(
+        {
+            "SUBJECT_ID": stays.subject[stay],
+            "HADM_ID": stays.hadm[stay],
+            "ICUSTAY_ID": pl.Series(stays.icustay[stay]).set(pl.Series(no_icu), None),
+            "ITEMID": itemid,
+            "CHARTTIME": _times(charttime),
+            "STORETIME": _times(charttime + 1800),
+            "CGID": 14000 + (stay % 500),
+            "VALUE": value.set(pl.Series(empty), None),
+            "VALUENUM": pl.Series(number).fill_nan(None).set(pl.Series(empty), None),
+            "VALUEUOM": pl.Series(uom).replace("", None),
+            "WARNING": 0,
+            "ERROR": 0,
+            "RESULTSTATUS": None,
+            "STOPPED": None,
+        }
+    )
+    return frame.with_columns(pl.col("RESULTSTATUS", "STOPPED").cast(pl.String))
+
+
+def _integral(values: np.ndarray) -> bool:
+    finite = values[np.isfinite(values)]
+    return bool(np.all(finite == np.round(finite)))
+
+
+def _lab_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
+    parts = []
+    # Blood gases and chemistry every 8 h from 6 h before ICU admission (some pre-ICU).
+    stay, hours = _schedule(rng, stays, 8.0, 3.0, -6.0)
+    for itemid in LAB_ITEMS:
+        if itemid == 50931:
+            value = _level(stays, "glucose", stay) + rng.normal(0, LEVELS["glucose"][2], len(stay))
+            value = np.round(np.maximum(value, 30.0))
+            text = pl.Series(value).cast(pl.Int64).cast(pl.String)
+        elif itemid == 50820:
+            value = _level(stays, "ph", stay) + rng.normal(0, LEVELS["ph"][2], len(stay))
+            value = np.round(value, 2)
+            text = pl.Series(value).round(2).cast(pl.String)
+        else:
+            value = np.round(rng.uniform(1.0, 140.0, len(stay)), 1)
+            text = pl.Series(value).cast(pl.String)
+        parts.append(
+            pl.DataFrame(
+                {
+                    "stay": stay,
+                    "hours": hours,
+                    "ITEMID": np.full(len(stay), itemid, np.int64),
+                    "VALUE": text,
+                    "VALUENUM": value,
+                    "VALUEUOM": LAB_ITEMS[itemid][3],
+                }
+            )
+        )
+    frame = pl.concat(parts)
+    stay = frame["stay"].to_numpy()
+    n_rows = frame.height
+    # A few results are "ERROR" (dropped by cleaning), some have no admission id.
+    error = rng.random(n_rows) < 0.003
+    no_hadm = rng.random(n_rows) < 0.03
+    charttime = (
+        (stays.intime[stay] + (frame["hours"].to_numpy() * 3600).astype(np.int64)) // 60 * 60
+    )
+    return pl.DataFrame(
+        {
+            "SUBJECT_ID": stays.subject[stay],
+            "HADM_ID": pl.Series(stays.hadm[stay]).set(pl.Series(no_hadm), None),
+            "ITEMID": frame["ITEMID"],
+            "CHARTTIME": _times(charttime),
+            "VALUE": frame["VALUE"].set(pl.Series(error), "ERROR"),
+            "VALUENUM": frame["VALUENUM"].set(pl.Series(error), None),
+            "VALUEUOM": frame["VALUEUOM"],
+            "FLAG": pl.Series([None] * n_rows, dtype=pl.String),
+        }
+    )
+
+
+def _output_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
+    stay, hours = _schedule(rng, stays, 1.0, 0.5)
+    mv = stays.metavision[stay]
+    charttime = (stays.intime[stay] + (hours * 3600).astype(np.int64)) // 60 * 60
+    null = pl.Series([None] * len(stay), dtype=pl.String)
+    return pl.DataFrame(
+        {
+            "SUBJECT_ID": stays.subject[stay],
+            "HADM_ID": stays.hadm[stay],
+            "ICUSTAY_ID": stays.icustay[stay],
+            "CHARTTIME": _times(charttime),
+            "ITEMID": np.where(mv, OUTPUT_ITEMS["mv"][0], OUTPUT_ITEMS["cv"][0]).astype(np.int64),
+            "VALUE": np.round(rng.uniform(0.0, 150.0, len(stay))),
+            "VALUEUOM": "ml",
+            "STORETIME": _times(charttime + 1200),
+            "CGID": 14000 + (stay % 500),
+            "STOPPED": null,
+            "NEWBOTTLE": null,
+            "ISERROR": null,
+        }
+    )
+
+
+def _dictionaries(folder: Path) -> None:
+    chart = [
+        (i, CHART_LABELS[i], "metavision" if i >= 220000 else "carevue")
+        for i in sorted(CHART_LABELS)
+    ]
+    for system in ("cv", "mv"):
+        for itemid, label, _ in OTHER_CHART[system]:
+            chart.append((itemid, label, "metavision" if system == "mv" else "carevue"))
+    rows = [(i, lab, src, "chartevents") for i, lab, src in chart]
+    for system, (itemid, label) in OUTPUT_ITEMS.items():
+        rows.append((itemid, label, "metavision" if system == "mv" else "carevue", "outputevents"))
+    d_items = pl.DataFrame(
+        {
+            "ROW_ID": np.arange(1, len(rows) + 1),
+            "ITEMID": [r[0] for r in rows],
+            "LABEL": [r[1] for r in rows],
+            "ABBREVIATION": None,
+            "DBSOURCE": [r[2] for r in rows],
+            "LINKSTO": [r[3] for r in rows],
+            "CATEGORY": None,
+            "UNITNAME": None,
+            "PARAM_TYPE": None,
+            "CONCEPTID": None,
+        }
+    ).with_columns(
+        pl.col("ABBREVIATION", "CATEGORY", "UNITNAME", "PARAM_TYPE", "CONCEPTID").cast(pl.String)
+    )
+    d_items.write_csv(folder / "D_ITEMS.csv", quote_style="non_numeric")
+    labs = sorted(LAB_ITEMS.items())
+    d_lab = pl.DataFrame(
+        {
+            "ROW_ID": np.arange(1, len(labs) + 1),
+            "ITEMID": [i for i, _ in labs],
+            "LABEL": [v[0] for _, v in labs],
+            "FLUID": [v[1] for _, v in labs],
+            "CATEGORY": [v[2] for _, v in labs],
+            "LOINC_CODE": None,
+        }
+    ).with_columns(pl.col("LOINC_CODE").cast(pl.String))
+    d_lab.write_csv(folder / "D_LABITEMS.csv", quote_style="non_numeric")
