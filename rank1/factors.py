@@ -181,6 +181,7 @@ class Rank1Factor(nn.Module):
         return torch.distributions.Cauchy(loc, scale)
 
     def extra_repr(self) -> str:
+        """Summarise the configuration for ``repr``."""
         return (
             f"ensemble_size={self.ensemble_size}, features={self.features}, "
             f"posterior={self.posterior}, prior={self.prior}({self.prior_mean}, "

@@ -201,6 +201,7 @@ class Rank1Linear(_Rank1Mixin, nn.Module):
         return out.reshape(*input.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
+        """Summarise the configuration for ``repr``."""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, ensemble_size={self.ensemble_size}, "
@@ -360,6 +361,7 @@ class Rank1Conv2d(_Rank1Mixin, nn.Module):
         return out.view(k * n, self.out_channels, ho, wo)
 
     def extra_repr(self) -> str:
+        """Summarise the configuration for ``repr``."""
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}, "
@@ -557,6 +559,7 @@ class Rank1LSTM(nn.Module):
         return outs, (h, c)
 
     def extra_repr(self) -> str:
+        """Summarise the configuration for ``repr``."""
         return (
             f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
             f"batch_first={self.batch_first}, ensemble_size={self.ensemble_size}, "

@@ -94,6 +94,7 @@ class EHRModel(nn.Module):
         return self.config.rank1.ensemble_size if self.config.bayesian else 1
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Map a batch to logits (see the class docstring for shapes)."""
         z = self.projection(x)
         if self.config.bayesian:
             _, (h_n, _) = self.lstm(z, lengths=lengths)

@@ -56,6 +56,7 @@ class _Bottleneck(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        """Map a batch to logits (see the class docstring for shapes)."""
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
@@ -106,5 +107,6 @@ class ResNet50(nn.Module):
         return self.config.rank1.ensemble_size if self.config.bayesian else 1
 
     def forward(self, x: Tensor) -> Tensor:
+        """Map a batch to logits (see the class docstring for shapes)."""
         y = self.pool(self.stages(self.stem(x)))
         return self.head(torch.flatten(y, 1))

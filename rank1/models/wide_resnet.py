@@ -61,6 +61,7 @@ class _BasicBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
+        """Map a batch to logits (see the class docstring for shapes)."""
         y = self.conv1(self.relu(self.bn1(x)))
         y = self.conv2(self.relu(self.bn2(y)))
         return y + (x if self.shortcut is None else self.shortcut(x))
@@ -111,6 +112,7 @@ class WideResNet(nn.Module):
         return self.config.rank1.ensemble_size if self.config.bayesian else 1
 
     def forward(self, x: Tensor) -> Tensor:
+        """Map a batch to logits (see the class docstring for shapes)."""
         y = self.blocks(self.stem(x))
         y = self.pool(self.relu(self.bn(y)))
         return self.head(torch.flatten(y, 1))

@@ -1,0 +1,146 @@
+"""Tiling, mixture predictions, KL terms, parameter groups and a toy fit."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import rank1
+from rank1 import Rank1Factor, Rank1Linear
+
+
+def test_tile_untile_member_major_layout():
+    x = torch.arange(6.0).view(3, 2)
+    t = rank1.tile(x, 4)
+    assert t.shape == (12, 2)
+    assert torch.equal(t[3:6], x) and torch.equal(t[9:12], x)  # blocks, not interleaved
+    u = rank1.untile(t, 4)
+    assert u.shape == (4, 3, 2) and torch.equal(u[2], x)
+
+
+def test_mixture_nll_is_log_mean_exp_of_member_likelihoods():
+    # Two members, one example, two classes: p1 = [0.9, 0.1], p2 = [0.5, 0.5].
+    logits = torch.log(torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]]))
+    y = torch.tensor([0])
+    expected = -math.log((0.9 + 0.5) / 2)
+    assert rank1.mixture_nll(logits, y).item() == pytest.approx(expected, rel=1e-6)
+    assert torch.allclose(rank1.mixture_probs(logits), torch.tensor([[0.7, 0.3]]))
+    per_member = rank1.member_nll(logits, y)
+    assert per_member.tolist() == pytest.approx([-math.log(0.9), -math.log(0.5)], rel=1e-6)
+
+
+def test_bernoulli_mixture_matches_hand_computation():
+    p = torch.tensor([[0.8, 0.3], [0.6, 0.1]])  # (M=2, B=2) probabilities of class 1
+    logits = torch.log(p / (1 - p))
+    y = torch.tensor([1.0, 0.0])
+    expected = -(math.log((0.8 + 0.6) / 2) + math.log((0.7 + 0.9) / 2)) / 2
+    assert rank1.mixture_nll(logits, y, "bernoulli").item() == pytest.approx(expected, rel=1e-6)
+    assert torch.allclose(rank1.mixture_probs(logits, "bernoulli"), torch.tensor([0.7, 0.2]))
+    # A trailing singleton logit dimension is accepted as well.
+    assert rank1.mixture_nll(logits[..., None], y, "bernoulli").item() == pytest.approx(expected)
+
+
+def test_predict_stacks_samples_and_members():
+    torch.manual_seed(0)
+    model = nn.Sequential(Rank1Linear(3, 2, ensemble_size=4))
+    out = rank1.predict(model, torch.randn(5, 3), ensemble_size=4, num_samples=3)
+    assert out.shape == (3, 4, 5, 2)
+    assert not torch.allclose(out[0], out[1])  # fresh draws per sample
+
+
+def test_closed_form_kl_matches_monte_carlo():
+    torch.manual_seed(0)
+    f = Rank1Factor(3, 5, prior_stddev=0.3, random_sign_init=-0.5)
+    with torch.no_grad():
+        f.scale_raw.fill_(-1.0)
+    closed = f.kl().item()
+    q = torch.distributions.Normal(f.loc, f.scale)
+    p = torch.distributions.Normal(torch.ones_like(f.loc), torch.full_like(f.loc, 0.3))
+    x = q.sample((200_000,))
+    mc = (q.log_prob(x) - p.log_prob(x)).sum((1, 2)).mean().item()
+    assert closed == pytest.approx(mc, rel=0.01)
+    torch_kl = torch.distributions.kl_divergence(q, p).sum().item()
+    assert closed == pytest.approx(torch_kl, rel=1e-5)
+
+
+def test_cauchy_kl_is_an_unbiased_monte_carlo_estimate():
+    torch.manual_seed(0)
+    f = Rank1Factor(2, 3, posterior="cauchy", prior_stddev=0.5, random_sign_init=-0.5)
+    with torch.no_grad():
+        f.scale_raw.fill_(-0.5)
+    est = torch.stack([f.kl() for _ in range(20_000)]).mean().item()
+    q = torch.distributions.Cauchy(f.loc, f.scale)
+    p = torch.distributions.Cauchy(torch.ones_like(f.loc), torch.full_like(f.loc, 0.5))
+    exact = torch.distributions.kl_divergence(q, p).sum().item()
+    assert est == pytest.approx(exact, rel=0.05)
+
+
+def test_kl_divergence_sums_over_layers_and_members():
+    torch.manual_seed(0)
+    model = nn.Sequential(Rank1Linear(3, 4, ensemble_size=2), nn.ReLU(), Rank1Linear(4, 1))
+    manual = sum(f.kl() for f in rank1.rank1_factors(model))
+    assert rank1.kl_divergence(model).item() == pytest.approx(manual.item())
+    assert len(list(rank1.rank1_factors(model))) == 4
+    assert rank1.kl_divergence(nn.Linear(2, 2)).item() == 0.0
+
+
+def test_param_groups_never_decay_factor_posteriors():
+    model = nn.Sequential(
+        rank1.Rank1Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(), Rank1Linear(4, 2)
+    )
+    groups = rank1.param_groups(model, weight_decay=2e-4, fast_weight_lr_multiplier=0.5, lr=0.1)
+    shared, fast = groups
+    factor_ids = {id(p) for f in rank1.rank1_factors(model) for p in f.parameters()}
+    assert {id(p) for p in fast["params"]} == factor_ids
+    assert fast["weight_decay"] == 0.0 and fast["lr"] == pytest.approx(0.05)
+    shared_ids = {id(p) for p in shared["params"]}
+    assert id(model[0].weight) in shared_ids and id(model[1].weight) in shared_ids
+    assert id(model[3].bias) in shared_ids and shared["weight_decay"] == 2e-4
+    assert len(shared_ids) + len(factor_ids) == len(list(model.parameters()))
+    opt = torch.optim.SGD(groups, lr=0.1)  # the groups drive a real optimiser
+    assert len(opt.param_groups) == 2
+    with pytest.raises(ValueError, match="lr="):
+        rank1.param_groups(model, 1e-4, fast_weight_lr_multiplier=2.0)
+
+
+def test_short_fit_on_toy_problem_raises_the_elbo():
+    torch.manual_seed(0)
+    k, n_train = 4, 256
+    x = torch.randn(n_train, 2)
+    y = ((x[:, 0] * x[:, 1]) > 0).long()  # XOR-like: needs the hidden layer
+    model = nn.Sequential(
+        Rank1Linear(2, 32, ensemble_size=k), nn.ReLU(), Rank1Linear(32, 2, ensemble_size=k)
+    )
+    opt = torch.optim.Adam(rank1.param_groups(model, 0.0), lr=1e-2)
+
+    def neg_elbo():
+        logits = model(rank1.tile(x, k))
+        nll = nn.functional.cross_entropy(logits, rank1.tile(y, k))
+        return nll + rank1.kl_divergence(model) / n_train
+
+    with torch.no_grad():
+        before = torch.stack([neg_elbo() for _ in range(5)]).mean()
+    for _ in range(300):
+        opt.zero_grad()
+        neg_elbo().backward()
+        opt.step()
+    with torch.no_grad():
+        after = torch.stack([neg_elbo() for _ in range(5)]).mean()
+        probs = rank1.mixture_probs(rank1.predict(model, x, k, 2).flatten(0, 1))
+    assert after < before - 0.3
+    assert (probs.argmax(-1) == y).float().mean() > 0.9
+
+
+def test_rank1_imports_without_pipeline_dependencies():
+    code = (
+        "import sys, rank1, rank1.models; "
+        "bad = [m for m in ('pandas', 'polars', 'mlflow', 'prefect') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
