@@ -1,5 +1,9 @@
 # Each target sets up what it needs: a .venv made with pip, the project installed into it.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Offline-friendly Prefect defaults (see README): no telemetry, patient startup on slow CPUs.
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 60
+export MPLBACKEND ?= Agg
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -18,7 +22,9 @@ demo: $(STAMP)
 	$(VENV)/bin/rank1 demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	@# pytest exits 5 when it collected no tests: that is a failure too.
+	$(PY) -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo 'pytest ran no tests' >&2; exit 1; fi; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
