@@ -203,6 +203,8 @@ def scan_table(mimic_dir: str | Path, table: str, *, parse_dates: bool = True) -
         infer_schema=False,
         try_parse_dates=False,
         quote_char='"',
+        # A quoted empty field ("") is as empty as an unquoted one.
+        null_values=[""],
     )
     lf = lf.select([pl.col(names[c]).alias(c) for c in schema])
     return parse_datetimes(lf, table) if parse_dates else lf
@@ -212,7 +214,9 @@ def parse_datetimes(lf: pl.LazyFrame, table: str) -> pl.LazyFrame:
     """Parse the timestamp columns of ``table`` (read as text) with MIMIC's format.
 
     Parsing is strict: a value that is not ``YYYY-MM-DD HH:MM:SS`` raises, and the caller
-    turns that into an error naming the row (see :func:`explain_failure`).
+    turns that into an error naming the row (see :func:`explain_failure`). Polars pushes
+    row filters below this step, so in the event tables only the timestamps of rows the
+    pipeline uses (the 17 variables, with a value and an admission) are checked.
     """
     columns = [c for c, dtype in TABLES[table].items() if dtype == DATETIME]
     return lf.with_columns(
@@ -235,7 +239,10 @@ def locate_bad_value(mimic_dir: str | Path, table: str) -> MimicInputError | Non
     names = _column_map(path, table, list(schema))
     header = read_header(path)
     text = pl.scan_csv(
-        path, schema_overrides={n: pl.String for n in header}, infer_schema=False
+        path,
+        schema_overrides={n: pl.String for n in header},
+        infer_schema=False,
+        null_values=[""],
     ).select([pl.col(names[c]).alias(c) for c in schema])
     text = text.with_row_index("row", offset=1)
     required = set(REQUIRED_NONEMPTY.get(table, ()))
