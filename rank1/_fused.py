@@ -1,4 +1,4 @@
-"""The scale-matmul-scale core of a rank-1 dense layer."""
+"""Hand-written forward/backward kernels of the rank-1 dense and LSTM layers."""
 
 from __future__ import annotations
 
@@ -6,26 +6,180 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rank1.factors import CLIP
 
-def rank1_scale_linear(
-    x: Tensor, r: Tensor, s: Tensor, weight: Tensor, bias: Tensor | None
+
+def _reduce_to(t: Tensor, shape: torch.Size) -> Tensor:
+    return t if t.shape == shape else t.sum_to_size(shape)
+
+
+class _Rank1Linear(torch.autograd.Function):
+    """Sample the factors and apply ``((x * r) W^T) * s + bias`` with a hand-written backward.
+
+    Autograd's ``addcmul`` backward multiplies by its scalar ``value`` in a separate pass
+    over the activations, twice per factor; here each activation-sized pass is made once.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, r_loc, r_scale, eps_r, s_loc, s_scale, eps_s, clip):
+        # x: (K, n, M, d_in); eps_r: (K, n or 1, 1, d_in); eps_s: (K, n or 1, 1, d_out);
+        # *_loc, *_scale: (K, d); bias: (K, 1, 1, d_out) or None; clip: (bool, bool).
+        r = torch.addcmul(r_loc[:, None, None], r_scale[:, None, None], eps_r)
+        s = torch.addcmul(s_loc[:, None, None], s_scale[:, None, None], eps_s)
+        masks = []
+        for v, do_clip in ((r, clip[0]), (s, clip[1])):
+            # Clipped entries get no gradient, as under torch.clamp.
+            masks.append(v.abs() < CLIP if do_clip else None)
+            if do_clip:
+                v.clamp_(-CLIP, CLIP)
+        xr = x * r
+        h = F.linear(xr, weight)
+        out = h * s if bias is None else torch.addcmul(bias, h, s)
+        ctx.save_for_backward(x, weight, xr, h, r, s, eps_r, eps_s, *masks)
+        ctx.has_bias = bias is not None
+        ctx.clip = clip
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, xr, h, r, s, eps_r, eps_s, mask_r, mask_s = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_bias = _reduce_to(g, (g.shape[0], 1, 1, g.shape[-1])) if ctx.has_bias else None
+
+        def factor_grads(gv, eps, mask):
+            gv = _reduce_to(gv, eps.shape)
+            if mask is not None:
+                gv = gv * mask
+            loc = gv.sum((1, 2))
+            # gv is a fresh tensor owned here, so the product may overwrite it.
+            scale = torch.mul(gv, eps, out=gv).sum((1, 2))
+            return loc, scale
+
+        g_sloc, g_sscale = factor_grads(g * h, eps_s, mask_s)
+        gh = g * s
+        gxr = gh.matmul(weight)
+        g_w = gh.reshape(-1, gh.shape[-1]).t().mm(xr.reshape(-1, xr.shape[-1])) if need[1] else None
+        g_x = gxr * r if need[0] else None
+        g_rloc, g_rscale = factor_grads(gxr.mul_(x), eps_r, mask_r)
+        return g_x, g_w, g_bias, g_rloc, g_rscale, None, g_sloc, g_sscale, None, None
+
+
+def rank1_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    r_loc: Tensor,
+    r_scale: Tensor,
+    eps_r: Tensor,
+    s_loc: Tensor,
+    s_scale: Tensor,
+    eps_s: Tensor,
+    clip: tuple[bool, bool],
 ) -> Tensor:
-    """Compute ``((x * r) W^T) * s + bias`` with broadcasting.
+    """Rank-1 dense layer core: ``((x * r) W^T) * s + bias`` with ``r = loc + scale * eps``.
 
     Args:
-        x: ``(K, n, M, d_in)`` inputs.
-        r: ``(K, n or 1, 1, d_in)`` input-side factors.
-        s: ``(K, n or 1, 1, d_out)`` output-side factors.
+        x: ``(K, n, M, d_in)`` member-major inputs (M: flattened middle dimensions).
         weight: ``(d_out, d_in)`` shared weight.
-        bias: ``(K, 1, 1, d_out)`` per-member bias or None.
+        bias: ``(K, 1, 1, d_out)`` per-member bias, or None.
+        r_loc: ``(K, d_in)`` posterior locations of r.
+        r_scale: ``(K, d_in)`` posterior scales of r.
+        eps_r: ``(K, n or 1, 1, d_in)`` standard noise (zeros for posterior means).
+        s_loc: ``(K, d_out)`` posterior locations of s.
+        s_scale: ``(K, d_out)`` posterior scales of s.
+        eps_s: ``(K, n or 1, 1, d_out)`` standard noise.
+        clip: Whether r / s samples may reach the ``[-10, 10]`` clip and must be clipped.
 
     Returns:
         ``(K, n, M, d_out)``.
     """
-    h = F.linear(x * r, weight)
-    if bias is None:
-        return h * s
-    return torch.addcmul(bias, h, s)
+    return _Rank1Linear.apply(x, weight, bias, r_loc, r_scale, eps_r, s_loc, s_scale, eps_s, clip)
+
+
+def _channel_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum((2, 3))`` for ``(N, C, H, W)`` tensors without writing the product."""
+    n, c = a.shape[:2]
+    return torch.bmm(a.reshape(n * c, 1, -1), b.reshape(n * c, -1, 1)).view(n, c)
+
+
+class _Rank1Conv2d(torch.autograd.Function):
+    """``conv(x * r) * s + bias`` with per-example channel factors and a fused backward.
+
+    The factor gradients are per-channel dot products over the spatial positions, computed
+    without materialising activation-sized products, and autograd's extra passes of
+    ``addcmul`` (its scalar ``value``) are avoided.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, r, s, n_per_member, stride, padding, dilation, groups):
+        # x: (K*n, C_in, H, W); r: (K*n, C_in); s: (K*n, C_out); bias: (K, C_out) or None.
+        xr = x * r[:, :, None, None]
+        h = F.conv2d(xr, weight, None, stride, padding, dilation, groups)
+        if bias is None:
+            out = h * s[:, :, None, None]
+        else:
+            rows = bias.repeat_interleave(n_per_member, 0)  # member-major, (K*n, C_out)
+            out = torch.addcmul(rows[:, :, None, None], h, s[:, :, None, None])
+        ctx.save_for_backward(x, weight, xr, h, r, s)
+        ctx.conf = (n_per_member, stride, padding, dilation, groups, bias is not None)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, xr, h, r, s = ctx.saved_tensors
+        n_per_member, stride, padding, dilation, groups, has_bias = ctx.conf
+        need = ctx.needs_input_grad
+        g = g.contiguous()
+        g_bias = None
+        if has_bias:
+            g_bias = g.sum((2, 3)).view(-1, n_per_member, g.shape[1]).sum(1)
+        g_s = _channel_dot(g, h)
+        gh = g * s[:, :, None, None]
+        if isinstance(padding, str):
+            # convolution_backward wants explicit padding; "same"/"valid" as numbers.
+            padding = tuple(
+                0 if padding == "valid" else d * (k - 1) // 2
+                for k, d in zip(weight.shape[2:], dilation, strict=True)
+            )
+        g_xr, g_w, _ = torch.ops.aten.convolution_backward(
+            gh,
+            xr,
+            weight,
+            None,
+            stride,
+            padding,
+            dilation,
+            False,
+            (0, 0),
+            groups,
+            (need[0] or need[3], need[1], False),
+        )
+        g_r = _channel_dot(g_xr, x) if need[3] else None
+        g_x = g_xr.mul_(r[:, :, None, None]) if need[0] else None
+        return g_x, g_w, g_bias, g_r, g_s, None, None, None, None, None
+
+
+def rank1_conv2d(x, weight, bias, r, s, n_per_member, stride, padding, dilation, groups) -> Tensor:
+    """Rank-1 conv core ``conv(x * r) * s + bias``.
+
+    Args:
+        x: ``(K*n, C_in, H, W)`` member-major inputs.
+        weight: ``(C_out, C_in / groups, kh, kw)`` shared kernel.
+        bias: ``(K, C_out)`` per-member bias or None.
+        r: ``(K*n, C_in)`` input-channel factors (one row per example).
+        s: ``(K*n, C_out)`` output-channel factors.
+        n_per_member: n, examples per member.
+        stride: As in ``F.conv2d``.
+        padding: As in ``F.conv2d`` (zeros padding).
+        dilation: As in ``F.conv2d``.
+        groups: As in ``F.conv2d``.
+
+    Returns:
+        ``(K*n, C_out, H_out, W_out)``.
+    """
+    return _Rank1Conv2d.apply(
+        x, weight, bias, r, s, n_per_member, stride, padding, dilation, groups
+    )
 
 
 class _Rank1LSTMRecurrence(torch.autograd.Function):

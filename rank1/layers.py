@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from rank1._fused import rank1_lstm_recurrence, rank1_scale_linear
+from rank1._fused import rank1_conv2d, rank1_linear, rank1_lstm_recurrence
 from rank1.ensemble import check_divisible
 from rank1.factors import Family, Rank1Factor, Sampling
 
@@ -193,11 +193,23 @@ class Rank1Linear(_Rank1Mixin, nn.Module):
         """Apply the layer to a member-major tiled batch ``(K * B, *, in_features)``."""
         k = self.ensemble_size
         n = check_divisible(input.shape[0], k, "Rank1Linear input batch")
-        r = self.r.sample(n, self.sampling)  # (K, n or 1, d_in)
-        s = self.s.sample(n, self.sampling)  # (K, n or 1, d_out)
-        x = input.reshape(k, n, -1, self.in_features)  # (K, n, *, d_in) flattened middle
+        x = input.reshape(k, n, -1, self.in_features)  # (K, n, M, d_in), M = middle dims
         bias = None if self.bias is None else self.bias[:, None, None, :]
-        out = rank1_scale_linear(x, r.unsqueeze(2), s.unsqueeze(2), self.weight, bias)
+        args = []
+        for f in (self.r, self.s):
+            if self.sampling == "mean":
+                scale = torch.zeros_like(f.loc)
+                eps = torch.zeros(k, 1, 1, f.features, dtype=x.dtype, device=x.device)
+                clip = False
+            else:
+                scale = f.scale
+                eps = f.noise(n if self.sampling == "example" else 1).unsqueeze(2)
+                clip = f.can_reach_clip(scale)
+            args.append((f.loc, scale, eps, clip))
+        (r_loc, r_scale, eps_r, clip_r), (s_loc, s_scale, eps_s, clip_s) = args
+        out = rank1_linear(
+            x, self.weight, bias, r_loc, r_scale, eps_r, s_loc, s_scale, eps_s, (clip_r, clip_s)
+        )
         return out.reshape(*input.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -336,29 +348,31 @@ class Rank1Conv2d(_Rank1Mixin, nn.Module):
                 layer.bias.copy_(conv.bias.expand_as(layer.bias))
         return layer
 
-    def _conv(self, x: Tensor) -> Tensor:
-        if self.padding_mode != "zeros":
-            ph, pw = self.padding
-            x = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode)
-            return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
-
     def forward(self, input: Tensor) -> Tensor:
         """Apply the layer to a member-major tiled batch ``(K * B, C_in, H, W)``."""
         k = self.ensemble_size
         n = check_divisible(input.shape[0], k, "Rank1Conv2d input batch")
-        r = self.r.sample(n, self.sampling)  # (K, n or 1, C_in)
-        s = self.s.sample(n, self.sampling)  # (K, n or 1, C_out)
-        x = input.view(k, n, self.in_channels, -1)  # (K, n, C_in, H*W)
-        h = x * r.unsqueeze(-1)
-        out = self._conv(h.view_as(input))  # (K*B, C_out, Ho, Wo)
-        ho, wo = out.shape[-2:]
-        out = out.view(k, n, self.out_channels, -1)
-        if self.bias is None:
-            out = out * s.unsqueeze(-1)
-        else:
-            out = torch.addcmul(self.bias[:, None, :, None], out, s.unsqueeze(-1))
-        return out.view(k * n, self.out_channels, ho, wo)
+        # Factor draws are tiny, (K, n, C): leave them to autograd; expand per-member draws.
+        r = self.r.sample(n, self.sampling).expand(k, n, self.in_channels)
+        s = self.s.sample(n, self.sampling).expand(k, n, self.out_channels)
+        x = input
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            ph, pw = self.padding
+            x = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode)
+            padding = (0, 0)
+        return rank1_conv2d(
+            x,
+            self.weight,
+            self.bias,
+            r.reshape(k * n, -1),
+            s.reshape(k * n, -1),
+            n,
+            self.stride,
+            padding,
+            self.dilation,
+            self.groups,
+        )
 
     def extra_repr(self) -> str:
         """Summarise the configuration for ``repr``."""
