@@ -26,6 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from features.mimic.tables import (
+    DATETIME_FORMAT,
     EVENT_TABLES,
     MimicInputError,
     locate_bad_value,
@@ -53,6 +54,23 @@ def _window_query(
     """Steps 1-6 of the module docstring for one event table."""
     items = item_frame()
     lf = events.filter(pl.col("itemid").is_in(items["itemid"].to_list()))
+    # Cheap pre-filter on the timestamp text, before it is parsed: an event can only end
+    # up in a window if it lies between its subject's first INTIME and last INTIME + 48 h.
+    # MIMIC's "YYYY-MM-DD HH:MM:SS" text sorts like the time it spells.
+    spans = task.group_by("subject_id").agg(
+        first=pl.col("intime").min().dt.strftime(DATETIME_FORMAT),
+        last=(pl.col("intime") + pl.duration(hours=hours)).max().dt.strftime(DATETIME_FORMAT),
+    )
+    first = dict(zip(spans["subject_id"].to_list(), spans["first"].to_list(), strict=True))
+    last = dict(zip(spans["subject_id"].to_list(), spans["last"].to_list(), strict=True))
+    subject = pl.col("subject_id")
+    lf = lf.filter(
+        (pl.col("charttime") >= subject.replace_strict(first, default=None, return_dtype=pl.String))
+        & (
+            pl.col("charttime")
+            <= subject.replace_strict(last, default=None, return_dtype=pl.String)
+        )
+    )
     lf = parse_datetimes(lf, table)
     lf = lf.join(items.lazy(), on="itemid", how="inner")
     stays = root.select("subject_id", "hadm_id", pl.col("icustay_id").alias("root_icustay"))
@@ -168,10 +186,9 @@ def last_per_bin(events: pl.DataFrame) -> pl.DataFrame:
     value, then lets the latest chart time in an hour overwrite earlier ones. Sorting by
     (chart time, value key) and taking the last row per bin does both at once.
     """
-    return (
-        events.sort(["stay", "var", "bin", "charttime", "key_num", "key_str"], nulls_last=False)
-        .group_by(["stay", "var", "bin"], maintain_order=True)
-        .agg(pl.col("val").last())
+    order = ["charttime", "key_num", "key_str"]
+    return events.group_by(["stay", "var", "bin"]).agg(
+        pl.col("val").sort_by(order, nulls_last=False).last()
     )
 
 
