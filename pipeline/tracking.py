@@ -233,6 +233,35 @@ def start_run(
         yield run
 
 
+@contextmanager
+def resume_run(run_id: str) -> Iterator[Any]:
+    """Reopen an existing run to log more metrics and artifacts (e.g. a later evaluation).
+
+    Args:
+        run_id: The run to continue.
+
+    Yields:
+        The ``mlflow.ActiveRun``. The run's status is set to FINISHED again at the end (or
+        FAILED if the block raises).
+    """
+    mlflow = _mlflow()
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The latest value of every metric of a run (e.g. to compare two runs in a plot).
+
+    Args:
+        run_id: The run to read.
+
+    Returns:
+        Metric name -> latest logged value.
+    """
+    mlflow = _mlflow()
+    return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
+
+
 def log_params(params: Mapping[str, Any] | Any) -> None:
     """Log more params (nested config flattened to dotted keys) to the active run."""
     flat = flatten_params(params)
@@ -282,6 +311,22 @@ def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> N
 def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
     """Log a JSON-serialisable mapping (e.g. the temperature scaler) as a JSON artifact."""
     _require_active_run().log_text(json.dumps(data, indent=2, sort_keys=True), artifact_file)
+
+
+def load_dict(run_id: str, artifact_file: str) -> dict[str, Any]:
+    """Read back a JSON artifact written by :func:`log_dict` (e.g. the temperature).
+
+    Args:
+        run_id: the run that logged it.
+        artifact_file: its path within the run's artifacts.
+
+    Returns:
+        The parsed mapping.
+    """
+    _mlflow()  # sets the tracking URI
+    import mlflow.artifacts
+
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_file}")
 
 
 # --------------------------------------------------------------------------- models

@@ -20,3 +20,15 @@ def demo_dir() -> Path:
             "(mimiciii-demo 1.4) and place the gzipped tables there to run this test"
         )
     return DEMO_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_ehr_features(tmp_path_factory) -> Path:
+    """A feature folder extracted from a ~150-patient synthetic cohort (with true_risk)."""
+    from features.mimic.extract import extract
+    from features.synthetic import generate
+
+    root = tmp_path_factory.mktemp("tiny_ehr")
+    generate(root / "mimic", patients=150, seed=0)
+    extract(root / "mimic", root / "features", seed=0, progress=False)
+    return root / "features"

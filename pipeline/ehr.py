@@ -1,0 +1,284 @@
+"""The MIMIC-III in-hospital-mortality job: train, select, calibrate, evaluate, log, report.
+
+:func:`train_ehr` trains a rank-1 EHR LSTM, its deterministic twin or a deep ensemble on a
+feature folder (``features.mimic``), keeps the weights with the best validation NLL, fits a
+temperature on the validation split and logs everything to one MLflow run: the full config
+as params, training curves, validation and test metrics (raw and calibrated; against the
+planted risk on synthetic data), cohort-level plots, the temperature and the model.
+:func:`report_ehr` reloads a run's model and temperature and writes the per-patient report.
+
+Patient identifiers never reach MLflow: only cohort-level numbers and plots are logged
+(``pipeline.tracking`` refuses identifier-like keys and values), and the per-patient report
+is written to owner-only files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import plots, tracking
+from pipeline.calibration import TemperatureScaler, calibrate_and_report
+from pipeline.config import TrainConfig
+from pipeline.metrics import auroc, binary_metrics, ece_against_truth, mixture_probs
+from pipeline.predict import model_ensemble_size, predict_member_logits
+from pipeline.train import fit, fit_ensemble, resolve_device, seed_everything
+from pipeline.uncertainty import referral_curve
+
+TASK = "in-hospital-mortality"
+CALIBRATION_FILE = "calibration/temperature.json"
+#: Seed of the Monte Carlo draws at evaluation and in reports, so a report is repeatable.
+EVAL_SEED = 0
+
+
+def model_config_for(config: TrainConfig, base: Any = None, input_features: int = 76):
+    """The :class:`rank1.models.EHRConfig` of ``config.method`` and ``config.posterior``.
+
+    Args:
+        config: The training config (method, posterior, ensemble size).
+        base: An ``EHRConfig`` with the layer sizes (defaults: the paper's).
+        input_features: Channels of the hourly grid.
+
+    Returns:
+        A new ``EHRConfig``: rank-1 layers for ``method="rank1"``, plain layers otherwise.
+    """
+    from rank1.models import EHRConfig
+
+    base = base or EHRConfig()
+    rank1_config = dataclasses.replace(
+        base.rank1, ensemble_size=config.ensemble_size, posterior=config.posterior
+    )
+    return dataclasses.replace(
+        base,
+        input_features=input_features,
+        bayesian=config.method == "rank1",
+        rank1=rank1_config,
+    )
+
+
+def _predict(model, x, config: TrainConfig, device) -> torch.Tensor:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(EVAL_SEED)
+        return predict_member_logits(
+            model,
+            x,
+            model_ensemble_size(model),
+            config.num_eval_samples,
+            batch_size=config.eval_batch_size,
+            device=device,
+            bf16=config.bf16,
+        )
+
+
+def _model_tag(config: TrainConfig) -> str:
+    if config.method == "rank1":
+        return f"rank1-lstm-{config.posterior}"
+    if config.method == "ensemble":
+        return f"deep-ensemble-lstm-{config.ensemble_size}"
+    return "lstm"
+
+
+def train_ehr(
+    features_dir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    experiment: str = "mimic-ihm",
+    model_config: Any = None,
+    run_name: str | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    summary: dict[str, float] | None = None,
+) -> str:
+    """Train and evaluate an EHR model on a feature folder; log one MLflow run.
+
+    Args:
+        features_dir: A feature folder written by ``features.mimic.extract``.
+        config: Training config (``method`` picks rank-1 / deterministic / ensemble).
+        experiment: MLflow experiment name.
+        model_config: ``rank1.models.EHRConfig`` with the layer sizes; ``bayesian``,
+            ``ensemble_size`` and ``posterior`` are taken from ``config``.
+        run_name: Optional MLflow run name.
+        checkpoint_dir: Where the trainer checkpoints (None: no checkpoint files).
+        resume: Continue from the checkpoint in ``checkpoint_dir``.
+        progress: Show a progress bar.
+        summary: If given, filled with the key final metrics (for a CLI to print).
+
+    Returns:
+        The MLflow run id.
+    """
+    from features.mimic.loader import load_manifest, load_split
+    from rank1.models import EHRModel
+
+    manifest = load_manifest(features_dir)
+    x_train, y_train, _ = load_split(features_dir, "train")
+    x_val, y_val, val_stays = load_split(features_dir, "val")
+    x_test, y_test, test_stays = load_split(features_dir, "test")
+    for name, y in (("train", y_train), ("val", y_val), ("test", y_test)):
+        if y.shape[0] == 0:
+            raise ValueError(f"{features_dir}: the {name} split is empty")
+    has_truth = "true_risk" in test_stays.columns
+    model_config = model_config_for(config, model_config, x_train.shape[2])
+    params = {
+        "train": config.to_dict(),
+        "model": dataclasses.asdict(model_config),
+        "data": {
+            "n_train": x_train.shape[0],
+            "n_val": x_val.shape[0],
+            "n_test": x_test.shape[0],
+            "hours": x_train.shape[1],
+            "channels": x_train.shape[2],
+            "schema_version": manifest.get("schema_version"),
+        },
+    }
+    tags = {
+        "task": TASK,
+        "model": _model_tag(config),
+        "dataset": "synthetic-mimic-iii" if has_truth else "mimic-iii",
+    }
+    device = resolve_device(config.device)
+
+    with tracking.start_run(experiment, run_name=run_name, params=params, tags=tags) as run:
+
+        def on_eval(step: int, record: dict[str, float]) -> None:
+            record = dict(record)
+            member = record.pop("member", None)
+            prefix = "train/" if member is None else f"train/member_{int(member)}/"
+            tracking.log_metrics(record, step=step, prefix=prefix)
+
+        common = dict(
+            likelihood="bernoulli",
+            n_train=x_train.shape[0],
+            config=config,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            progress=progress,
+            on_eval=on_eval,
+        )
+        if config.method == "ensemble":
+            model, results = fit_ensemble(
+                lambda: EHRModel(model_config), (x_train, y_train), (x_val, y_val), **common
+            )
+        else:
+            seed_everything(config.seed)
+            results = [fit(EHRModel(model_config), (x_train, y_train), (x_val, y_val), **common)]
+            model = results[0].model
+        tracking.log_metrics(
+            {
+                "train_seconds": sum(r.seconds for r in results),
+                "best_step": sum(r.best_step for r in results) / len(results),
+                "steps": sum(r.steps for r in results) / len(results),
+            }
+        )
+
+        k = model_ensemble_size(model)
+        val_logits = _predict(model, x_val, config, device)
+        test_logits = _predict(model, x_test, config, device)
+        scaler, test_metrics = calibrate_and_report(
+            val_logits, y_val, test_logits, y_test, "binary", num_members=k
+        )
+        val_raw = binary_metrics(val_logits, y_val, num_members=k)
+        val_cal = binary_metrics(scaler.apply(val_logits), y_val, num_members=k)
+        tracking.log_metrics(val_raw, prefix="val/")
+        tracking.log_metrics(val_cal, prefix="val_calibrated/")
+        tracking.log_metrics(test_metrics["raw"], prefix="test/")
+        tracking.log_metrics(test_metrics["calibrated"], prefix="test_calibrated/")
+        tracking.log_metrics({"temperature": scaler.temperature}, prefix="calibration/")
+        calibrated = scaler.apply(test_logits)
+        risk = mixture_probs(calibrated)
+        truth: dict[str, float] = {}
+        if has_truth:
+            true_risk = test_stays["true_risk"].to_numpy()
+            truth = {
+                "planted_auroc": auroc(true_risk, y_test),
+                "ece_true_risk": ece_against_truth(mixture_probs(test_logits), true_risk),
+                "calibrated_ece_true_risk": ece_against_truth(risk, true_risk),
+            }
+            tracking.log_metrics(truth, prefix="test/")
+
+        figures = {
+            "plots/reliability_test_calibrated.png": plots.reliability_figure(
+                risk, y_test, title="Test reliability (calibrated)"
+            ),
+            "plots/risk_histogram_test.png": plots.risk_histogram_figure(risk, y_test),
+            "plots/referral_test.png": plots.referral_figure(referral_curve(calibrated, y_test)),
+        }
+        import matplotlib.pyplot as plt
+
+        for artifact, fig in figures.items():
+            tracking.log_figure(fig, artifact)
+            plt.close(fig)
+        tracking.log_dict(
+            {
+                **scaler.to_dict(),
+                "ensemble_size": k,
+                "num_eval_samples": config.num_eval_samples,
+                "fitted_on": "val",
+            },
+            CALIBRATION_FILE,
+        )
+        tracking.log_model(model.cpu())
+        run_id = run.info.run_id
+
+    if summary is not None:
+        summary.update(
+            {
+                "train_seconds": sum(r.seconds for r in results),
+                "val_nll": val_raw["nll"],
+                "test_auroc": test_metrics["raw"]["auroc"],
+                "test_auprc": test_metrics["raw"]["auprc"],
+                "test_nll": test_metrics["raw"]["nll"],
+                "test_ece": test_metrics["raw"]["ece"],
+                "test_calibrated_nll": test_metrics["calibrated"]["nll"],
+                "test_calibrated_ece": test_metrics["calibrated"]["ece"],
+                "temperature": scaler.temperature,
+                **{f"test_{key}": value for key, value in truth.items()},
+            }
+        )
+    return run_id
+
+
+def report_ehr(
+    run_id: str,
+    features_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    coverage: float = 0.8,
+) -> dict[str, Path]:
+    """Write the per-patient report of one split with a logged run's model and temperature.
+
+    Args:
+        run_id: An MLflow run written by :func:`train_ehr`.
+        features_dir: The feature folder (the same normaliser as in training).
+        out_dir: Report folder (made owner-only; files are written with mode 0600).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        coverage: Share of stays the model keeps; the most uncertain rest get refer=True.
+
+    Returns:
+        ``{"parquet": path, "csv": path, "html": path}``.
+    """
+    from features.mimic.loader import load_split
+    from pipeline.report import build_report_table, write_report
+
+    model = tracking.load_model(run_id, map_location="cpu")
+    record = tracking.load_dict(run_id, CALIBRATION_FILE)
+    scaler = TemperatureScaler.from_dict(record)
+    x, y, stays = load_split(features_dir, split)
+    if x.shape[0] == 0:
+        raise ValueError(f"{features_dir}: the {split} split is empty")
+    config = TrainConfig(
+        num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu", bf16=False
+    )
+    logits = _predict(model, x, config, torch.device("cpu"))
+    table = build_report_table(stays, logits, scaler, coverage=coverage)
+    scored = binary_metrics(scaler.apply(logits), y, num_members=model_ensemble_size(model))
+    metrics = {
+        f"{split} {name}": scored[name] for name in ("auroc", "auprc", "nll", "ece", "brier")
+    }
+    metrics["temperature"] = scaler.temperature
+    return write_report(table, out_dir, metrics=metrics, coverage=coverage)

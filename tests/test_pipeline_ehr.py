@@ -1,0 +1,120 @@
+import stat
+
+import polars as pl
+import pytest
+import torch
+
+from pipeline import tracking
+from pipeline.config import OptimConfig, ScheduleConfig, TrainConfig
+from pipeline.ehr import CALIBRATION_FILE, report_ehr, train_ehr
+from pipeline.predict import predict_member_logits
+from rank1.models import EHRConfig
+
+SMALL = EHRConfig(projection_dim=8, rnn_dim=16, hidden_dim=16)
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    # One temporary sqlite store for the module: creating its schema costs seconds.
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(folder)
+        yield uri
+
+
+def _config(method="rank1"):
+    return TrainConfig(
+        method=method,
+        batch_size=32,
+        optim=OptimConfig(lr=3e-3),
+        schedule=ScheduleConfig(length=30, kl_anneal=15),
+        eval_every=10,
+        checkpoint_every=0,
+        num_eval_samples=2,
+        device="cpu",
+    )
+
+
+def test_train_ehr_logs_run_and_reports(tiny_ehr_features, mlflow_store, tmp_path):
+    import mlflow
+
+    summary = {}
+    run_id = train_ehr(
+        tiny_ehr_features, _config(), experiment="test-ihm", model_config=SMALL,
+        progress=False, summary=summary,
+    )  # fmt: skip
+    client = mlflow.MlflowClient(tracking_uri=mlflow_store)
+    run = client.get_run(run_id)
+    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    assert params["train.method"] == "rank1"
+    assert params["train.optim.lr"] == "0.003"
+    assert params["model.rnn_dim"] == "16" and params["model.rank1.ensemble_size"] == "4"
+    assert tags["task"] == "in-hospital-mortality"
+    assert tags["model"] == "rank1-lstm-normal" and tags["dataset"] == "synthetic-mimic-iii"
+    for key in ("test/auroc", "test/nll", "test_calibrated/nll", "test_calibrated/ece",
+                "val/nll", "test/planted_auroc", "test/calibrated_ece_true_risk",
+                "calibration/temperature", "train/val_nll"):  # fmt: skip
+        assert key in metrics, key
+    assert 0.5 < metrics["test/planted_auroc"] <= 1.0
+    assert metrics["calibration/temperature"] == pytest.approx(summary["temperature"])
+    history = client.get_metric_history(run_id, "train/val_nll")
+    assert [m.step for m in history] == [10, 20, 30]
+    # No patient identifiers anywhere in params, metrics or tags.
+    for mapping in (params, metrics, tags):
+        for key, value in mapping.items():
+            for marker in ("subject_id", "hadm_id", "icustay_id"):
+                assert marker not in key.lower() and marker not in str(value).lower()
+    artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert artifacts == {
+        "plots/reliability_test_calibrated.png",
+        "plots/risk_histogram_test.png",
+        "plots/referral_test.png",
+    }
+    record = tracking.load_dict(run_id, CALIBRATION_FILE)
+    assert record["temperature"] == pytest.approx(summary["temperature"])
+    assert record["ensemble_size"] == 4 and record["num_eval_samples"] == 2
+
+    # The logged model reloads and predicts the same as a fresh copy of its weights.
+    from features.mimic.loader import load_split
+
+    model = tracking.load_model(run_id, map_location="cpu")
+    x, y, stays = load_split(tiny_ehr_features, "test")
+    torch.manual_seed(3)
+    a = predict_member_logits(model, x, 4, 2)
+    torch.manual_seed(3)
+    b = predict_member_logits(tracking.load_model(run_id, map_location="cpu"), x, 4, 2)
+    assert a.shape == (8, x.shape[0]) and torch.equal(a, b)
+
+    out = tmp_path / "report"
+    paths = report_ehr(run_id, tiny_ehr_features, out, coverage=0.75)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    for path in paths.values():
+        assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o600
+    table = pl.read_parquet(paths["parquet"])
+    assert table.height == stays.height <= x.shape[0]
+    assert table["icustay_id"].to_list() == stays["icustay_id"].to_list()
+    assert table["risk"].is_between(0, 1).all()
+    assert 0 < table["refer"].sum() < table.height
+
+
+@pytest.mark.parametrize("method", ["deterministic", "ensemble"])
+def test_train_ehr_baselines(tiny_ehr_features, mlflow_store, method):
+    import mlflow
+
+    config = _config(method).replace(ensemble_size=2)
+    run_id = train_ehr(
+        tiny_ehr_features, config, experiment="test-ihm", model_config=SMALL, progress=False
+    )
+    run = mlflow.MlflowClient(tracking_uri=mlflow_store).get_run(run_id)
+    assert run.data.params["train.method"] == method
+    metrics = run.data.metrics
+    assert "test/auroc" in metrics and "test_calibrated/nll" in metrics
+    if method == "ensemble":
+        assert run.data.tags["model"] == "deep-ensemble-lstm-2"
+        assert "train/member_1/val_nll" in metrics
+        assert tracking.load_dict(run_id, CALIBRATION_FILE)["ensemble_size"] == 2
+    else:
+        assert run.data.tags["model"] == "lstm"
+        assert tracking.load_dict(run_id, CALIBRATION_FILE)["ensemble_size"] == 1
