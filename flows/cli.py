@@ -100,5 +100,166 @@ def extract_command(
 # --- end of MIMIC-III commands -------------------------------------------------------------
 
 
+# --- training and reports (pipeline.ehr) ---------------------------------------------------
+
+
+@app.command("train")
+def train_command(
+    features: Annotated[Path, typer.Option("--features", help="Feature folder to train on.")],
+    method: Annotated[
+        str | None, typer.Option("--method", help="rank1 (default) | deterministic | ensemble.")
+    ] = None,
+    posterior: Annotated[
+        str | None,
+        typer.Option("--posterior", help="Rank-1 factor family: normal (default) | cauchy."),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", min=1, help="Optimiser steps (recipe: 10000)."),
+    ] = None,
+    kl_anneal: Annotated[
+        int | None,
+        typer.Option("--kl-anneal", min=0, help="KL annealing steps (default: half of --steps)."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Rows per step (recipe: 64).")
+    ] = None,
+    ensemble_size: Annotated[
+        int | None, typer.Option("--ensemble-size", min=1, help="K (recipe: 4).")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed (default 0).")] = None,
+    rnn_dim: Annotated[
+        int | None, typer.Option("--rnn-dim", min=1, help="LSTM units (paper: 256).")
+    ] = None,
+    hidden_dim: Annotated[
+        int | None, typer.Option("--hidden-dim", min=1, help="Dense units (paper: 128).")
+    ] = None,
+    num_eval_samples: Annotated[
+        int | None, typer.Option("--num-eval-samples", min=1, help="MC samples per member.")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option("--eval-every", min=0, help="Validate every N steps.")
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option("--patience", min=0, help="Early-stopping evaluations.")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto (default) | cpu | cuda[:N].")
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML training config; options above override it."),
+    ] = None,
+    experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment.")] = (
+        "mimic-ihm"
+    ),
+    run_name: Annotated[str | None, typer.Option("--run-name", help="MLflow run name.")] = None,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option("--checkpoint-dir", help="Write checkpoints here.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from --checkpoint-dir.")
+    ] = False,
+) -> None:
+    """Train an EHR model (rank-1 BNN, deterministic or deep ensemble) and log it to MLflow."""
+    import dataclasses
+
+    import yaml
+
+    from pipeline.config import ConfigError, TrainConfig
+
+    try:
+        data = {}
+        if config_file is not None:
+            data = yaml.safe_load(config_file.read_text("utf-8")) or {}
+        config = TrainConfig.from_dict(data)
+        changes = {}
+        for name, value in (
+            ("method", method),
+            ("posterior", posterior),
+            ("seed", seed),
+            ("device", device),
+            ("batch_size", batch_size),
+            ("ensemble_size", ensemble_size),
+            ("num_eval_samples", num_eval_samples),
+            ("eval_every", eval_every),
+            ("patience", patience),
+        ):
+            if value is not None:
+                changes[name] = value
+        schedule = config.schedule
+        if steps is not None:
+            # Keep the recipe's proportion: the KL is annealed over the first half.
+            schedule = dataclasses.replace(schedule, unit="steps", length=steps)
+            schedule.kl_anneal = steps // 2 if kl_anneal is None else kl_anneal
+        elif kl_anneal is not None:
+            schedule = dataclasses.replace(schedule, kl_anneal=kl_anneal)
+        optim = config.optim if lr is None else dataclasses.replace(config.optim, lr=lr)
+        config = TrainConfig.from_dict(
+            {
+                **config.to_dict(),
+                **changes,
+                "schedule": dataclasses.asdict(schedule),
+                "optim": dataclasses.asdict(optim),
+            }
+        )
+    except (OSError, yaml.YAMLError, ConfigError) as err:
+        fail(str(err))
+
+    from features.mimic.loader import FeatureFolderError
+    from pipeline.ehr import train_ehr
+    from rank1.models import EHRConfig
+
+    sizes = {"rnn_dim": rnn_dim, "hidden_dim": hidden_dim}
+    model_config = EHRConfig(**{k: v for k, v in sizes.items() if v is not None})
+    summary: dict[str, float] = {}
+    try:
+        run_id = train_ehr(
+            features,
+            config,
+            experiment=experiment,
+            model_config=model_config,
+            run_name=run_name,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            summary=summary,
+        )
+    except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
+        fail(str(err))
+    typer.echo(f"run_id {run_id}")
+    for key, value in summary.items():
+        typer.echo(f"  {key:<34} {value:.4f}")
+
+
+@app.command("report")
+def report_command(
+    run: Annotated[str, typer.Option("--run", help="MLflow run id of a `rank1 train` run.")],
+    features: Annotated[Path, typer.Option("--features", help="Feature folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder (owner-only).")],
+    split: Annotated[str, typer.Option("--split", help="train | val | test.")] = "test",
+    coverage: Annotated[
+        float, typer.Option("--coverage", min=0.0, max=1.0, help="Share not referred.")
+    ] = 0.8,
+) -> None:
+    """Write the per-patient risk and uncertainty report of one split (Parquet/CSV/HTML)."""
+    from features.mimic.loader import FeatureFolderError
+    from pipeline.ehr import report_ehr
+
+    try:
+        paths = report_ehr(run, features, out, split=split, coverage=coverage)
+    except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
+        fail(str(err))
+    except Exception as err:  # MLflow raises its own exception types for unknown runs
+        if type(err).__name__ != "MlflowException":
+            raise
+        fail(str(err).splitlines()[0])
+    for kind, path in paths.items():
+        typer.echo(f"wrote {kind}: {path}")
+
+
+# --- end of training commands --------------------------------------------------------------
+
+
 if __name__ == "__main__":
     app()
