@@ -1,0 +1,410 @@
+"""Prefect flows of the MIMIC-III in-hospital-mortality job.
+
+* ``extract_mimic``: raw tables -> feature folder, skipped when the inputs are unchanged.
+* ``train_mimic``: feature folder -> one calibrated MLflow run per model (rank-1 LSTM,
+  deterministic LSTM, deep ensemble).
+* ``report_mimic``: MLflow run + feature folder -> per-patient uncertainty report.
+* ``clinical_pipeline``: the three above, end to end, as sub-flows.
+
+The flows only compose library functions (``features.mimic.extract``,
+``pipeline.ehr.train_ehr`` / ``report_ehr``). Every flow validates its parameters first
+(:mod:`flows.params`), so a bad value fails before any task with a message naming it.
+
+Nothing that identifies a patient enters Prefect: parameters are paths and settings, run
+names are Prefect's generated ones, and the logs carry cohort-level counts and metrics only.
+Per-patient files (feature folder, reports) go under folders made owner-only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run, task_run
+
+from flows.params import (
+    ClinicalParams,
+    ExtractParams,
+    ReportParams,
+    TrainParams,
+    validate,
+)
+
+# Bounds per task. Full MIMIC-III extraction takes minutes with polars; the paper's
+# 10k-step LSTM takes well under an hour on a CPU; the timeouts only catch hung runs.
+EXTRACT_TIMEOUT_S = 4 * 3600
+TRAIN_TIMEOUT_S = 12 * 3600
+REPORT_TIMEOUT_S = 3600
+
+
+def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
+    """Retry condition: retry only failures that may pass on a second try.
+
+    A ``ValueError`` (bad input table, bad config, empty split; ``MimicInputError`` and
+    ``ConfigError`` are ValueErrors) fails the same way every time, so retrying it only
+    delays the error. I/O errors, a locked tracking database or a lost server may pass.
+
+    Args:
+        task_obj: The task (unused; part of Prefect's callback signature).
+        task_run: The task run (unused).
+        state: The failed state.
+
+    Returns:
+        Whether Prefect should apply the task's retry policy.
+    """
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, ValueError)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def inputs_unchanged(
+    mimic_dir: Path, out_dir: Path, seed: int, val_fraction: float, test_fraction: float
+) -> bool:
+    """Whether ``out_dir`` was extracted from exactly these tables with these settings.
+
+    Compares the byte size and sha256 of every source table with the ones recorded in the
+    existing feature folder's manifest (sizes first, so a changed table usually costs no
+    hashing), and the split settings.
+
+    Returns:
+        True when re-extracting would write the same feature folder.
+    """
+    import json
+
+    from features.mimic.extract import MANIFEST_FILE, SOURCE_TABLES
+    from features.mimic.tables import MimicInputError, file_fingerprint, table_path
+
+    logger = get_run_logger()
+    manifest_path = out_dir / MANIFEST_FILE
+    if not manifest_path.is_file():
+        logger.info("no feature folder at %s yet", out_dir)
+        return False
+    manifest = json.loads(manifest_path.read_text())
+    split = manifest.get("split", {})
+    settings = (split.get("seed"), split.get("val_fraction"), split.get("test_fraction"))
+    if settings != (seed, val_fraction, test_fraction):
+        logger.info("split settings changed since the last extraction")
+        return False
+    recorded = manifest.get("source", {}).get("tables", {})
+    if set(recorded) != set(SOURCE_TABLES):
+        return False
+    try:
+        paths = {name: table_path(mimic_dir, name) for name in SOURCE_TABLES}
+    except MimicInputError:
+        return False  # a table is missing: let extraction report it properly
+    for name, path in paths.items():
+        if path.stat().st_size != recorded[name].get("bytes"):
+            logger.info("%s changed size since the last extraction", name)
+            return False
+    for name, path in paths.items():
+        if file_fingerprint(path)["sha256"] != recorded[name].get("sha256"):
+            logger.info("%s changed content since the last extraction", name)
+            return False
+    return True
+
+
+@task(
+    retries=1,
+    retry_delay_seconds=30,
+    retry_condition_fn=retry_transient,
+    timeout_seconds=EXTRACT_TIMEOUT_S,
+    cache_policy=NO_CACHE,
+)
+def extract_features(params: ExtractParams) -> dict[str, Any]:
+    """Run ``features.mimic.extract.extract`` and log the cohort counts.
+
+    Returns:
+        Cohort-level counts: ``stays``, ``positives`` and the per-split counts.
+    """
+    from features.mimic.extract import extract
+
+    logger = get_run_logger()
+    manifest = extract(
+        params.mimic_dir,
+        params.out_dir,
+        seed=params.seed,
+        val_fraction=params.val_fraction,
+        test_fraction=params.test_fraction,
+        progress=False,
+    )
+    for step in manifest["cohort"]["steps"]:
+        logger.info("cohort %-26s %8d stays", step["step"], step["stays"])
+    logger.info("extracted %s in %.1f s", params.out_dir, manifest["timings_s"]["total"])
+    return _counts(manifest)
+
+
+def _counts(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stays": manifest["stays"],
+        "positives": manifest["positives"],
+        "splits": manifest["split"]["counts"],
+    }
+
+
+@task(
+    task_run_name="train-{method}",
+    retries=1,
+    retry_delay_seconds=30,
+    retry_condition_fn=retry_transient,
+    timeout_seconds=TRAIN_TIMEOUT_S,
+    cache_policy=NO_CACHE,
+)
+def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
+    """Train, calibrate and log one model with ``pipeline.ehr.train_ehr``.
+
+    Returns:
+        The MLflow run id.
+    """
+    from pipeline.ehr import train_ehr
+
+    logger = get_run_logger()
+    config = params.train_config(method)
+    checkpoint_dir = params.checkpoint_dir / method if params.checkpoint_dir else None
+    logger.info(
+        "training %s: %s %s, batch %d, device %s",
+        method,
+        config.schedule.length,
+        config.schedule.unit,
+        config.batch_size,
+        config.device,
+    )
+    summary: dict[str, float] = {}
+    run_id = train_ehr(
+        params.features_dir,
+        config,
+        experiment=params.experiment,
+        model_config=params.ehr_config(),
+        run_name=run_name,
+        checkpoint_dir=checkpoint_dir,
+        # Only a retry resumes: a new run (e.g. tonight's, on new data) starts afresh.
+        resume=checkpoint_dir is not None and task_run.get_run_count() > 1,
+        progress=params.progress,
+        summary=summary,
+    )
+    logger.info(
+        "%s: test AUROC %.3f, NLL %.4f -> %.4f calibrated, ECE %.4f -> %.4f, T=%.3f "
+        "(MLflow run %s)",
+        method,
+        summary["test_auroc"],
+        summary["test_nll"],
+        summary["test_calibrated_nll"],
+        summary["test_ece"],
+        summary["test_calibrated_ece"],
+        summary["temperature"],
+        run_id,
+    )
+    return run_id
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_transient,
+    timeout_seconds=REPORT_TIMEOUT_S,
+    cache_policy=NO_CACHE,
+)
+def write_report(params: ReportParams) -> dict[str, str]:
+    """Write the per-patient report with ``pipeline.ehr.report_ehr`` (owner-only files).
+
+    Returns:
+        Paths of the ``parquet``, ``csv`` and ``html`` files.
+    """
+    from pipeline.ehr import report_ehr
+
+    paths = report_ehr(
+        params.run_id,
+        params.features_dir,
+        params.out_dir,
+        split=params.split,
+        coverage=params.coverage,
+    )
+    get_run_logger().info("report written to %s", paths["html"])
+    return {kind: str(path) for kind, path in paths.items()}
+
+
+# --------------------------------------------------------------------------- flows
+
+
+@flow(name="extract-mimic", validate_parameters=False)
+def extract_mimic(
+    mimic_dir: Path,
+    out_dir: Path,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Extract the in-hospital-mortality feature folder from raw MIMIC-III tables.
+
+    Skipped when ``out_dir`` already holds a feature folder extracted from tables with the
+    same sizes and sha256 hashes and the same split settings (unless ``force``).
+
+    Args:
+        mimic_dir: Folder with the MIMIC-III tables (CSV or CSV.gz, any case).
+        out_dir: Feature folder to write.
+        seed: Seed of the subject-level split.
+        val_fraction: Share of subjects in the validation split.
+        test_fraction: Share of subjects in the test split.
+        force: Extract even when the inputs are unchanged.
+
+    Returns:
+        ``{"features_dir", "extracted" (False when skipped), "stays", "positives",
+        "splits"}``.
+    """
+    params = validate("extract_mimic", ExtractParams, locals())
+    logger = get_run_logger()
+    if not params.force and inputs_unchanged(
+        params.mimic_dir, params.out_dir, params.seed, params.val_fraction, params.test_fraction
+    ):
+        from features.mimic.loader import load_manifest
+
+        logger.info("inputs unchanged since the last extraction: keeping %s", params.out_dir)
+        counts = _counts(load_manifest(params.out_dir))
+        return {"features_dir": str(params.out_dir), "extracted": False, **counts}
+    counts = extract_features(params)
+    return {"features_dir": str(params.out_dir), "extracted": True, **counts}
+
+
+@flow(name="train-mimic", validate_parameters=False)
+def train_mimic(
+    features_dir: Path,
+    methods: list[str] | None = None,
+    train: dict[str, Any] | None = None,
+    model: dict[str, int] | None = None,
+    experiment: str = "mimic-ihm",
+    checkpoint_dir: Path | None = None,
+    progress: bool = False,
+) -> dict[str, str]:
+    """Train, calibrate and log each chosen model to its own MLflow run.
+
+    Models train one after another: each already uses every core (or the GPU).
+
+    Args:
+        features_dir: Feature folder written by ``extract_mimic``.
+        methods: Any of ``rank1``, ``deterministic``, ``ensemble`` (default: the first two).
+        train: ``pipeline.config.TrainConfig`` overrides, e.g.
+            ``{"schedule": {"length": 2000}}`` (default: the paper's MIMIC recipe).
+        model: LSTM layer sizes ``projection_dim``, ``rnn_dim``, ``hidden_dim``.
+        experiment: MLflow experiment name.
+        checkpoint_dir: Checkpoint folder (a retried task resumes from it), or None.
+        progress: Show training progress bars on the terminal.
+
+    Returns:
+        ``{method: MLflow run id}``.
+    """
+    params = validate("train_mimic", TrainParams, _given(locals()))
+    prefix = flow_run.get_name()
+    return {
+        method: train_model(params, method, f"{method}-{prefix}" if prefix else method)
+        for method in params.methods
+    }
+
+
+@flow(name="report-mimic", validate_parameters=False)
+def report_mimic(
+    run_id: str,
+    features_dir: Path,
+    out_dir: Path,
+    split: str = "test",
+    coverage: float = 0.8,
+) -> dict[str, str]:
+    """Write the per-patient uncertainty report of one trained run.
+
+    Args:
+        run_id: MLflow run written by ``train_mimic``.
+        features_dir: The feature folder the run was trained on.
+        out_dir: Report folder (created owner-only).
+        split: ``train``, ``val`` or ``test``.
+        coverage: Share of stays the model keeps; the most uncertain rest are referred.
+
+    Returns:
+        Paths of the report's ``parquet``, ``csv`` and ``html`` files.
+    """
+    params = validate("report_mimic", ReportParams, locals())
+    return write_report(params)
+
+
+@flow(name="clinical-pipeline", validate_parameters=False)
+def clinical_pipeline(
+    mimic_dir: Path,
+    out_dir: Path = Path("outputs/mimic"),
+    methods: list[str] | None = None,
+    train: dict[str, Any] | None = None,
+    model: dict[str, int] | None = None,
+    experiment: str = "mimic-ihm",
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    coverage: float = 0.8,
+    force_extract: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Raw MIMIC-III tables to trained, calibrated models and per-patient reports.
+
+    Runs ``extract_mimic`` into ``out_dir/features``, ``train_mimic`` for each method and
+    ``report_mimic`` for each trained run into ``out_dir/reports/<method>``. ``out_dir`` is
+    made owner-only because the feature folder and the reports are per-patient data.
+
+    Args:
+        mimic_dir: Folder with the MIMIC-III tables (full database, demo or synthetic).
+        out_dir: Output root.
+        methods: Models to train (default: ``rank1`` and ``deterministic``).
+        train: ``TrainConfig`` overrides (default: the paper's MIMIC recipe).
+        model: LSTM layer sizes.
+        experiment: MLflow experiment name.
+        seed: Seed of the subject-level split.
+        val_fraction: Share of subjects in the validation split.
+        test_fraction: Share of subjects in the test split.
+        coverage: Report coverage.
+        force_extract: Extract even when the inputs are unchanged.
+        progress: Show training progress bars on the terminal.
+
+    Returns:
+        ``{"features_dir", "extracted", "runs": {method: run id},
+        "reports": {method: html path}}``.
+    """
+    params = validate("clinical_pipeline", ClinicalParams, _given(locals()))
+    from pipeline.files import make_private_dir
+
+    make_private_dir(params.out_dir)
+    extracted = extract_mimic(
+        params.mimic_dir,
+        params.features_dir,
+        seed=params.seed,
+        val_fraction=params.val_fraction,
+        test_fraction=params.test_fraction,
+        force=params.force_extract,
+    )
+    runs = train_mimic(
+        params.features_dir,
+        methods=list(params.methods),
+        train=params.train,
+        model=params.model.model_dump(),
+        experiment=params.experiment,
+        progress=params.progress,
+    )
+    reports = {
+        method: report_mimic(
+            run_id, params.features_dir, params.reports_dir / method, coverage=params.coverage
+        )["html"]
+        for method, run_id in runs.items()
+    }
+    logger = get_run_logger()
+    for method, html in reports.items():
+        logger.info("%s: MLflow run %s, report %s", method, runs[method], html)
+    return {
+        "features_dir": str(params.features_dir),
+        "extracted": extracted["extracted"],
+        "runs": runs,
+        "reports": reports,
+    }
+
+
+def _given(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Drop arguments left at None so the parameter model's defaults apply."""
+    return {name: value for name, value in arguments.items() if value is not None}

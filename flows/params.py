@@ -1,0 +1,308 @@
+"""Validated parameters of every flow.
+
+Each flow validates its parameters with one of these pydantic models as its very first step,
+before any task runs, so a bad value from the CLI, the Prefect UI or a deployment YAML fails
+at once with a :class:`ParameterError` whose message names the parameter, for example
+``train_mimic: parameter 'train.optim.lr': must be a finite number > 0, got -1.0``.
+
+The flows themselves turn off Prefect's own signature validation (``validate_parameters=
+False``) so that there is exactly one place, here, that coerces and checks values, and one
+error format. The models only depend on pydantic, so the CLI and ``rank1 serve`` can check a
+deployment's parameters without importing Prefect or torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Method = Literal["rank1", "deterministic", "ensemble"]
+Split = Literal["train", "val", "test"]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Seed = Annotated[int, Field(ge=0)]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ParameterError(ValueError):
+    """A flow parameter is invalid; the message names the flow and the parameter."""
+
+
+class _Params(BaseModel):
+    # Unknown keys are refused so that a typo in a deployment YAML is an error, not a no-op.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def train_config(overrides: dict[str, Any], method: str):
+    """A :class:`pipeline.config.TrainConfig` from nested overrides and a method.
+
+    Raises:
+        pipeline.config.ConfigError: Naming the bad field.
+    """
+    from pipeline.config import TrainConfig
+
+    return TrainConfig.from_dict({**overrides, "method": method})
+
+
+def _check_train_configs(methods: list[str], overrides: dict[str, Any]) -> None:
+    from pipeline.config import ConfigError
+
+    for method in methods:
+        try:
+            train_config(overrides, method)
+        except ConfigError as err:
+            # ConfigError reads "config field 'optim.lr': ..."; report it as a parameter.
+            field, _, reason = str(err).removeprefix("config field '").partition("': ")
+            raise ValueError(f"parameter 'train.{field}': {reason}") from None
+
+
+def _existing_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder")
+    return path
+
+
+def _unique_methods(methods: list[str]) -> list[str]:
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"each method may appear once, got {methods}")
+    return methods
+
+
+def _no_method_in_train(train: dict[str, Any]) -> dict[str, Any]:
+    if "method" in train:
+        raise ValueError("set the method with 'methods', not inside 'train'")
+    return train
+
+
+def _fractions_leave_training_data(val_fraction: float, test_fraction: float) -> None:
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            "parameter 'test_fraction': val_fraction + test_fraction must be < 1 to leave "
+            f"subjects for training, got {val_fraction} + {test_fraction}"
+        )
+
+
+def _feature_folder(path: Path) -> Path:
+    if not (path / "manifest.json").is_file():
+        raise ValueError(f"{path} is not a feature folder (no manifest.json); run extraction")
+    return path
+
+
+class ExtractParams(_Params):
+    """Parameters of ``extract_mimic``.
+
+    Attributes:
+        mimic_dir: Folder with the raw MIMIC-III tables (CSV or CSV.gz).
+        out_dir: Feature folder to write.
+        seed: Seed of the subject-level split.
+        val_fraction: Share of subjects in the validation split.
+        test_fraction: Share of subjects in the test split.
+        force: Extract even when the inputs are unchanged since the last extraction.
+    """
+
+    mimic_dir: Path
+    out_dir: Path
+    seed: Seed = 0
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    force: bool = False
+
+    @field_validator("mimic_dir")
+    @classmethod
+    def _mimic_dir_exists(cls, path: Path) -> Path:
+        return _existing_dir(path)
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> ExtractParams:
+        _fractions_leave_training_data(self.val_fraction, self.test_fraction)
+        return self
+
+
+class ModelSizes(_Params):
+    """Layer sizes of the EHR LSTM (defaults: the paper's)."""
+
+    projection_dim: Annotated[int, Field(ge=1)] = 32
+    rnn_dim: Annotated[int, Field(ge=1)] = 256
+    hidden_dim: Annotated[int, Field(ge=1)] = 128
+
+
+class TrainParams(_Params):
+    """Parameters of ``train_mimic``.
+
+    Attributes:
+        features_dir: Feature folder written by extraction.
+        methods: Models to train, each into its own MLflow run: ``rank1`` (the rank-1
+            LSTM), ``deterministic`` (its deterministic twin), ``ensemble`` (a deep
+            ensemble of deterministic LSTMs).
+        train: Overrides of ``pipeline.config.TrainConfig`` as a nested mapping, e.g.
+            ``{"schedule": {"length": 2000}, "device": "cpu"}``; the method comes from
+            ``methods``.
+        model: Layer sizes of the LSTM.
+        experiment: MLflow experiment name.
+        checkpoint_dir: Folder for training checkpoints (one sub-folder per method), or
+            None for none.
+        progress: Show training progress bars (for a terminal; off in served runs).
+    """
+
+    features_dir: Path
+    methods: Annotated[list[Method], Field(min_length=1)] = ["rank1", "deterministic"]
+    train: dict[str, Any] = Field(default_factory=dict)
+    model: ModelSizes = Field(default_factory=ModelSizes)
+    experiment: Annotated[str, Field(min_length=1)] = "mimic-ihm"
+    checkpoint_dir: Path | None = None
+    progress: bool = False
+
+    @field_validator("features_dir")
+    @classmethod
+    def _is_feature_folder(cls, path: Path) -> Path:
+        return _feature_folder(path)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, methods: list[str]) -> list[str]:
+        return _unique_methods(methods)
+
+    @field_validator("train")
+    @classmethod
+    def _method_not_in_train(cls, train: dict[str, Any]) -> dict[str, Any]:
+        return _no_method_in_train(train)
+
+    @model_validator(mode="after")
+    def _check_train(self) -> TrainParams:
+        _check_train_configs(self.methods, self.train)
+        return self
+
+    def train_config(self, method: str):
+        """The full :class:`pipeline.config.TrainConfig` of one method."""
+        return train_config(self.train, method)
+
+    def ehr_config(self):
+        """The :class:`rank1.models.EHRConfig` with these layer sizes."""
+        from rank1.models import EHRConfig
+
+        return EHRConfig(**self.model.model_dump())
+
+
+class ReportParams(_Params):
+    """Parameters of ``report_mimic``.
+
+    Attributes:
+        run_id: MLflow run written by ``train_mimic``.
+        features_dir: Feature folder (the same one the run was trained on).
+        out_dir: Report folder (owner-only).
+        split: Split to report on.
+        coverage: Share of stays the model keeps; the most uncertain rest are referred.
+    """
+
+    run_id: Annotated[str, Field(pattern=r"^[0-9a-zA-Z_-]{8,64}$")]
+    features_dir: Path
+    out_dir: Path
+    split: Split = "test"
+    coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+
+    @field_validator("features_dir")
+    @classmethod
+    def _is_feature_folder(cls, path: Path) -> Path:
+        return _feature_folder(path)
+
+
+class ClinicalParams(_Params):
+    """Parameters of ``clinical_pipeline`` (extraction, training, reports).
+
+    Attributes:
+        mimic_dir: Folder with the raw MIMIC-III tables.
+        out_dir: Output root: ``features/`` and ``reports/<method>/`` are written in it.
+        methods: Models to train (see :class:`TrainParams`).
+        train: ``TrainConfig`` overrides (see :class:`TrainParams`).
+        model: Layer sizes of the LSTM.
+        experiment: MLflow experiment name.
+        seed: Seed of the subject-level split.
+        val_fraction: Share of subjects in the validation split.
+        test_fraction: Share of subjects in the test split.
+        coverage: Report coverage (see :class:`ReportParams`).
+        force_extract: Extract even when the inputs are unchanged.
+        progress: Show training progress bars.
+    """
+
+    mimic_dir: Path
+    out_dir: Path = Path("outputs/mimic")
+    methods: Annotated[list[Method], Field(min_length=1)] = ["rank1", "deterministic"]
+    train: dict[str, Any] = Field(default_factory=dict)
+    model: ModelSizes = Field(default_factory=ModelSizes)
+    experiment: Annotated[str, Field(min_length=1)] = "mimic-ihm"
+    seed: Seed = 0
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    force_extract: bool = False
+    progress: bool = False
+
+    @field_validator("mimic_dir")
+    @classmethod
+    def _mimic_dir_exists(cls, path: Path) -> Path:
+        return _existing_dir(path)
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, methods: list[str]) -> list[str]:
+        return _unique_methods(methods)
+
+    @field_validator("train")
+    @classmethod
+    def _method_not_in_train(cls, train: dict[str, Any]) -> dict[str, Any]:
+        return _no_method_in_train(train)
+
+    @model_validator(mode="after")
+    def _check_together(self) -> ClinicalParams:
+        # The same checks as the sub-flows, so a bad value fails before extraction starts.
+        _fractions_leave_training_data(self.val_fraction, self.test_fraction)
+        _check_train_configs(self.methods, self.train)
+        return self
+
+    @property
+    def features_dir(self) -> Path:
+        """Where the feature folder goes."""
+        return self.out_dir / "features"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where the per-method report folders go."""
+        return self.out_dir / "reports"
+
+
+def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:
+    """Validate a flow's parameters; raise :class:`ParameterError` naming the first bad one.
+
+    Args:
+        flow_name: Name of the flow, for the message.
+        model: The parameter model.
+        values: The flow's arguments.
+
+    Returns:
+        The validated (and coerced) parameters.
+
+    Raises:
+        ParameterError: ``"<flow>: parameter '<name>': <reason>"``.
+    """
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        raise ParameterError(f"{flow_name}: {describe(err)}") from None
+
+
+def describe(err: ValidationError) -> str:
+    """One line for the first error of a pydantic ``ValidationError``."""
+    first = err.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown parameter"
+    if not location:
+        return message
+    given = first.get("input")
+    # Our own checks (value_error) already say what they got; pydantic's built-in ones don't.
+    own = first["type"] in ("value_error", "missing") or isinstance(given, dict)
+    shown = "" if own else f" (got {given!r})"
+    return f"parameter {location!r}: {message}{shown}"
