@@ -22,6 +22,8 @@ Method = Literal["rank1", "deterministic", "ensemble"]
 Split = Literal["train", "val", "test"]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Seed = Annotated[int, Field(ge=0)]
+Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
+RunId = Annotated[str, Field(pattern=r"^[0-9a-zA-Z_-]{8,64}$")]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -196,7 +198,7 @@ class ReportParams(_Params):
         coverage: Share of stays the model keeps; the most uncertain rest are referred.
     """
 
-    run_id: Annotated[str, Field(pattern=r"^[0-9a-zA-Z_-]{8,64}$")]
+    run_id: RunId
     features_dir: Path
     out_dir: Path
     split: Split = "test"
@@ -270,6 +272,147 @@ class ClinicalParams(_Params):
     def reports_dir(self) -> Path:
         """Where the per-method report folders go."""
         return self.out_dir / "reports"
+
+
+ImageMethod = Literal["rank1", "deterministic", "ensemble"]
+Severity = Annotated[int, Field(ge=1, le=5)]
+
+
+class ImageTrainParams(_Params):
+    """Parameters of ``train_images``.
+
+    Attributes:
+        preset: A recipe of ``pipeline.images.PRESETS`` (``cnn-digits``,
+            ``wrn28-10-cifar10``, ``wrn28-10-cifar100``, ``resnet50-imagenet``).
+        methods: Models to train, each into its own MLflow run.
+        dataset: Train the preset's model on another dataset (None: the preset's).
+        data_dir: Folder of the clean data (not needed for digits).
+        epochs: Training length (the recipe's schedule scales with it).
+        batch_size: Unique images per step (the learning rate scales linearly).
+        ensemble_size: K.
+        posterior: ``normal`` or ``cauchy`` rank-1 factors.
+        seed: Training seed.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        num_workers: DataLoader workers.
+        experiment: MLflow experiment name (None: the preset's).
+        checkpoint_dir: Checkpoint folder (one sub-folder per method), or None.
+        progress: Show training progress bars.
+    """
+
+    preset: str = "cnn-digits"
+    methods: Annotated[list[ImageMethod], Field(min_length=1)] = ["rank1"]
+    dataset: Literal["digits", "cifar10", "cifar100", "imagenet"] | None = None
+    data_dir: Path | None = None
+    epochs: Annotated[float, Field(gt=0)] | None = None
+    batch_size: Annotated[int, Field(ge=1)] | None = None
+    ensemble_size: Annotated[int, Field(ge=1)] | None = None
+    posterior: Literal["normal", "cauchy"] | None = None
+    seed: Seed | None = None
+    device: Device | None = None
+    num_workers: Annotated[int, Field(ge=0)] | None = None
+    experiment: Annotated[str, Field(min_length=1)] | None = None
+    checkpoint_dir: Path | None = None
+    progress: bool = False
+
+    @field_validator("methods")
+    @classmethod
+    def _unique(cls, methods: list[str]) -> list[str]:
+        return _unique_methods(methods)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_exists(cls, path: Path | None) -> Path | None:
+        return None if path is None else _existing_dir(path)
+
+    @model_validator(mode="after")
+    def _check_jobs(self) -> ImageTrainParams:
+        from pipeline.config import ConfigError
+
+        for method in self.methods:
+            try:
+                self.job(method)
+            except ConfigError as err:
+                field, _, reason = str(err).removeprefix("config field '").partition("': ")
+                if not reason:  # e.g. "unknown image preset ..."
+                    raise ValueError(f"parameter 'preset': {err}") from None
+                raise ValueError(f"parameter {field!r}: {reason}") from None
+        return self
+
+    def job(self, method: str):
+        """The ``pipeline.images.ImageJobConfig`` of one method."""
+        from pipeline.images import image_preset
+
+        return image_preset(
+            self.preset,
+            method=method,
+            dataset=self.dataset,
+            data_dir=self.data_dir,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            ensemble_size=self.ensemble_size,
+            posterior=self.posterior,
+            seed=self.seed,
+            device=self.device,
+            num_workers=self.num_workers,
+            experiment=self.experiment,
+        )
+
+
+class ImageValidateParams(_Params):
+    """Parameters of ``validate_images``.
+
+    Attributes:
+        run_id: MLflow run written by ``train_images``.
+        corruptions: Corruption names (None: every corruption generated on the fly).
+        severities: Severities, 1 to 5.
+        data_dir: Clean data folder (None: the one the run was trained with).
+        corrupted_dir: Official CIFAR-10-C / CIFAR-100-C / ImageNet-C release (None:
+            corruptions are generated on the fly).
+        compare_run_id: Another run (e.g. the deterministic twin) drawn in the plot.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    run_id: RunId
+    corruptions: Annotated[list[str], Field(min_length=1)] | None = None
+    severities: Annotated[list[Severity], Field(min_length=1)] = [1, 2, 3, 4, 5]
+    data_dir: Path | None = None
+    corrupted_dir: Path | None = None
+    compare_run_id: RunId | None = None
+    device: Device = "auto"
+
+    @field_validator("data_dir", "corrupted_dir")
+    @classmethod
+    def _dir_exists(cls, path: Path | None) -> Path | None:
+        return None if path is None else _existing_dir(path)
+
+    @field_validator("severities")
+    @classmethod
+    def _unique_severities(cls, severities: list[int]) -> list[int]:
+        if len(set(severities)) != len(severities):
+            raise ValueError(f"each severity may appear once, got {severities}")
+        return severities
+
+    @model_validator(mode="after")
+    def _known_corruptions(self) -> ImageValidateParams:
+        # With an official release the names are its file names; only generated
+        # corruptions can be checked up front.
+        if self.corruptions is not None and self.corrupted_dir is None:
+            from features.images.corruptions import available_corruptions
+
+            known = available_corruptions()
+            unknown = [name for name in self.corruptions if name not in known]
+            if unknown:
+                raise ValueError(
+                    f"parameter 'corruptions': unknown corruption {unknown[0]!r} "
+                    f"(known: {', '.join(known)})"
+                )
+        return self
+
+    def names(self) -> list[str]:
+        """The corruptions to evaluate."""
+        from features.images.corruptions import available_corruptions
+
+        return list(self.corruptions or available_corruptions())
 
 
 def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:
