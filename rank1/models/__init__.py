@@ -2,6 +2,7 @@
 
 from rank1.models.ehr import EHRConfig, EHRModel
 from rank1.models.resnet import ResNet50, ResNet50Config
+from rank1.models.small_cnn import SmallCNN, SmallCNNConfig
 from rank1.models.wide_resnet import WideResNet, WideResNetConfig
 
 __all__ = [
@@ -9,6 +10,8 @@ __all__ = [
     "EHRModel",
     "ResNet50",
     "ResNet50Config",
+    "SmallCNN",
+    "SmallCNNConfig",
     "WideResNet",
     "WideResNetConfig",
 ]
