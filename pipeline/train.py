@@ -187,9 +187,23 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or SGD over ``rank1.param_groups`` (no decay on the factor posteriors)."""
+    """Adam or SGD over ``rank1.param_groups`` (no decay on the factor posteriors).
+
+    With ``config.optim.decay_norm`` False, normalisation-layer parameters move from the
+    decayed group to an undecayed one (the ImageNet recipe, spec 1.7).
+    """
     o = config.optim
     groups = rank1.param_groups(model, o.weight_decay, o.fast_weight_lr_multiplier, lr=o.lr)
+    if not o.decay_norm:
+        norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+        norm_ids = {
+            id(p) for m in model.modules() if isinstance(m, norm_types) for p in m.parameters()
+        }
+        shared = groups[0]
+        norm = [p for p in shared["params"] if id(p) in norm_ids]
+        shared["params"] = [p for p in shared["params"] if id(p) not in norm_ids]
+        if norm:
+            groups.append({"params": norm, "weight_decay": 0.0, "name": "norm"})
     if o.name == "adam":
         return torch.optim.Adam(groups, lr=o.lr)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
@@ -352,7 +366,9 @@ def fit(
         resume: Continue from ``checkpoint_dir/checkpoint.pt`` when it exists.
         progress: Show a rich progress bar (main process only).
         on_eval: Called on the main process after each evaluation with
-            ``(step, metrics)``, e.g. to log to MLflow.
+            ``(step, metrics)``, e.g. to log to MLflow. Without validation data it is
+            called at the same points (every ``eval_every`` steps and at the end) with the
+            training averages only (no ``val_nll``; nothing is added to the history).
         on_step: Called after every optimiser step with the number of steps done.
 
     Returns:
@@ -534,6 +550,20 @@ def _fit(
                     on_eval(step, record)
                 if config.patience and stale >= config.patience and not last:
                     stopped_early = True
+            elif on_eval is not None and (
+                last or (config.eval_every and step % config.eval_every == 0)
+            ):
+                # No validation data: still report the training curves at the same points.
+                avg = (sums / max(count, 1)).tolist()
+                sums.zero_()
+                count = 0
+                if info.is_main:
+                    on_eval(step, {
+                        "step": float(step), "epoch": step / steps_per_epoch,
+                        "train_loss": avg[0], "train_nll": avg[1], "kl": avg[2],
+                        "elbo": avg[3], "beta": terms.beta,
+                        "lr": optimizer.param_groups[0]["lr"],
+                    })  # fmt: skip
             if live is not None and (step % 10 == 0 or last or stopped_early):
                 live.update(
                     task, completed=step,
