@@ -176,3 +176,41 @@ def referral_figure(
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return _maybe_save(fig, path)
+
+
+def severity_figure(
+    curves: dict[str, dict[str, dict[int, float]]],
+    *,
+    metrics: tuple[str, ...] = ("accuracy", "nll", "ece"),
+    title: str = "Metrics under corruption",
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Metric vs corruption severity, one panel per metric and one line per run.
+
+    Severity 0 is the clean test set; severities 1-5 are means over the corruption types.
+
+    Args:
+        curves: run label -> metric name -> {severity: value}. Missing points are skipped.
+        metrics: Metric names, one panel each.
+        title: Figure title.
+        path: Optional PNG destination.
+
+    Returns:
+        The figure.
+    """
+    fig = Figure(figsize=(4.0 * len(metrics), 3.6), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        for label, values in curves.items():
+            points = sorted(values.get(metric, {}).items())
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xlabel("severity (0 = clean)")
+        ax.set_ylabel(metric)
+        ax.set_xticks(range(0, 6))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    fig.suptitle(title)
+    return _maybe_save(fig, path)
