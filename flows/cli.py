@@ -261,5 +261,154 @@ def report_command(
 # --- end of training commands --------------------------------------------------------------
 
 
+# --- image benchmarks (pipeline.images) -----------------------------------------------------
+
+_DEFAULT_IMAGE_PRESETS = {
+    "digits": "cnn-digits",
+    "cifar10": "wrn28-10-cifar10",
+    "cifar100": "wrn28-10-cifar100",
+    "imagenet": "resnet50-imagenet",
+}
+
+
+def _mlflow_error(err: Exception) -> None:
+    """Turn MLflow's own exceptions (unknown run, missing artifact) into a one-line error."""
+    if type(err).__name__ != "MlflowException":
+        raise err
+    fail(str(err).splitlines()[0])
+
+
+@app.command("train-images")
+def train_images_command(
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="digits | cifar10 | cifar100 | imagenet.")
+    ] = "digits",
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Clean data folder (not for digits).")
+    ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            "--preset",
+            help="cnn-digits | wrn28-10-cifar10 | wrn28-10-cifar100 | resnet50-imagenet "
+            "(default: the dataset's).",
+        ),
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="rank1 (default) | deterministic | ensemble.")
+    ] = None,
+    posterior: Annotated[
+        str | None, typer.Option("--posterior", help="normal (default) | cauchy.")
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option("--epochs", min=0.01, help="Epochs (schedule scales).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Unique images per step.")
+    ] = None,
+    ensemble_size: Annotated[int | None, typer.Option("--ensemble-size", min=1, help="K.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Training seed.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda[:N].")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=0, help="DataLoader workers.")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="MLflow experiment.")
+    ] = None,
+    run_name: Annotated[str | None, typer.Option("--run-name", help="MLflow run name.")] = None,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option("--checkpoint-dir", help="Write checkpoints here.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from --checkpoint-dir.")
+    ] = False,
+) -> None:
+    """Train an image classifier (rank-1, deterministic or deep ensemble); log it to MLflow."""
+    from pipeline.config import ConfigError
+    from pipeline.images import image_preset, train_images
+
+    if dataset not in _DEFAULT_IMAGE_PRESETS:
+        fail(f"unknown dataset {dataset!r}; choose from {', '.join(_DEFAULT_IMAGE_PRESETS)}")
+    try:
+        job = image_preset(
+            preset or _DEFAULT_IMAGE_PRESETS[dataset],
+            dataset=dataset,
+            data_dir=data_dir,
+            method=method,
+            posterior=posterior,
+            epochs=epochs,
+            batch_size=batch_size,
+            ensemble_size=ensemble_size,
+            seed=seed,
+            device=device,
+            num_workers=workers,
+            experiment=experiment,
+        )
+    except ConfigError as err:
+        fail(str(err))
+    summary: dict[str, float] = {}
+    try:
+        run_id = train_images(
+            job, run_name=run_name, checkpoint_dir=checkpoint_dir, resume=resume, summary=summary
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(f"run_id {run_id}")
+    for key, value in summary.items():
+        typer.echo(f"  {key:<20} {value:.4f}")
+
+
+@app.command("validate-images")
+def validate_images_command(
+    run: Annotated[str, typer.Option("--run", help="Run id of a `rank1 train-images` run.")],
+    corruptions: Annotated[
+        str | None,
+        typer.Option("--corruptions", help="Comma-separated names (default: all generated)."),
+    ] = None,
+    severities: Annotated[
+        str, typer.Option("--severities", help="Comma-separated, 1-5.")
+    ] = "1,2,3,4,5",
+    compare: Annotated[
+        str | None, typer.Option("--compare", help="Run id drawn beside this one in the plot.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Clean data folder (default: the run's).")
+    ] = None,
+    corrupted_dir: Annotated[
+        Path | None,
+        typer.Option("--corrupted-dir", help="Official CIFAR-C / ImageNet-C (else generated)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N].")] = "auto",
+) -> None:
+    """Evaluate a run on clean and corrupted test images; log the metrics and plot to it."""
+    from pipeline.images import validate_images
+
+    try:
+        names = None if corruptions is None else [c.strip() for c in corruptions.split(",")]
+        levels = [int(s) for s in severities.split(",")]
+    except ValueError:
+        fail(f"--severities must be comma-separated integers, got {severities!r}")
+    try:
+        metrics = validate_images(
+            run,
+            names,
+            levels,
+            data_dir=data_dir,
+            corrupted_dir=corrupted_dir,
+            compare_run_id=compare,
+            device=device,
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        fail(str(err).splitlines()[0])
+    except Exception as err:  # MLflow raises its own exception types for unknown runs
+        _mlflow_error(err)
+    typer.echo(f"run_id {run}")
+    for key in sorted(k for k in metrics if k.startswith(("clean/", "corrupt/mean/"))):
+        typer.echo(f"  {key:<28} {metrics[key]:.4f}")
+
+
+# --- end of image-benchmark commands ---------------------------------------------------------
+
+
 if __name__ == "__main__":
     app()
