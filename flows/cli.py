@@ -410,5 +410,232 @@ def validate_images_command(
 # --- end of image-benchmark commands ---------------------------------------------------------
 
 
+# --- Prefect flows: pipeline, serve, demo (flows.mimic, flows.deployments, flows.demo) --
+
+
+def _methods(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _run_flow(flow_fn, **kwargs):
+    """Run a flow; turn the errors a user can fix into one-line messages.
+
+    Parameter errors, bad input data, unreadable files and MLflow errors (unknown run,
+    unreachable server) become ``error: ...`` and exit status 1; anything else is a bug
+    and keeps its traceback.
+    """
+    from flows.params import ParameterError
+
+    try:
+        return flow_fn(**kwargs)
+    except ParameterError as err:
+        fail(str(err))
+    except (OSError, ValueError, RuntimeError) as err:
+        fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    except Exception as err:  # MLflow raises its own exception types
+        if type(err).__name__ != "MlflowException":
+            raise
+        fail(str(err).splitlines()[0])
+
+
+def _train_overrides(config_file: Path | None, steps: int | None, device: str | None) -> dict:
+    """TrainConfig overrides from a YAML file and the shortcut options."""
+    import yaml
+
+    overrides: dict = {}
+    if config_file is not None:
+        try:
+            overrides = yaml.safe_load(config_file.read_text("utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            fail(f"{config_file}: {str(err).splitlines()[0]}")
+        if not isinstance(overrides, dict):
+            fail(f"{config_file}: must hold a mapping of TrainConfig fields")
+    if steps is not None:
+        # Keep the recipe's proportion: the KL is annealed over the first half.
+        schedule = dict(overrides.get("schedule") or {})
+        schedule.update(unit="steps", length=steps, kl_anneal=steps // 2)
+        overrides["schedule"] = schedule
+        overrides.setdefault("eval_every", max(steps // 10, 1))
+        overrides.setdefault("checkpoint_every", 0)
+    if device is not None:
+        overrides["device"] = device
+    return overrides
+
+
+@app.command("pipeline")
+def pipeline_command(
+    mimic_dir: Annotated[
+        Path,
+        typer.Option(
+            "--mimic-dir", help="MIMIC-III tables: the full database, the demo or synthetic."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output root: features/ and reports/<method>/.")
+    ] = Path("outputs/mimic"),
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated: rank1, deterministic, ensemble.")
+    ] = "rank1,deterministic",
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="YAML TrainConfig overrides (default: paper recipe)."),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Training steps (recipe: 10000).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="auto (default) | cpu | cuda[:N].")
+    ] = None,
+    rnn_dim: Annotated[int, typer.Option("--rnn-dim", min=1, help="LSTM units.")] = 256,
+    hidden_dim: Annotated[int, typer.Option("--hidden-dim", min=1, help="Dense units.")] = 128,
+    experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment.")] = (
+        "mimic-ihm"
+    ),
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the subject split.")] = 0,
+    coverage: Annotated[
+        float, typer.Option("--coverage", help="Share of stays not referred in the report.")
+    ] = 0.8,
+    force_extract: Annotated[
+        bool, typer.Option("--force-extract", help="Extract even if the tables are unchanged.")
+    ] = False,
+) -> None:
+    """Run the clinical pipeline flow: extract, train, calibrate, report (Prefect + MLflow)."""
+    import sys
+
+    from flows.mimic import clinical_pipeline
+
+    result = _run_flow(
+        clinical_pipeline,
+        mimic_dir=mimic_dir,
+        out_dir=out,
+        methods=_methods(methods),
+        train=_train_overrides(config_file, steps, device),
+        model={"rnn_dim": rnn_dim, "hidden_dim": hidden_dim},
+        experiment=experiment,
+        seed=seed,
+        coverage=coverage,
+        force_extract=force_extract,
+        progress=sys.stderr.isatty(),
+    )
+    state = "extracted" if result["extracted"] else "unchanged inputs, kept"
+    typer.echo(f"features: {result['features_dir']} ({state})")
+    for method, run_id in result["runs"].items():
+        typer.echo(f"{method}: MLflow run {run_id}, report {result['reports'][method]}")
+    _print_uis()
+
+
+@app.command("serve")
+def serve_command(
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="Deployment YAML (default: the packaged example)."),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Serve only this deployment (repeatable)."),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Check the file and list the schedules; serve nothing.")
+    ] = False,
+) -> None:
+    """Register scheduled deployments with the Prefect server (PREFECT_API_URL) and run them."""
+    from flows.deployments import DeploymentError, load_config, serve
+
+    try:
+        config = load_config(config_file)
+    except DeploymentError as err:
+        fail(str(err))
+    for entry in config.deployments:
+        when = (
+            f"cron '{entry.cron}' {entry.timezone}"
+            if entry.cron
+            else f"every {entry.interval_seconds:g} s"
+        )
+        typer.echo(f"{entry.name}: {entry.flow}, {when}{' (paused)' if entry.paused else ''}")
+    if check:
+        return
+    try:
+        serve(config, only=only)
+    except DeploymentError as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        typer.echo("stopped serving; the schedules are paused until the next `rank1 serve`")
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", help="Output root.")] = Path("outputs"),
+    patients: Annotated[int, typer.Option("--patients", min=50, help="Synthetic patients.")] = 1000,
+    steps: Annotated[int, typer.Option("--steps", min=10, help="EHR training steps.")] = 300,
+    image_epochs: Annotated[
+        float, typer.Option("--image-epochs", min=0.01, help="Digits training epochs.")
+    ] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="cpu (default) | auto | cuda.")] = "cpu",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)."
+        ),
+    ] = None,
+) -> None:
+    """Synthetic MIMIC-III and digits end to end through Prefect and MLflow (a few minutes)."""
+    import os
+    import sys
+    import time
+
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    from flows.demo import demo
+
+    started = time.perf_counter()
+    result = _run_flow(
+        demo,
+        out_dir=out,
+        patients=patients,
+        steps=steps,
+        image_epochs=image_epochs,
+        seed=seed,
+        device=device,
+        progress=sys.stderr.isatty(),
+    )
+    clinical, images = result["clinical"], result["images"]
+    typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
+    typer.echo(f"synthetic MIMIC-III tables: {out / 'mimic-synthetic'}")
+    typer.echo(f"feature folder:             {clinical['features_dir']}")
+    for method, html in clinical["reports"].items():
+        folder = Path(html).parent
+        typer.echo(f"{method + ' report:':<28}{folder} (report.parquet, report.csv)")
+        typer.echo(f"{'  HTML summary:':<28}{html}")
+    for method, run_id in clinical["runs"].items():
+        typer.echo(f"{'MLflow run ' + method + ':':<28}{run_id} (experiment demo-mimic-ihm)")
+    for method, run_id in images["runs"].items():
+        accuracy = images["validation"][method]["corrupt/mean/accuracy"]
+        typer.echo(
+            f"{'MLflow run digits ' + method + ':':<28}{run_id} (experiment demo-images, "
+            f"mean corrupted accuracy {accuracy:.3f})"
+        )
+    _print_uis()
+
+
+def _print_uis() -> None:
+    """Where the MLflow store is and how to open the MLflow and Prefect UIs."""
+    from pipeline.tracking import tracking_uri
+
+    uri = tracking_uri()
+    typer.echo(f"\nMLflow store: {uri}")
+    if uri.startswith("sqlite:"):
+        typer.echo(
+            f"  open the MLflow UI: mlflow ui --backend-store-uri {uri} "
+            "--host 127.0.0.1 --port 5000  ->  http://127.0.0.1:5000"
+        )
+    typer.echo(
+        "  open the Prefect UI: prefect server start --host 127.0.0.1 --port 4200 "
+        "--analytics-off  ->  http://127.0.0.1:4200 (it shows these runs: same PREFECT_HOME)"
+    )
+
+
+# --- end of Prefect flow commands ---------------------------------------------------------
+
 if __name__ == "__main__":
     app()

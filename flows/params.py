@@ -415,6 +415,31 @@ class ImageValidateParams(_Params):
         return list(self.corruptions or available_corruptions())
 
 
+class DemoParams(_Params):
+    """Parameters of the ``demo`` flow.
+
+    Attributes:
+        out_dir: Output root: ``mimic-synthetic/`` (raw tables), ``mimic/`` (features and
+            reports).
+        patients: Synthetic patients (about 1.2 ICU stays each).
+        steps: Training steps of each EHR model.
+        image_epochs: Training epochs of each digits model.
+        severities: Corruption severities of the image validation.
+        seed: Seed of the synthetic cohort and the splits.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        progress: Show training progress bars on the terminal.
+    """
+
+    out_dir: Path = Path("outputs")
+    patients: Annotated[int, Field(ge=50)] = 1000
+    steps: Annotated[int, Field(ge=10)] = 300
+    image_epochs: Annotated[float, Field(gt=0)] = 5
+    severities: Annotated[list[Severity], Field(min_length=1)] = [1, 3, 5]
+    seed: Seed = 0
+    device: Device = "cpu"
+    progress: bool = False
+
+
 def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:
     """Validate a flow's parameters; raise :class:`ParameterError` naming the first bad one.
 

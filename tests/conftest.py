@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Prefect reads its settings when it is first imported, so the test session's Prefect home
+# (profiles, local storage, the ephemeral database) is set here, before any test module
+# imports it: tests never touch ~/.prefect. Offline-friendly defaults as in the Makefile.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="rank1-tests-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
+os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO_ROOT.parent / "shared" / "data" / "mimic3-demo"
@@ -32,3 +46,12 @@ def tiny_ehr_features(tmp_path_factory) -> Path:
     generate(root / "mimic", patients=150, seed=0)
     extract(root / "mimic", root / "features", seed=0, progress=False)
     return root / "features"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API and database for flow tests (about 12-14 s to start, once)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

@@ -1,0 +1,259 @@
+"""Scheduled deployments, configured in YAML and served by ``rank1 serve``.
+
+The YAML file (example: ``flows/deployments.yaml``, shipped with the package) lists
+deployments, each a flow, a cron or interval schedule and the flow's parameters.
+:func:`load_config` checks the whole file, including each known flow's parameters with
+its model in :mod:`flows.params`, before anything is registered. :func:`serve` registers
+the deployments with the Prefect server named by ``PREFECT_API_URL`` and runs their
+scheduled runs in this process until it is stopped (SIGTERM or Ctrl-C).
+
+Schedules need a real Prefect server: Prefect's ephemeral mode (no ``PREFECT_API_URL``)
+refuses to schedule, so :func:`require_server` stops early with instructions instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flows import params as flow_params
+
+#: Short names usable as ``flow:`` in the YAML -> (entrypoint, parameter model).
+FLOWS: dict[str, tuple[str, type[BaseModel] | None]] = {
+    "extract_mimic": ("flows.mimic:extract_mimic", flow_params.ExtractParams),
+    "train_mimic": ("flows.mimic:train_mimic", flow_params.TrainParams),
+    "report_mimic": ("flows.mimic:report_mimic", flow_params.ReportParams),
+    "clinical_pipeline": ("flows.mimic:clinical_pipeline", flow_params.ClinicalParams),
+    "train_images": ("flows.images:train_images", flow_params.ImageTrainParams),
+    "validate_images": ("flows.images:validate_images", flow_params.ImageValidateParams),
+    # Checked in parts inside the flow; its signature holds the names and types.
+    "image_benchmark": ("flows.images:image_benchmark", None),
+}
+
+DEFAULT_CONFIG = "deployments.yaml"
+SERVER_HINT = (
+    "start one with `prefect server start --host 127.0.0.1 --port 4200 --analytics-off` "
+    "and `export PREFECT_API_URL=http://127.0.0.1:4200/api`"
+)
+
+
+class DeploymentError(ValueError):
+    """The deployment file or the server is not usable; the message says why."""
+
+
+class DeploymentEntry(BaseModel):
+    """One deployment of the YAML file.
+
+    Attributes:
+        name: Deployment name (shown in the Prefect UI as ``<flow>/<name>``).
+        flow: A key of :data:`FLOWS` or an entrypoint ``module:function`` /
+            ``path/to/file.py:function``.
+        cron: Cron schedule (five fields), or None.
+        interval_seconds: Interval schedule in seconds, or None.
+        timezone: IANA time zone of the cron schedule.
+        parameters: The flow's parameters.
+        tags: Prefect tags.
+        description: Shown in the Prefect UI.
+        paused: Register the deployment with its schedule paused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    flow: Annotated[str, Field(min_length=1)]
+    cron: str | None = None
+    interval_seconds: Annotated[float, Field(gt=0)] | None = None
+    timezone: str = "UTC"
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    description: str | None = None
+    paused: bool = False
+
+    @field_validator("flow")
+    @classmethod
+    def _known_flow(cls, flow: str) -> str:
+        if flow not in FLOWS and ":" not in flow:
+            raise ValueError(
+                f"unknown flow {flow!r}: use one of {', '.join(FLOWS)} or an entrypoint "
+                "'module:function' / 'path/to/file.py:function'"
+            )
+        return flow
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str | None) -> str | None:
+        from prefect.schedules import validate_cron_string
+
+        return None if cron is None else validate_cron_string(cron)
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_timezone(cls, timezone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {timezone!r}") from None
+        return timezone
+
+    @model_validator(mode="after")
+    def _one_schedule_and_valid_parameters(self) -> DeploymentEntry:
+        if (self.cron is None) == (self.interval_seconds is None):
+            raise ValueError("give exactly one of 'cron' and 'interval_seconds'")
+        model = FLOWS.get(self.flow, (None, None))[1]
+        if model is not None:
+            try:
+                model.model_validate(self.parameters)
+            except ValidationError as err:
+                raise ValueError(f"parameters: {flow_params.describe(err)}") from None
+        return self
+
+    @property
+    def entrypoint(self) -> str:
+        """Where Prefect finds the flow function."""
+        return FLOWS[self.flow][0] if self.flow in FLOWS else self.flow
+
+
+class DeploymentsConfig(BaseModel):
+    """The whole YAML file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: Annotated[int, Field(ge=1)] | None = 1
+    deployments: Annotated[list[DeploymentEntry], Field(min_length=1)]
+
+    @field_validator("deployments")
+    @classmethod
+    def _unique_names(cls, entries: list[DeploymentEntry]) -> list[DeploymentEntry]:
+        names = [entry.name for entry in entries]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"deployment name {duplicates[0]!r} appears more than once")
+        return entries
+
+
+def default_config_path() -> Path:
+    """The example deployment file shipped with the package."""
+    return Path(str(resources.files("flows") / DEFAULT_CONFIG))
+
+
+def load_config(path: str | os.PathLike | None = None) -> DeploymentsConfig:
+    """Read and check a deployment file.
+
+    Args:
+        path: The YAML file (None: the packaged example).
+
+    Returns:
+        The checked configuration.
+
+    Raises:
+        DeploymentError: Naming the file, the deployment and the bad field.
+    """
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise DeploymentError(f"{path}: cannot read: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise DeploymentError(f"{path}: not valid YAML: {err}".splitlines()[0]) from None
+    try:
+        return DeploymentsConfig.model_validate(data if data is not None else {})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = list(first["loc"])
+        if len(where) >= 2 and where[0] == "deployments" and isinstance(where[1], int):
+            entries = data.get("deployments") if isinstance(data, dict) else None
+            name = entries[where[1]].get("name") if isinstance(entries, list) else None
+            where = [f"deployment {name or where[1]!r}", *where[2:]]
+        location = ": ".join(str(part) for part in where)
+        message = first["msg"].removeprefix("Value error, ")
+        prefix = f"{path}: {location}: " if location else f"{path}: "
+        raise DeploymentError(prefix + message) from None
+
+
+def require_server() -> str:
+    """The configured Prefect API URL, checked to answer; else a :class:`DeploymentError`.
+
+    Returns:
+        The API URL.
+    """
+    import httpx
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        raise DeploymentError(
+            "PREFECT_API_URL is not set: schedules need a running Prefect server "
+            f"(the ephemeral mode cannot schedule); {SERVER_HINT}"
+        )
+    try:
+        response = httpx.get(url.rstrip("/") + "/health", timeout=10)
+        response.raise_for_status()
+    except httpx.HTTPError as err:
+        raise DeploymentError(
+            f"the Prefect server at {url} does not answer ({err}); {SERVER_HINT}"
+        ) from None
+    return url
+
+
+def build(entry: DeploymentEntry):
+    """The Prefect ``RunnerDeployment`` of one entry (flow loaded from its entrypoint)."""
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.schedules import Cron, Interval
+
+    flow = load_flow_from_entrypoint(entry.entrypoint, use_placeholder_flow=False)
+    if entry.cron is not None:
+        schedule = Cron(entry.cron, timezone=entry.timezone)
+    else:
+        schedule = Interval(datetime.timedelta(seconds=entry.interval_seconds))
+    return flow.to_deployment(
+        name=entry.name,
+        schedules=[schedule],
+        parameters=entry.parameters,
+        tags=entry.tags,
+        description=entry.description,
+        paused=entry.paused,
+    )
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def serve(config: DeploymentsConfig, only: list[str] | None = None) -> None:
+    """Register the deployments with the Prefect server and run their scheduled runs.
+
+    Blocks until the process is stopped; on shutdown Prefect pauses the schedules, so no
+    runs pile up while nothing serves them.
+
+    Args:
+        config: A checked deployment file.
+        only: Names of the deployments to serve (None: all).
+
+    Raises:
+        DeploymentError: When no server answers or ``only`` names an unknown deployment.
+    """
+    from prefect import serve as prefect_serve
+
+    require_server()
+    # Prefect's serve loop stops cleanly (pausing the schedules) on KeyboardInterrupt but
+    # not on SIGTERM, which is what service managers and `kill` send: translate it.
+    signal.signal(signal.SIGTERM, _interrupt)
+    entries = config.deployments
+    if only:
+        known = {entry.name for entry in entries}
+        unknown = [name for name in only if name not in known]
+        if unknown:
+            raise DeploymentError(
+                f"no deployment named {unknown[0]!r} (known: {', '.join(sorted(known))})"
+            )
+        entries = [entry for entry in entries if entry.name in only]
+    prefect_serve(*(build(entry) for entry in entries), limit=config.limit)
