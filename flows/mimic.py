@@ -61,51 +61,56 @@ def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
 # --------------------------------------------------------------------------- tasks
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
-def inputs_unchanged(
+def extraction_outdated(
     mimic_dir: Path, out_dir: Path, seed: int, val_fraction: float, test_fraction: float
-) -> bool:
-    """Whether ``out_dir`` was extracted from exactly these tables with these settings.
+) -> str | None:
+    """Why ``out_dir`` must be (re-)extracted from ``mimic_dir``, or None if it need not.
 
     Compares the byte size and sha256 of every source table with the ones recorded in the
     existing feature folder's manifest (sizes first, so a changed table usually costs no
     hashing), and the split settings.
 
     Returns:
-        True when re-extracting would write the same feature folder.
+        A short reason, or None when re-extracting would write the same feature folder.
     """
     import json
 
     from features.mimic.extract import MANIFEST_FILE, SOURCE_TABLES
     from features.mimic.tables import MimicInputError, file_fingerprint, table_path
 
-    logger = get_run_logger()
     manifest_path = out_dir / MANIFEST_FILE
     if not manifest_path.is_file():
-        logger.info("no feature folder at %s yet", out_dir)
-        return False
+        return f"no feature folder at {out_dir} yet"
     manifest = json.loads(manifest_path.read_text())
     split = manifest.get("split", {})
     settings = (split.get("seed"), split.get("val_fraction"), split.get("test_fraction"))
     if settings != (seed, val_fraction, test_fraction):
-        logger.info("split settings changed since the last extraction")
-        return False
+        return "the split settings changed"
     recorded = manifest.get("source", {}).get("tables", {})
     if set(recorded) != set(SOURCE_TABLES):
-        return False
+        return "the manifest records other source tables"
     try:
         paths = {name: table_path(mimic_dir, name) for name in SOURCE_TABLES}
     except MimicInputError:
-        return False  # a table is missing: let extraction report it properly
+        return "a source table is missing"  # extraction reports which, properly
     for name, path in paths.items():
         if path.stat().st_size != recorded[name].get("bytes"):
-            logger.info("%s changed size since the last extraction", name)
-            return False
+            return f"{name} changed size"
     for name, path in paths.items():
         if file_fingerprint(path)["sha256"] != recorded[name].get("sha256"):
-            logger.info("%s changed content since the last extraction", name)
-            return False
-    return True
+            return f"{name} changed content"
+    return None
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def inputs_unchanged(
+    mimic_dir: Path, out_dir: Path, seed: int, val_fraction: float, test_fraction: float
+) -> bool:
+    """Whether ``out_dir`` was extracted from exactly these tables with these settings."""
+    reason = extraction_outdated(mimic_dir, out_dir, seed, val_fraction, test_fraction)
+    if reason is not None:
+        get_run_logger().info("extracting: %s", reason)
+    return reason is None
 
 
 @task(
