@@ -56,21 +56,17 @@ def _window_query(
     lf = events.filter(pl.col("itemid").is_in(items["itemid"].to_list()))
     # Cheap pre-filter on the timestamp text, before it is parsed: an event can only end
     # up in a window if it lies between its subject's first INTIME and last INTIME + 48 h.
-    # MIMIC's "YYYY-MM-DD HH:MM:SS" text sorts like the time it spells.
+    # MIMIC's "YYYY-MM-DD HH:MM:SS" text sorts like the time it spells. (A join keeps the
+    # streaming engine's memory flat here; an is_in filter followed by a replace_strict
+    # lookup made it grow with the table.)
     spans = task.group_by("subject_id").agg(
-        first=pl.col("intime").min().dt.strftime(DATETIME_FORMAT),
-        last=(pl.col("intime") + pl.duration(hours=hours)).max().dt.strftime(DATETIME_FORMAT),
+        span_first=pl.col("intime").min().dt.strftime(DATETIME_FORMAT),
+        span_last=(pl.col("intime") + pl.duration(hours=hours)).max().dt.strftime(DATETIME_FORMAT),
     )
-    first = dict(zip(spans["subject_id"].to_list(), spans["first"].to_list(), strict=True))
-    last = dict(zip(spans["subject_id"].to_list(), spans["last"].to_list(), strict=True))
-    subject = pl.col("subject_id")
+    lf = lf.join(spans.lazy(), on="subject_id", how="inner")
     lf = lf.filter(
-        (pl.col("charttime") >= subject.replace_strict(first, default=None, return_dtype=pl.String))
-        & (
-            pl.col("charttime")
-            <= subject.replace_strict(last, default=None, return_dtype=pl.String)
-        )
-    )
+        (pl.col("charttime") >= pl.col("span_first")) & (pl.col("charttime") <= pl.col("span_last"))
+    ).drop("span_first", "span_last")
     lf = parse_datetimes(lf, table)
     lf = lf.join(items.lazy(), on="itemid", how="inner")
     stays = root.select("subject_id", "hadm_id", pl.col("icustay_id").alias("root_icustay"))

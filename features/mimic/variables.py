@@ -244,7 +244,9 @@ def clean_values(lf: pl.LazyFrame) -> pl.LazyFrame:
         .filter(pl.col("val").is_not_null() & pl.col("val").is_not_nan())
         .with_columns(
             key_num=pl.when(numeric_key).then(pl.col("val")),
-            key_str=pl.when(numeric_key).then(pl.lit(None, pl.String)).otherwise(raw),
+            key_str=pl.when(numeric_key)
+            .then(pl.lit(None, pl.String))
+            .otherwise(raw.str.encode("hex")),
         )
         .drop("code")
     )
