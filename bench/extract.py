@@ -357,6 +357,7 @@ def main() -> None:
             print(f"generated {folder} in {time.perf_counter() - t0:.1f} s", flush=True)
         datasets.append((f"synthetic ~{target:.0e}", folder))
     print(machine())
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     rows = []
     for name, folder in datasets:
         n_chart = chart_rows(folder)
@@ -391,6 +392,7 @@ def main() -> None:
         else:
             line += "skipped | | | |"
         print(line)
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     (args.work / "results.json").write_text(json.dumps(rows, indent=2))
 
 
