@@ -298,7 +298,11 @@ def run_measured(code: str, *args: str) -> dict:
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"run failed with status {status}")
-    return {"wall": wall, "peak_mib": usage.ru_maxrss / 1024}
+    return {
+        "wall": wall,
+        "peak_mib": usage.ru_maxrss / 1024,
+        "cpu": usage.ru_utime + usage.ru_stime,
+    }
 
 
 def measure(code: str, data: Path, out: Path) -> dict:
@@ -373,24 +377,25 @@ def main() -> None:
         print(json.dumps(entry), flush=True)
     print()
     print(
-        "| data | chart rows | stays | ours: extract s | ours: process s | ours: chart rows/s "
-        "| ours: peak MiB | pandas: extract s | pandas: peak MiB | speed-up | same grid |"
+        "| data | chart rows | stays | ours: extract s | ours: CPU s | ours: chart rows/s "
+        "| ours: peak MiB | pandas: extract s | pandas: CPU s | pandas: peak MiB | speed-up "
+        "| same grid |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for e in rows:
         o, p = e["ours"], e.get("pandas")
         rate = e["chart_rows"] / o["seconds"]
         line = (
             f"| {e['data']} | {e['chart_rows']:,} | {o['stays']:,} | {o['seconds']:.2f} | "
-            f"{o['wall']:.2f} | {rate / 1e6:.2f}M | {o['peak_mib']:.0f} | "
+            f"{o['cpu']:.1f} | {rate / 1e6:.2f}M | {o['peak_mib']:.0f} | "
         )
         if p:
             line += (
-                f"{p['seconds']:.2f} | {p['peak_mib']:.0f} | "
+                f"{p['seconds']:.2f} | {p['cpu']:.1f} | {p['peak_mib']:.0f} | "
                 f"{p['seconds'] / o['seconds']:.1f}x | {'yes' if e['grids_equal'] else 'NO'} |"
             )
         else:
-            line += "skipped | | | |"
+            line += "skipped | | | | |"
         print(line)
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     (args.work / "results.json").write_text(json.dumps(rows, indent=2))

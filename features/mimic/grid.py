@@ -46,29 +46,35 @@ def build_grid(bins: pl.DataFrame, stay_ids: np.ndarray, hours: int = HOURS) -> 
     var = bins["var"].to_numpy().astype(np.int64)
     hour = bins["bin"].to_numpy().astype(np.int64)
 
-    values = np.full((n_stays, hours, n_vars), np.nan, dtype=np.float64)
-    values[row, hour, var] = bins["val"].to_numpy()
+    # float32 throughout and one preallocated output: the grid is the largest thing the
+    # extraction holds (stays x 48 x 76), so no float64 copies or concatenations of it.
+    values = np.full((n_stays, hours, n_vars), np.nan, dtype=np.float32)
+    values[row, hour, var] = bins["val"].to_numpy().astype(np.float32)
     observed = ~np.isnan(values)
 
     # Forward fill: index of the latest observed hour at or before each hour.
-    latest = np.where(observed, np.arange(hours)[None, :, None], -1)
-    latest = np.maximum.accumulate(latest, axis=1)
+    latest = np.where(observed, np.arange(hours, dtype=np.int16)[None, :, None], -1)
+    latest = np.maximum.accumulate(latest.astype(np.int16), axis=1)
     filled = np.take_along_axis(values, np.maximum(latest, 0), axis=1)
-    normal = np.array([v.normal_code for v in variables])
+    del values
+    normal = np.array([v.normal_code for v in variables], dtype=np.float32)
     filled = np.where(latest >= 0, filled, normal[None, None, :])
+    del latest
 
-    columns = []
+    grid = np.zeros((n_stays, hours, len(channel_names())), dtype=np.float32)
+    column = 0
     for index, variable in enumerate(variables):
         if variable.is_categorical:
             codes = filled[:, :, index].astype(np.int64)
-            one_hot = np.eye(len(variable.categories), dtype=np.float32)[codes]
-            columns.append(one_hot)
+            n_stay, n_hour = np.indices(codes.shape)
+            grid[n_stay, n_hour, column + codes] = 1.0
+            column += len(variable.categories)
         else:
-            columns.append(filled[:, :, index : index + 1].astype(np.float32))
-    columns.append(observed.astype(np.float32))
-    grid = np.concatenate(columns, axis=2)
-    if grid.shape[2] != len(channel_names()):
-        raise AssertionError(f"grid has {grid.shape[2]} columns, expected 76")
+            grid[:, :, column] = filled[:, :, index]
+            column += 1
+    grid[:, :, column:] = observed
+    if column + n_vars != grid.shape[2]:
+        raise AssertionError(f"grid has {column + n_vars} columns, expected 76")
     return grid
 
 
