@@ -168,14 +168,20 @@ def item_frame() -> pl.DataFrame:
 
 def category_frame() -> pl.DataFrame:
     """One row per (variable, category text) with the category's one-hot index."""
-    rows = {"var": [], "value": [], "code": []}
+    rows = {"var": [], "value": [], "code": [], "text_rank": []}
     for index, var in enumerate(load_variables()):
+        if var.clean != "category":
+            continue
+        # Rank of the text among the variable's categories in Python's string order, the
+        # order the benchmark sorts duplicate values in.
+        text_order = sorted(var.categories)
         for code, value in enumerate(var.categories):
-            if var.clean == "category":
-                rows["var"].append(index)
-                rows["value"].append(value)
-                rows["code"].append(float(code))
-    return pl.DataFrame(rows, schema={"var": pl.Int8, "value": pl.String, "code": pl.Float64})
+            rows["var"].append(index)
+            rows["value"].append(value)
+            rows["code"].append(float(code))
+            rows["text_rank"].append(float(text_order.index(value)))
+    schema = {"var": pl.Int8, "value": pl.String, "code": pl.Float64, "text_rank": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
 
 
 def clean_values(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -185,8 +191,9 @@ def clean_values(lf: pl.LazyFrame) -> pl.LazyFrame:
         lf: Events with ``value``, ``valueuom``, ``var``, ``rule`` and ``label_unit``.
 
     Returns:
-        The events with ``val`` (Float64; a category index for categorical variables),
-        ``key_num`` and ``key_str``, keeping only rows whose cleaned value is present.
+        The events with ``val`` (Float64; a category index for categorical variables) and
+        the duplicate-ordering keys ``key_a`` and ``key_b``, keeping only rows whose
+        cleaned value is present.
     """
     raw = pl.col("value")
     uom = pl.col("valueuom").fill_null("").str.to_lowercase()
@@ -236,17 +243,27 @@ def clean_values(lf: pl.LazyFrame) -> pl.LazyFrame:
         .then(pl.col("code"))
         .otherwise(number)
     )
+    # Duplicate values at one chart time are ordered as the benchmark sorts them: by the
+    # cleaned number, or by the raw text. Text is turned into two numbers that sort like
+    # it (its first 12 UTF-8 bytes, 6 per number), so the keys hold no strings; the GCS
+    # texts, which can be longer, use their precomputed rank instead.
+    hexed = raw.str.encode("hex").str.slice(0, 24).str.pad_end(24, "0")
+    text_hi = hexed.str.slice(0, 12).str.to_integer(base=16).cast(pl.Float64)
+    text_lo = hexed.str.slice(12, 12).str.to_integer(base=16).cast(pl.Float64)
     numeric_key = rule.is_in(list(NUMERIC_KEY_RULES))
+    category = rule == "category"
     return (
         lf.filter(raw.is_not_null() & ~raw.is_in(list(PANDAS_NA)))
         .join(category_frame().lazy(), on=["var", "value"], how="left")
         .with_columns(val=val)
         .filter(pl.col("val").is_not_null() & pl.col("val").is_not_nan())
         .with_columns(
-            key_num=pl.when(numeric_key).then(pl.col("val")),
-            key_str=pl.when(numeric_key)
-            .then(pl.lit(None, pl.String))
-            .otherwise(raw.str.encode("hex")),
+            key_a=pl.when(numeric_key)
+            .then(pl.col("val"))
+            .when(category)
+            .then(pl.col("text_rank"))
+            .otherwise(text_hi),
+            key_b=pl.when(numeric_key | category).then(pl.lit(0.0)).otherwise(text_lo),
         )
-        .drop("code")
+        .drop("code", "text_rank")
     )
