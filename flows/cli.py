@@ -572,6 +572,9 @@ def demo_command(
     ] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu (default) | auto | cuda.")] = "cpu",
+    threads: Annotated[
+        int, typer.Option("--threads", min=0, help="torch CPU threads (0: one per core).")
+    ] = 1,
     tracking_uri: Annotated[
         str | None,
         typer.Option(
@@ -597,6 +600,7 @@ def demo_command(
         image_epochs=image_epochs,
         seed=seed,
         device=device,
+        torch_threads=threads or None,
         progress=sys.stderr.isatty(),
     )
     clinical, images = result["clinical"], result["images"]

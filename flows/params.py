@@ -427,6 +427,7 @@ class DemoParams(_Params):
         severities: Corruption severities of the image validation.
         seed: Seed of the synthetic cohort and the splits.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        torch_threads: CPU threads of torch (None: torch's default, one per core).
         progress: Show training progress bars on the terminal.
     """
 
@@ -437,6 +438,7 @@ class DemoParams(_Params):
     severities: Annotated[list[Severity], Field(min_length=1)] = [1, 3, 5]
     seed: Seed = 0
     device: Device = "cpu"
+    torch_threads: Annotated[int, Field(ge=1)] | None = 1
     progress: bool = False
 
 
