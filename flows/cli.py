@@ -559,7 +559,8 @@ def serve_command(
     except DeploymentError as err:
         fail(str(err))
     except KeyboardInterrupt:
-        typer.echo("stopped serving; the schedules are paused until the next `rank1 serve`")
+        pass  # Ctrl-C or SIGTERM: a normal way to stop serving
+    typer.echo("stopped serving; the schedules are paused until the next `rank1 serve`")
 
 
 @app.command("demo")
