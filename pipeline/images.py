@@ -31,6 +31,7 @@ import math
 import os
 import typing
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -596,7 +597,8 @@ def train_images(
         summary: If given, filled with the key results (for a CLI to print).
 
     Returns:
-        The MLflow run id.
+        The MLflow run id (``""`` on the non-main processes of a torchrun job, which log
+        nothing).
     """
     config = job.train
     device = resolve_device(config.device)
@@ -625,7 +627,14 @@ def train_images(
     }
     tags = {"task": TASK, "model": _model_tag(job), "dataset": job.dataset}
 
-    with tracking.start_run(job.experiment, run_name=run_name, params=params, tags=tags) as run:
+    # Under torchrun only the main process logs; the others train their shard and return.
+    main = dist_info().is_main
+    run_context = (
+        tracking.start_run(job.experiment, run_name=run_name, params=params, tags=tags)
+        if main
+        else nullcontext(None)
+    )
+    with run_context as run:
 
         def on_eval(step: int, record: dict[str, float]) -> None:
             record = dict(record)
@@ -656,6 +665,8 @@ def train_images(
             model = build_model(job, num_classes, in_channels, config.method == "rank1")
             results = [fit(model, train_loader, val_loader, **common)]
             model = results[0].model
+        if not main:
+            return ""
         n_params = count_parameters(model)
         test = _metrics(model, test_ds, job, device)
         tracking.log_metrics(
