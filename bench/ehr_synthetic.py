@@ -12,11 +12,11 @@ scaling.
 
 CPU-sized config (departures from the paper's MIMIC recipe, spec 5.3, and why):
 
-* rnn_dim 64, hidden 64, projection 16 instead of 256 / 128 / 32: the cohort has ~2,100
+* rnn_dim 64, hidden 64, projection 16 instead of 256 / 128 / 32: the cohort has ~1,460
   training stays and a planted risk that is a logistic function of 7 channel levels; a
   256-unit LSTM only adds step time (the rank-1 LSTM is a Python loop over 48 hours).
 * 1,500 steps of 128 rows (32 unique x K=4) instead of 10,000 of 64, with Adam at 3e-3
-  instead of 3.0352e-4: ~23 passes over the training stays in a few minutes on 2 cores.
+  instead of 3.0352e-4: ~33 passes over the training stays in a few minutes on 2 cores.
   The KL is still annealed over the first half of training, and the best validation-NLL
   checkpoint is kept (evaluated every 100 steps, patience 5).
 * Everything else (K=4, N(1, 1) priors, random-sign init 0.5, clipping 7.29199, KL summed
