@@ -203,3 +203,7 @@ def test_normaliser_uses_training_rows_only():
     assert stats["stds"][hr] == pytest.approx(flat[:, hr].std(ddof=1))
     mask = column("mask->Heart Rate")
     assert stats["means"][mask] == 0.0 and stats["stds"][mask] == 1.0
+    # Fitting on a subset of rows (the training split) sees only those rows.
+    subset = fit_normaliser(grid, np.arange(10))
+    assert subset["means"] == pytest.approx(fit_normaliser(grid[:10])["means"])
+    assert subset["means"][hr] == pytest.approx(flat.reshape(30, 48, 76)[:10, :, hr].mean())

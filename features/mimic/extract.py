@@ -178,10 +178,10 @@ def extract(
                 test_fraction=test_fraction,
             )
             task = task.with_columns(split_column(task, assignment))
-            train = (task["split"] == "train").to_numpy()
-            if not train.any():
+            train = np.flatnonzero((task["split"] == "train").to_numpy())
+            if len(train) == 0:
                 raise MimicInputError(f"{mimic_dir}: no stay in the training split")
-            normaliser = fit_normaliser(grid[train])
+            normaliser = fit_normaliser(grid, train)
             stays = _stays_table(task, _read_truth(mimic_dir))
         with steps.step("write feature folder"):
             sources = {name: future.result() for name, future in fingerprints.items()}

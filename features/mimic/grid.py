@@ -78,25 +78,37 @@ def build_grid(bins: pl.DataFrame, stay_ids: np.ndarray, hours: int = HOURS) -> 
     return grid
 
 
-def fit_normaliser(grid: np.ndarray) -> dict[str, list[float]]:
+def fit_normaliser(grid: np.ndarray, rows: np.ndarray | None = None) -> dict[str, list[float]]:
     """Fit per-column means and standard deviations on (training) grids.
 
+    Like the benchmark's normaliser, this accumulates the sum and the sum of squares of
+    every hour of every stay (in float64, a block of stays at a time so that no copy of
+    the grid is made) and takes the sample standard deviation, floored at 1e-7.
+
     Args:
-        grid: (stays, hours, 76) raw grid of the training split.
+        grid: (stays, hours, 76) raw grid.
+        rows: Indices of the stays to fit on (the training split); all stays if ``None``.
 
     Returns:
         ``{"means": [...76], "stds": [...76], "normalised": [...76 bools]}``; columns that
         are not normalised get mean 0 and std 1 so that applying the statistics to every
         column is always correct.
     """
-    flat = grid.reshape(-1, grid.shape[-1]).astype(np.float64)
-    mask = np.array(normalised_columns())
-    count = flat.shape[0]
+    rows = np.arange(len(grid)) if rows is None else np.asarray(rows)
+    width = grid.shape[-1]
+    count = len(rows) * grid.shape[1]
     if count < 2:
         raise ValueError("need at least two training hours to fit the normaliser")
-    means = flat.mean(axis=0)
-    stds = np.sqrt(np.maximum(((flat - means) ** 2).sum(axis=0) / (count - 1), 0.0))
-    stds = np.maximum(stds, STD_FLOOR)
+    total = np.zeros(width)
+    total_sq = np.zeros(width)
+    for start in range(0, len(rows), 4096):
+        block = grid[rows[start : start + 4096]].reshape(-1, width).astype(np.float64)
+        total += block.sum(axis=0)
+        total_sq += (block * block).sum(axis=0)
+    means = total / count
+    variance = (total_sq - 2.0 * total * means + count * means**2) / (count - 1)
+    stds = np.maximum(np.sqrt(np.maximum(variance, 0.0)), STD_FLOOR)
+    mask = np.array(normalised_columns())
     means = np.where(mask, means, 0.0)
     stds = np.where(mask, stds, 1.0)
     return {
