@@ -563,14 +563,39 @@ def serve_command(
     typer.echo("stopped serving; the schedules are paused until the next `rank1 serve`")
 
 
+@app.command("deploy")
+def deploy_command(
+    pool: Annotated[str, typer.Option("--pool", help="Work pool whose workers run the flows.")],
+    config_file: Annotated[
+        Path | None,
+        typer.Option("--config", help="Deployment YAML (default: the packaged example)."),
+    ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Register only this deployment (repeatable)."),
+    ] = None,
+) -> None:
+    """Register the scheduled deployments with a work pool (run by `prefect worker start`)."""
+    from flows.deployments import DeploymentError, deploy_to_pool, load_config
+
+    try:
+        config = load_config(config_file)
+        ids = deploy_to_pool(config, pool, only=only)
+    except DeploymentError as err:
+        fail(str(err))
+    typer.echo(f"registered {len(ids)} deployment(s) with work pool {pool!r}")
+    typer.echo(f"start a worker where the flows should run: prefect worker start --pool {pool}")
+
+
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Output root.")] = Path("outputs"),
     patients: Annotated[int, typer.Option("--patients", min=50, help="Synthetic patients.")] = 1000,
     steps: Annotated[int, typer.Option("--steps", min=10, help="EHR training steps.")] = 300,
     image_epochs: Annotated[
-        float, typer.Option("--image-epochs", min=0.01, help="Digits training epochs.")
-    ] = 5,
+        float | None,
+        typer.Option("--image-epochs", min=0.01, help="Digits training epochs (recipe: 30)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu (default) | auto | cuda.")] = "cpu",
     threads: Annotated[
@@ -605,20 +630,24 @@ def demo_command(
         progress=sys.stderr.isatty(),
     )
     clinical, images = result["clinical"], result["images"]
+
+    def row(label: str, value: object) -> None:
+        typer.echo(f"{label + ':':<34}{value}")
+
     typer.echo(f"\ndemo finished in {time.perf_counter() - started:.0f} s")
-    typer.echo(f"synthetic MIMIC-III tables: {out / 'mimic-synthetic'}")
-    typer.echo(f"feature folder:             {clinical['features_dir']}")
+    row("synthetic MIMIC-III tables", out / "mimic-synthetic")
+    row("feature folder", clinical["features_dir"])
     for method, html in clinical["reports"].items():
-        folder = Path(html).parent
-        typer.echo(f"{method + ' report:':<28}{folder} (report.parquet, report.csv)")
-        typer.echo(f"{'  HTML summary:':<28}{html}")
+        row(f"{method} report", f"{Path(html).parent} (report.parquet, report.csv)")
+        row("  HTML summary", html)
     for method, run_id in clinical["runs"].items():
-        typer.echo(f"{'MLflow run ' + method + ':':<28}{run_id} (experiment demo-mimic-ihm)")
+        row(f"MLflow run {method}", f"{run_id} (experiment demo-mimic-ihm)")
     for method, run_id in images["runs"].items():
-        accuracy = images["validation"][method]["corrupt/mean/accuracy"]
-        typer.echo(
-            f"{'MLflow run digits ' + method + ':':<28}{run_id} (experiment demo-images, "
-            f"mean corrupted accuracy {accuracy:.3f})"
+        summary = images["validation"][method]
+        row(
+            f"MLflow run digits {method}",
+            f"{run_id} (experiment demo-images; accuracy clean "
+            f"{summary['clean/accuracy']:.3f}, corrupted {summary['corrupt/mean/accuracy']:.3f})",
         )
     _print_uis()
 

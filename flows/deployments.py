@@ -204,19 +204,22 @@ def require_server() -> str:
     return url
 
 
+def _schedule(entry: DeploymentEntry):
+    from prefect.schedules import Cron, Interval
+
+    if entry.cron is not None:
+        return Cron(entry.cron, timezone=entry.timezone)
+    return Interval(datetime.timedelta(seconds=entry.interval_seconds))
+
+
 def build(entry: DeploymentEntry):
     """The Prefect ``RunnerDeployment`` of one entry (flow loaded from its entrypoint)."""
     from prefect.flows import load_flow_from_entrypoint
-    from prefect.schedules import Cron, Interval
 
     flow = load_flow_from_entrypoint(entry.entrypoint, use_placeholder_flow=False)
-    if entry.cron is not None:
-        schedule = Cron(entry.cron, timezone=entry.timezone)
-    else:
-        schedule = Interval(datetime.timedelta(seconds=entry.interval_seconds))
     return flow.to_deployment(
         name=entry.name,
-        schedules=[schedule],
+        schedules=[_schedule(entry)],
         parameters=entry.parameters,
         tags=entry.tags,
         description=entry.description,
@@ -243,17 +246,105 @@ def serve(config: DeploymentsConfig, only: list[str] | None = None) -> None:
     """
     from prefect import serve as prefect_serve
 
+    entries = select(config, only)
     require_server()
     # Prefect's serve loop stops cleanly (pausing the schedules) on KeyboardInterrupt but
     # not on SIGTERM, which is what service managers and `kill` send: translate it.
     signal.signal(signal.SIGTERM, _interrupt)
-    entries = config.deployments
-    if only:
-        known = {entry.name for entry in entries}
-        unknown = [name for name in only if name not in known]
-        if unknown:
-            raise DeploymentError(
-                f"no deployment named {unknown[0]!r} (known: {', '.join(sorted(known))})"
-            )
-        entries = [entry for entry in entries if entry.name in only]
     prefect_serve(*(build(entry) for entry in entries), limit=config.limit)
+
+
+def select(config: DeploymentsConfig, only: list[str] | None) -> list[DeploymentEntry]:
+    """The entries named in ``only`` (all when None or empty).
+
+    Raises:
+        DeploymentError: For a name that is not in the file.
+    """
+    if not only:
+        return list(config.deployments)
+    known = {entry.name for entry in config.deployments}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise DeploymentError(
+            f"no deployment named {unknown[0]!r} (known: {', '.join(sorted(known))})"
+        )
+    return [entry for entry in config.deployments if entry.name in only]
+
+
+def code_location(entrypoint: str) -> tuple[Path, str]:
+    """Split an entrypoint into a source folder and a file entrypoint relative to it.
+
+    ``flows.mimic:clinical_pipeline`` becomes (the folder holding the ``flows`` package,
+    ``flows/mimic.py:clinical_pipeline``); ``path/to/file.py:touch`` becomes
+    (``path/to``, ``file.py:touch``). A worker runs the flow from that folder, so it must
+    hold the same code on the worker's machine (a shared file system or the same checkout
+    at the same path).
+    """
+    import importlib.util
+
+    target, function = entrypoint.rsplit(":", 1)
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        return path.parent, f"{path.name}:{function}"
+    spec = importlib.util.find_spec(target)
+    if spec is None or spec.origin is None:
+        raise DeploymentError(f"cannot find the module {target!r} of {entrypoint!r}")
+    origin = Path(spec.origin).resolve()
+    root = origin.parents[len(target.split(".")) - 1]
+    return root, f"{origin.relative_to(root)}:{function}"
+
+
+def deploy_to_pool(
+    config: DeploymentsConfig, pool: str, only: list[str] | None = None
+) -> list[str]:
+    """Register the deployments with a Prefect work pool; the pool's workers run them.
+
+    Unlike :func:`serve`, this returns at once: runs are executed by ``prefect worker start
+    --pool <pool>`` processes, on any machine that reaches the Prefect server and holds the
+    code at the same path (see :func:`code_location`).
+
+    Args:
+        config: A checked deployment file.
+        pool: Name of an existing work pool (``prefect work-pool create <pool> --type
+            process``).
+        only: Names of the deployments to register (None: all).
+
+    Returns:
+        The registered deployment ids.
+
+    Raises:
+        DeploymentError: When no server answers, the pool does not exist or ``only`` names
+            an unknown deployment.
+    """
+    from prefect import deploy as prefect_deploy
+    from prefect.flows import Flow
+
+    entries = select(config, only)
+    require_server()
+    deployments = []
+    for entry in entries:
+        source, entrypoint = code_location(entry.entrypoint)
+        flow = Flow.from_source(source=str(source), entrypoint=entrypoint)
+        deployments.append(
+            flow.to_deployment(
+                name=entry.name,
+                schedules=[_schedule(entry)],
+                parameters=entry.parameters,
+                tags=entry.tags,
+                description=entry.description,
+                paused=entry.paused,
+                work_pool_name=pool,
+            )
+        )
+    try:
+        ids = prefect_deploy(
+            *deployments,
+            work_pool_name=pool,
+            build=False,
+            push=False,
+            print_next_steps_message=False,
+            ignore_warnings=True,
+        )
+    except ValueError as err:  # e.g. "Could not find work pool ..."
+        raise DeploymentError(str(err).splitlines()[0]) from None
+    return [str(deployment_id) for deployment_id in ids]

@@ -14,7 +14,7 @@ from flows.params import ParameterError, validate
 
 COMMANDS = [
     "synth", "extract", "train", "report", "train-images", "validate-images",
-    "pipeline", "serve", "demo",
+    "pipeline", "serve", "deploy", "demo",
 ]  # fmt: skip
 
 

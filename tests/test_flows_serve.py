@@ -72,83 +72,153 @@ def _completed_runs(url: str, deployment: str) -> list[dict]:
     return [run for run in response.json() if run["deployment_id"] in ids]
 
 
-@pytest.mark.slow
-def test_served_deployment_runs_on_its_schedule(tmp_path):
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    marker = tmp_path / "ran.txt"
-    (tmp_path / "touch_flow.py").write_text(
-        textwrap.dedent(
-            """
-            from pathlib import Path
+TOUCH_FLOW = """
+from pathlib import Path
 
-            from prefect import flow
+from prefect import flow
 
 
-            @flow
-            def touch(path: str) -> str:
-                Path(path).write_text("ran\\n")
-                return path
-            """
+@flow
+def touch(path: str) -> str:
+    Path(path).write_text("ran\\n")
+    return path
+"""
+
+
+class Server:
+    """A real Prefect server on a free local port and the processes started against it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.api = f"http://127.0.0.1:{_free_port()}/api"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        self.env |= {
+            "PREFECT_HOME": str(root / "prefect-home"),
+            "PREFECT_API_URL": self.api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # Poll for due runs every second instead of every 10-15 s: a short test.
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+        }
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            args, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()  # the child holds its own handle
+        self.processes.append(process)
+        return process
+
+    def run(self, args: list[str]) -> str:
+        done = subprocess.run(
+            args, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=120
         )
-    )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def stop(self, process: subprocess.Popen) -> int | None:
+        self.processes.remove(process)
+        return _stop(process)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {path.name} ---\n{path.read_text()}" for path in sorted(self.root.glob("*.log"))
+        )
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("prefect_server"))
+    try:
+        process = server.start(
+            "server",
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+             server.api.split(":")[2].split("/")[0], "--analytics-off"],
+        )  # fmt: skip
+        _wait(lambda: _healthy(server.api), SERVER_START_S, "before it was healthy", process)
+        yield server
+    except BaseException:
+        sys.stderr.write(server.logs())
+        raise
+    finally:
+        # Everything started here stops, newest first, also when a test failed.
+        for process in reversed(list(server.processes)):
+            server.stop(process)
+
+
+def _touch_config(tmp_path: Path, name: str, marker: Path) -> Path:
+    (tmp_path / "touch_flow.py").write_text(TOUCH_FLOW)
     config = tmp_path / "deployments.yaml"
     config.write_text(
         textwrap.dedent(
             f"""
             deployments:
-              - name: touch-often
+              - name: {name}
                 flow: {tmp_path / "touch_flow.py"}:touch
                 interval_seconds: 2
                 parameters: {{path: {marker}}}
             """
         )
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        # Look for due runs every second instead of every 10 s, to keep the test short.
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-    }
-    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("server", "serve")}  # noqa: SIM115
-    started: list[subprocess.Popen] = []
+    return config
 
-    def start(name: str, args: list[str]) -> subprocess.Popen:
-        process = subprocess.Popen(
-            args, cwd=tmp_path, env=env, stdout=logs[name], stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        started.append(process)
-        return process
 
+@pytest.mark.slow
+def test_served_deployment_runs_on_its_schedule(prefect_server, tmp_path):
+    marker = tmp_path / "served.txt"
+    config = _touch_config(tmp_path, "touch-served", marker)
+    serve = prefect_server.start("serve", [str(BIN / "rank1"), "serve", "--config", str(config)])
     try:
-        server = start(
-            "server",
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-             str(port), "--analytics-off"],
-        )  # fmt: skip
-        _wait(lambda: _healthy(api), SERVER_START_S, "before the server was healthy", server)
-        serve = start("serve", [str(BIN / "rank1"), "serve", "--config", str(config)])
         _wait(
-            lambda: marker.exists() and _completed_runs(api, "touch-often"),
+            lambda: marker.exists() and _completed_runs(prefect_server.api, "touch-served"),
             RUN_DONE_S,
             "before a scheduled run completed",
-            server,
             serve,
         )
-        assert marker.read_text() == "ran\n"
-        assert _stop(serve) == 0  # SIGTERM is a clean stop for `rank1 serve`
-        started.remove(serve)
     except BaseException:
-        for name, handle in logs.items():
-            handle.flush()
-            sys.stderr.write(f"--- {name} log ---\n{(tmp_path / f'{name}.log').read_text()}\n")
+        sys.stderr.write(prefect_server.logs())
         raise
-    finally:
-        for process in reversed(started):
-            _stop(process)
-        for handle in logs.values():
-            handle.close()
-    assert "stopped serving" in (tmp_path / "serve.log").read_text()
+    assert marker.read_text() == "ran\n"
+    assert prefect_server.stop(serve) == 0  # SIGTERM is a clean stop for `rank1 serve`
+    assert "stopped serving" in (prefect_server.root / "serve.log").read_text()
+
+
+@pytest.mark.slow
+def test_deployment_on_a_work_pool_runs_on_a_worker(prefect_server, tmp_path):
+    marker = tmp_path / "worker.txt"
+    config = _touch_config(tmp_path, "touch-pooled", marker)
+    prefect = str(BIN / "prefect")
+    prefect_server.run([prefect, "work-pool", "create", "test-pool", "--type", "process"])
+    out = prefect_server.run(
+        [str(BIN / "rank1"), "deploy", "--config", str(config), "--pool", "test-pool"]
+    )
+    assert "registered 1 deployment(s) with work pool 'test-pool'" in out
+    worker = prefect_server.start("worker", [prefect, "worker", "start", "--pool", "test-pool"])
+    try:
+        _wait(
+            lambda: marker.exists() and _completed_runs(prefect_server.api, "touch-pooled"),
+            RUN_DONE_S,
+            "before the worker completed a scheduled run",
+            worker,
+        )
+    except BaseException:
+        sys.stderr.write(prefect_server.logs())
+        raise
+    assert marker.read_text() == "ran\n"
+    prefect_server.stop(worker)
+
+
+def test_deploy_to_a_missing_pool_is_one_line(prefect_server, tmp_path):
+    config = _touch_config(tmp_path, "touch-nowhere", tmp_path / "never.txt")
+    done = subprocess.run(
+        [str(BIN / "rank1"), "deploy", "--config", str(config), "--pool", "no-such-pool"],
+        cwd=tmp_path, env=prefect_server.env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: Could not find work pool 'no-such-pool'. Please create it before deploying "
+        "this flow."
+    ]
