@@ -192,6 +192,7 @@ class _Rank1LSTMRecurrence(torch.autograd.Function):
     """
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # bf16 autocast
     def forward(ctx, proj, s_x, bias, r, s, weight_hh, h0, c0, mask):
         # proj: (T, B, 4H) = (x * r_x) W_ih^T; s_x: (B, 4H); bias: (B, 4H) or None;
         # r: (B, H); s: (B, 4H); weight_hh: (4H, H); h0, c0: (B, H); mask: (T, B, 1) or None.
