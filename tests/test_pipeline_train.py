@@ -223,3 +223,21 @@ def test_fit_accepts_a_dataloader():
                        schedule=ScheduleConfig(length=20)), progress=False,
     )  # fmt: skip
     assert result.steps == 20 and len(result.history) == 2
+
+
+def test_cauchy_posterior_trains_through_the_same_trainer():
+    from pipeline.ehr import model_config_for
+
+    config = _config(posterior="cauchy", schedule=ScheduleConfig(length=20, kl_anneal=10))
+    base = EHRConfig(projection_dim=4, rnn_dim=8, hidden_dim=8)
+    model_config = model_config_for(config, base, input_features=5)
+    assert model_config.bayesian and model_config.rank1.posterior == "cauchy"
+    assert model_config_for(config.replace(method="deterministic"), base).bayesian is False
+    x, y = _data(128, 0)
+    seed_everything(0)
+    result = fit(
+        EHRModel(model_config), (x, y), (x[:32], y[:32]), likelihood="bernoulli",
+        n_train=128, config=config, progress=False,
+    )  # fmt: skip
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result.history)
+    assert result.history[-1]["kl"] != 0.0
