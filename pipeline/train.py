@@ -380,8 +380,10 @@ def fit(
     joined = init_distributed(device, info)
     try:
         return _fit(
-            model, train, val, likelihood, n_train, config, ensemble_size, checkpoint_dir,
-            resume, progress, on_eval, on_step, info, device, started,
+            model, train, val, likelihood=likelihood, n_train=n_train, config=config,
+            ensemble_size=ensemble_size, checkpoint_dir=checkpoint_dir, resume=resume,
+            progress=progress, on_eval=on_eval, on_step=on_step, info=info, device=device,
+            started=started,
         )  # fmt: skip
     finally:
         if joined:
@@ -389,9 +391,24 @@ def fit(
 
 
 def _fit(
-    model, train, val, likelihood, n_train, config, ensemble_size, checkpoint_dir, resume,
-    progress, on_eval, on_step, info, device, started,
-) -> FitResult:  # fmt: skip
+    model: nn.Module,
+    train: Data,
+    val: Data | None,
+    *,
+    likelihood: Likelihood,
+    n_train: int,
+    config: TrainConfig,
+    ensemble_size: int | None,
+    checkpoint_dir: str | os.PathLike | None,
+    resume: bool,
+    progress: bool,
+    on_eval: Callable[[int, dict[str, float]], None] | None,
+    on_step: Callable[[int], None] | None,
+    info: DistInfo,
+    device: torch.device,
+    started: float,
+) -> FitResult:
+    """The body of :func:`fit`, run inside the process group (see there)."""
     k = model_ensemble_size(model) if ensemble_size is None else ensemble_size
     if config.batch_size % k:
         raise ValueError(f"batch_size {config.batch_size} is not a multiple of K={k}")
