@@ -66,6 +66,10 @@ def test_in_hospital_mortality_task_counts(demo_features):
     out, manifest = demo_features
     steps = {s["step"]: s["stays"] for s in manifest["cohort"]["steps"]}
     assert steps["adults"] == 114
+    # mimic3-benchmarks keeps 46 + 11 = 57 stays for the task; no stay of the demo is lost
+    # to missing diagnoses or to an empty first 48 h once the 48-hour rule has run.
+    assert steps["length_of_stay_48h"] == 57
+    assert steps["with_diagnoses"] == 57
     assert steps["events_in_first_48h"] == 57
     stays = pl.read_parquet(out / "stays.parquet")
     assert stays.height == 57 and int(stays["label"].sum()) == 17
