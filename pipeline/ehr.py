@@ -26,7 +26,7 @@ from pipeline.calibration import TemperatureScaler, calibrate_and_report
 from pipeline.config import TrainConfig
 from pipeline.metrics import auroc, binary_metrics, ece_against_truth, mixture_probs
 from pipeline.predict import model_ensemble_size, predict_member_logits
-from pipeline.train import fit, fit_ensemble, resolve_device, seed_everything
+from pipeline.train import dist_info, fit, fit_ensemble, resolve_device, seed_everything
 from pipeline.uncertainty import referral_curve
 
 TASK = "in-hospital-mortality"
@@ -110,10 +110,17 @@ def train_ehr(
 
     Returns:
         The MLflow run id.
+
+    Raises:
+        ValueError: If a split is empty or the job was launched with several processes.
     """
     from features.mimic.loader import load_manifest, load_split
     from rank1.models import EHRModel
 
+    if dist_info().world_size > 1:
+        # Every process would open its own MLflow run; the IHM cohort (tens of thousands of
+        # 48 x 76 grids) trains on one device. Use pipeline.train.fit directly under torchrun.
+        raise ValueError("train_ehr runs in a single process; do not launch it with torchrun")
     manifest = load_manifest(features_dir)
     x_train, y_train, _ = load_split(features_dir, "train")
     x_val, y_val, val_stays = load_split(features_dir, "val")

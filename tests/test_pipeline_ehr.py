@@ -129,3 +129,9 @@ def test_train_ehr_baselines(tiny_ehr_features, mlflow_store, method):
     else:
         assert run.data.tags["model"] == "lstm"
         assert tracking.load_dict(run_id, CALIBRATION_FILE)["ensemble_size"] == 1
+
+
+def test_train_ehr_refuses_torchrun(tiny_ehr_features, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="single process"):
+        train_ehr(tiny_ehr_features, _config(), progress=False)
