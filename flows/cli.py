@@ -6,6 +6,7 @@ Heavy libraries (torch, polars, MLflow, Prefect) are imported inside each comman
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -417,15 +418,57 @@ def _methods(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _run_flow(flow_fn, **kwargs):
-    """Run a flow; turn the errors a user can fix into one-line messages.
+class _WithoutTraceback(logging.Formatter):
+    """Format a log record as another formatter would, minus its traceback."""
 
-    Parameter errors, bad input data, unreadable files and MLflow errors (unknown run,
-    unreachable server) become ``error: ...`` and exit status 1; anything else is a bug
-    and keeps its traceback.
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        # The record is shared with Prefect's API handler, which keeps the traceback for
+        # the UI: hide it only while this handler formats the record.
+        saved = record.exc_info, record.exc_text
+        record.exc_info, record.exc_text = None, None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
+def _console_without_tracebacks() -> None:
+    """Keep Prefect's run logs on the terminal but drop their tracebacks there.
+
+    A failed task or flow run logs its exception with a traceback; on the terminal the
+    command's own one-line error says what went wrong, and the full traceback stays in the
+    run's logs in the Prefect UI.
     """
-    from flows.params import ParameterError
+    from prefect.logging.configuration import setup_logging
+    from prefect.logging.handlers import PrefectConsoleHandler
 
+    setup_logging()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not isinstance(
+            handler.formatter, _WithoutTraceback
+        ):
+            handler.setFormatter(_WithoutTraceback(handler.formatter))
+
+
+def _run_flow(flow_fn, params_model, **kwargs):
+    """Check a flow's parameters, run it, turn errors a user can fix into one line.
+
+    The parameters are checked here first, so a bad value fails at once (the flow checks
+    them again for runs started from the Prefect UI or a schedule). Parameter errors, bad
+    input data, unreadable files and MLflow errors (unknown run, unreachable server) become
+    ``error: ...`` and exit status 1; anything else is a bug and keeps its traceback.
+    """
+    from flows.params import ParameterError, validate
+
+    try:
+        validate(flow_fn.__name__, params_model, kwargs)
+    except ParameterError as err:
+        fail(str(err))
+    _console_without_tracebacks()
     try:
         return flow_fn(**kwargs)
     except ParameterError as err:
@@ -503,9 +546,11 @@ def pipeline_command(
     import sys
 
     from flows.mimic import clinical_pipeline
+    from flows.params import ClinicalParams
 
     result = _run_flow(
         clinical_pipeline,
+        ClinicalParams,
         mimic_dir=mimic_dir,
         out_dir=out,
         methods=_methods(methods),
@@ -590,7 +635,9 @@ def deploy_command(
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", help="Output root.")] = Path("outputs"),
-    patients: Annotated[int, typer.Option("--patients", min=50, help="Synthetic patients.")] = 1000,
+    patients: Annotated[
+        int, typer.Option("--patients", min=200, help="Synthetic patients.")
+    ] = 1000,
     steps: Annotated[int, typer.Option("--steps", min=10, help="EHR training steps.")] = 300,
     image_epochs: Annotated[
         float | None,
@@ -616,10 +663,12 @@ def demo_command(
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     from flows.demo import demo
+    from flows.params import DemoParams
 
     started = time.perf_counter()
     result = _run_flow(
         demo,
+        DemoParams,
         out_dir=out,
         patients=patients,
         steps=steps,

@@ -423,7 +423,7 @@ class DemoParams(_Params):
             reports).
         patients: Synthetic patients (about 1.2 ICU stays each).
         steps: Training steps of each EHR model.
-        image_epochs: Training epochs of each digits model.
+        image_epochs: Training epochs of each digits model (None: the recipe's 30).
         severities: Corruption severities of the image validation.
         seed: Seed of the synthetic cohort and the splits.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -432,9 +432,10 @@ class DemoParams(_Params):
     """
 
     out_dir: Path = Path("outputs")
-    patients: Annotated[int, Field(ge=50)] = 1000
+    # Fewer leave the training split smaller than one batch of the deterministic model.
+    patients: Annotated[int, Field(ge=200)] = 1000
     steps: Annotated[int, Field(ge=10)] = 300
-    image_epochs: Annotated[float, Field(gt=0)] = 5
+    image_epochs: Annotated[float, Field(gt=0)] | None = None
     severities: Annotated[list[Severity], Field(min_length=1)] = [1, 3, 5]
     seed: Seed = 0
     device: Device = "cpu"

@@ -51,7 +51,11 @@ def tiny_ehr_features(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API and database for flow tests (about 12-14 s to start, once)."""
+    from prefect.logging.configuration import setup_logging
     from prefect.testing.utilities import prefect_test_harness
 
+    # Configure Prefect's logging here, outside any CliRunner: its console handler keeps the
+    # stream it was created with, and a CliRunner's stream is closed when the command ends.
+    setup_logging()
     with prefect_test_harness(server_startup_timeout=60):
         yield

@@ -1,0 +1,43 @@
+"""`rank1 demo` at toy sizes: every printed path exists and the runs are in MLflow."""
+
+import re
+import stat
+
+import pytest
+from typer.testing import CliRunner
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(prefect_harness, tmp_path, monkeypatch):
+    import mlflow
+    import torch
+
+    from flows.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["demo", "--out", "out", "--patients", "200", "--steps", "10",
+             "--image-epochs", "0.25"],
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)  # the demo sets one thread for its process
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    for method in ("rank1", "deterministic"):
+        assert (out / "mimic" / "reports" / method / "report.html").is_file()
+        assert f"out/mimic/reports/{method}/report.html" in result.output
+    # With no MLFLOW_TRACKING_URI the store is ./mlflow.db in the working folder.
+    db = tmp_path / "mlflow.db"
+    assert f"MLflow store: sqlite:///{db}" in result.output
+    assert f"mlflow ui --backend-store-uri sqlite:///{db}" in result.output
+    run_ids = re.findall(r"MLflow run [a-z0-9 ]+:\s+([0-9a-f]{32})", result.output)
+    assert len(run_ids) == 4
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiments = {client.get_run(r).info.experiment_id for r in run_ids}
+    names = {client.get_experiment(e).name for e in experiments}
+    assert names == {"demo-mimic-ihm", "demo-images"}
