@@ -45,7 +45,7 @@ def demo(
     out_dir: Path = Path("outputs"),
     patients: int = 1000,
     steps: int = 300,
-    image_epochs: float = 5,
+    image_epochs: float | None = None,
     severities: list[int] | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -58,7 +58,7 @@ def demo(
         out_dir: Output root (made owner-only: it holds per-patient files).
         patients: Synthetic patients.
         steps: Training steps of each EHR model.
-        image_epochs: Training epochs of each digits model.
+        image_epochs: Training epochs of each digits model (default: the recipe's 30).
         severities: Corruption severities of the image validation (default 1, 3, 5).
         seed: Seed of the synthetic cohort and the splits.
         device: Where to train (default ``cpu``: the demo sizes gain nothing from a GPU).
