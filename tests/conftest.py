@@ -54,8 +54,9 @@ def prefect_harness():
     from prefect.logging.configuration import setup_logging
     from prefect.testing.utilities import prefect_test_harness
 
-    # Configure Prefect's logging here, outside any CliRunner: its console handler keeps the
-    # stream it was created with, and a CliRunner's stream is closed when the command ends.
-    setup_logging()
+    # (Re)configure Prefect's logging here, outside any CliRunner: its console handler keeps
+    # the stream it was created with, and a CliRunner's stream is closed when the command
+    # ends (prefect may have been imported first inside one).
+    setup_logging(incremental=False)
     with prefect_test_harness(server_startup_timeout=60):
         yield
