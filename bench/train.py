@@ -12,7 +12,7 @@ All cases run side by side in one process, interleaved ``--repeats`` times; medi
 ``torch.utils.benchmark`` measurements are reported.
 
     python bench/train.py                       # paper sizes (rnn 256, B = 16 unique)
-    python bench/train.py --rnn-dim 64 --hidden-dim 64 --unique-batch 32
+    python bench/train.py --rnn-dim 64 --hidden-dim 64 --unique-batch 32 --profile
 """
 
 from __future__ import annotations
@@ -75,6 +75,33 @@ def make_step(model: EHRModel, x: torch.Tensor, y: torch.Tensor, tile: int):
     return step
 
 
+def profile_parts(model: EHRModel, x: torch.Tensor, y: torch.Tensor, repeats: int = 15):
+    """Median ms of each part of one step: projection, LSTM, head, KL, backward."""
+    import time
+
+    def once() -> list[float]:
+        t = [time.perf_counter()]
+        z = model.projection(x)
+        t.append(time.perf_counter())
+        _, (h, _) = model.lstm(z)
+        t.append(time.perf_counter())
+        logits = model.output(torch.nn.functional.relu6(model.hidden(h[-1]))).squeeze(-1)
+        t.append(time.perf_counter())
+        kl = rank1.kl_divergence(model)
+        t.append(time.perf_counter())
+        target = y.repeat(logits.shape[0] // y.shape[0])
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target) + kl / 1e4
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        t.append(time.perf_counter())
+        return [1e3 * (b - a) for a, b in zip(t, t[1:], strict=False)]
+
+    for _ in range(3):
+        once()
+    runs = [once() for _ in range(repeats)]
+    return [statistics.median(part) for part in zip(*runs, strict=True)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rnn-dim", type=int, default=256)
@@ -86,6 +113,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--min-time", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="Also split a step into its parts.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -112,8 +140,9 @@ def main() -> None:
     y = torch.randint(0, 2, (b,)).float()
     x4 = torch.randn(K * b, args.hours, args.features)
     y4 = torch.randint(0, 2, (K * b,)).float()
-    rank1_step = make_step(EHRModel(cfg(True)), x, y, K)
-    det_step = make_step(EHRModel(cfg(False)), x4, y4, 1)
+    rank1_model, det_model = EHRModel(cfg(True)), EHRModel(cfg(False))
+    rank1_step = make_step(rank1_model, x, y, K)
+    det_step = make_step(det_model, x4, y4, 1)
     member_steps = [make_step(EHRModel(cfg(False)), x, y, 1) for _ in range(K)]
 
     def ensemble_step():
@@ -137,6 +166,14 @@ def main() -> None:
     for name, values in times.items():
         t = statistics.median(values)
         print(f"{name:<34} {1e3 * t:>15.2f} {t / det:>16.2f}x")
+    if args.profile:
+        print(f"{'parts (median ms)':<34} projection   LSTM fwd   head     KL   backward")
+        for name, model, xx, yy in (
+            (f"rank-1 K={K} ({K * b} rows)", rank1_model, rank1.tile(x, K), y),
+            (f"deterministic ({K * b} rows)", det_model, x4, y4),
+        ):
+            parts = profile_parts(model, xx, yy)
+            print(f"{name:<34} " + " ".join(f"{p:>9.2f}" for p in parts))
 
 
 if __name__ == "__main__":
