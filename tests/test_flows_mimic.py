@@ -206,3 +206,24 @@ def test_clinical_pipeline_on_mimic_demo(prefect_harness, workdir, demo_dir):
     report = pl.read_parquet(out / "reports" / "rank1" / "report.parquet")
     stays = pl.read_parquet(out / "features" / "stays.parquet")
     assert report.height == stays.filter(pl.col("split") == "test").height > 0
+
+
+def test_tasks_retry_transient_errors_only(prefect_harness):
+    from prefect import flow, task
+
+    from flows.mimic import retry_transient
+
+    attempts = {"value": 0, "io": 0}
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=retry_transient)
+    def fails(kind: str) -> None:
+        attempts[kind] += 1
+        raise ValueError("bad input") if kind == "value" else OSError("disk hiccup")
+
+    @flow
+    def run(kind: str):
+        return fails(kind, return_state=True)
+
+    # A bad input fails at once; an I/O error uses both retries.
+    assert run("value", return_state=True).is_failed() and attempts["value"] == 1
+    assert run("io", return_state=True).is_failed() and attempts["io"] == 3
