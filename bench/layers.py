@@ -13,12 +13,15 @@ import argparse
 import os
 import platform
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils import benchmark
 
-import rank1
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import rank1  # noqa: E402
 
 K = 4
 

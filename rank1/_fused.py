@@ -56,10 +56,16 @@ class _Rank1Linear(torch.autograd.Function):
             return loc, scale
 
         g_sloc, g_sscale = factor_grads(g * h, eps_s, mask_s)
-        gh = g * s
-        gxr = gh.matmul(weight)
-        g_w = gh.reshape(-1, gh.shape[-1]).t().mm(xr.reshape(-1, xr.shape[-1])) if need[1] else None
-        g_x = gxr * r if need[0] else None
+        # Matmuls run in the forward's compute dtype (bf16 under autocast, as autograd
+        # would); gradients go back in each input's own dtype.
+        cdt = h.dtype
+        gh = (g * s).to(cdt)
+        gxr = gh.matmul(weight.to(cdt)).to(r.dtype)
+        g_w = None
+        if need[1]:
+            g_w = gh.reshape(-1, gh.shape[-1]).t().mm(xr.reshape(-1, xr.shape[-1]).to(cdt))
+            g_w = g_w.to(weight.dtype)
+        g_x = (gxr * r).to(x.dtype) if need[0] else None
         g_rloc, g_rscale = factor_grads(gxr.mul_(x), eps_r, mask_r)
         return g_x, g_w, g_bias, g_rloc, g_rscale, None, g_sloc, g_sscale, None, None
 
@@ -93,6 +99,15 @@ def rank1_linear(
     Returns:
         ``(K, n, M, d_out)``.
     """
+    if x.device.type != "cpu":
+        # On GPUs the elementwise passes are cheap next to kernel launches and autocast's own
+        # handling of the matmul; plain autograd ops measured faster there (BENCHMARKS.md).
+        r = torch.addcmul(r_loc[:, None, None], r_scale[:, None, None], eps_r)
+        s = torch.addcmul(s_loc[:, None, None], s_scale[:, None, None], eps_s)
+        r = r.clamp(-CLIP, CLIP) if clip[0] else r
+        s = s.clamp(-CLIP, CLIP) if clip[1] else s
+        h = F.linear(x * r, weight)
+        return h * s if bias is None else torch.addcmul(bias, h, s)
     return _Rank1Linear.apply(x, weight, bias, r_loc, r_scale, eps_r, s_loc, s_scale, eps_s, clip)
 
 
@@ -133,8 +148,11 @@ class _Rank1Conv2d(torch.autograd.Function):
         g_bias = None
         if has_bias:
             g_bias = g.sum((2, 3)).view(-1, n_per_member, g.shape[1]).sum(1)
-        g_s = _channel_dot(g, h)
-        gh = g * s[:, :, None, None]
+        # Work in the forward conv's compute dtype (bf16 under autocast, as autograd would);
+        # gradients go back in each input's own dtype.
+        cdt = h.dtype
+        g_s = _channel_dot(g.to(cdt), h).to(s.dtype)
+        gh = (g * s[:, :, None, None]).to(cdt)
         if isinstance(padding, str):
             # convolution_backward wants explicit padding; "same"/"valid" as numbers.
             padding = tuple(
@@ -143,8 +161,8 @@ class _Rank1Conv2d(torch.autograd.Function):
             )
         g_xr, g_w, _ = torch.ops.aten.convolution_backward(
             gh,
-            xr,
-            weight,
+            xr.to(cdt),
+            weight.to(cdt),
             None,
             stride,
             padding,
@@ -154,8 +172,9 @@ class _Rank1Conv2d(torch.autograd.Function):
             groups,
             (need[0] or need[3], need[1], False),
         )
-        g_r = _channel_dot(g_xr, x) if need[3] else None
-        g_x = g_xr.mul_(r[:, :, None, None]) if need[0] else None
+        g_r = _channel_dot(g_xr, x.to(cdt)).to(r.dtype) if need[3] else None
+        g_x = g_xr.mul_(r[:, :, None, None].to(cdt)).to(x.dtype) if need[0] else None
+        g_w = None if g_w is None else g_w.to(weight.dtype)
         return g_x, g_w, g_bias, g_r, g_s, None, None, None, None, None
 
 
@@ -177,6 +196,13 @@ def rank1_conv2d(x, weight, bias, r, s, n_per_member, stride, padding, dilation,
     Returns:
         ``(K*n, C_out, H_out, W_out)``.
     """
+    if x.device.type != "cpu":
+        # Plain autograd ops on GPUs (see rank1_linear).
+        h = F.conv2d(x * r[:, :, None, None], weight, None, stride, padding, dilation, groups)
+        if bias is None:
+            return h * s[:, :, None, None]
+        rows = bias.repeat_interleave(n_per_member, 0)
+        return torch.addcmul(rows[:, :, None, None], h, s[:, :, None, None])
     return _Rank1Conv2d.apply(
         x, weight, bias, r, s, n_per_member, stride, padding, dilation, groups
     )
