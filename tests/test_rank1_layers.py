@@ -257,3 +257,23 @@ def test_initialisation_follows_the_spec():
     lstm = Rank1LSTM(3, 4, ensemble_size=2)
     assert torch.equal(lstm.bias_l0[:, 4:8], torch.ones(2, 4))  # unit forget bias per member
     assert torch.equal(lstm.bias_l0[:, :4], torch.zeros(2, 4))
+
+
+def test_bf16_autocast_training_step_gives_grads_in_parameter_dtypes():
+    # The fused kernels' backward must cope with the bf16 compute dtype of autocast.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        Rank1Conv2d(3, 4, 3, padding=1, bias=False, ensemble_size=2),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        Rank1Linear(4 * 6 * 6, 3, ensemble_size=2),
+    )
+    x = torch.randn(4, 3, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(x).float().square().mean() + rank1.kl_divergence(model) / 100
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.dtype == p.dtype, name
+        assert torch.isfinite(p.grad).all(), name
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
