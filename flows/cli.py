@@ -643,6 +643,9 @@ def demo_command(
         float | None,
         typer.Option("--image-epochs", min=0.01, help="Digits training epochs (recipe: 30)."),
     ] = None,
+    severities: Annotated[
+        str, typer.Option("--severities", help="Comma-separated corruption severities, 1-5.")
+    ] = "1,3,5",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort.")] = 0,
     device: Annotated[str, typer.Option("--device", help="cpu (default) | auto | cuda.")] = "cpu",
     threads: Annotated[
@@ -660,6 +663,10 @@ def demo_command(
     import sys
     import time
 
+    try:
+        levels = [int(level) for level in severities.split(",")]
+    except ValueError:
+        fail(f"--severities must be comma-separated integers, got {severities!r}")
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     from flows.demo import demo
@@ -673,6 +680,7 @@ def demo_command(
         patients=patients,
         steps=steps,
         image_epochs=image_epochs,
+        severities=levels,
         seed=seed,
         device=device,
         torch_threads=threads or None,

@@ -21,7 +21,7 @@ def test_demo_command_end_to_end(prefect_harness, tmp_path, monkeypatch):
         result = CliRunner().invoke(
             app,
             ["demo", "--out", "out", "--patients", "200", "--steps", "10",
-             "--image-epochs", "0.25"],
+             "--image-epochs", "0.25", "--severities", "2"],
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)  # the demo sets one thread for its process
