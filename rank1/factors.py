@@ -23,8 +23,8 @@ Sampling = Literal["example", "member", "mean"]
 SCALE_EPS = 1e-7
 #: Samples of Linear/Conv factors are clipped to this range (edward2's perturbation bounds).
 CLIP = 10.0
-#: A Gaussian draw beyond this many standard deviations never happens in float32 (torch's
-#: Box-Muller uses 24-bit uniforms, so |eps| < 6); the layers use it to skip the clip pass
+#: No Gaussian draw of torch's reaches this many standard deviations (Box-Muller from
+#: uniforms of at most 53 bits gives |eps| < 8.6); the layers use it to skip the clip pass
 #: when no sample can reach the bounds.
 _GAUSS_BOUND = 40.0
 
