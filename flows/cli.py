@@ -481,7 +481,9 @@ def _run_flow(flow_fn, params_model, **kwargs):
         fail(str(err).splitlines()[0])
 
 
-def _train_overrides(config_file: Path | None, steps: int | None, device: str | None) -> dict:
+def _train_overrides(
+    config_file: Path | None, steps: int | None, batch_size: int | None, device: str | None
+) -> dict:
     """TrainConfig overrides from a YAML file and the shortcut options."""
     import yaml
 
@@ -500,6 +502,8 @@ def _train_overrides(config_file: Path | None, steps: int | None, device: str | 
         overrides["schedule"] = schedule
         overrides.setdefault("eval_every", max(steps // 10, 1))
         overrides.setdefault("checkpoint_every", 0)
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
     if device is not None:
         overrides["device"] = device
     return overrides
@@ -525,6 +529,10 @@ def pipeline_command(
     ] = None,
     steps: Annotated[
         int | None, typer.Option("--steps", min=1, help="Training steps (recipe: 10000).")
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Rows per step (recipe: 64; rank-1: K x unique)."),
     ] = None,
     device: Annotated[
         str | None, typer.Option("--device", help="auto (default) | cpu | cuda[:N].")
@@ -554,7 +562,7 @@ def pipeline_command(
         mimic_dir=mimic_dir,
         out_dir=out,
         methods=_methods(methods),
-        train=_train_overrides(config_file, steps, device),
+        train=_train_overrides(config_file, steps, batch_size, device),
         model={"rnn_dim": rnn_dim, "hidden_dim": hidden_dim},
         experiment=experiment,
         seed=seed,
