@@ -34,7 +34,9 @@ def test_pyproject_pins_torch_below_2_14_and_never_needs_torchvision():
     deps = pyproject["project"]["dependencies"]
     torch_dep = next(d for d in deps if re.match(r"torch\b", d))
     assert "<2.14" in torch_dep
-    everything = deps + [d for ds in pyproject["project"]["optional-dependencies"].values() for d in ds]
+    everything = deps + [
+        d for ds in pyproject["project"]["optional-dependencies"].values() for d in ds
+    ]
     assert not any(d.startswith("torchvision") for d in everything)
     assert pyproject["project"]["scripts"]["rank1"] == "flows.cli:app"
     assert pyproject["project"]["requires-python"].startswith(">=3.11")
