@@ -17,35 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 2**20:.1f} GiB"
-                break
-    except OSError:
-        pass
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    return f"nproc {nproc}, {cpu}, {mem} RAM, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -118,7 +97,7 @@ def main() -> None:
         )
     det, r1, ens = rows["deterministic"], rows["rank-1 (K=4)"], rows["deep ensemble (4)"]
     print()
-    print(f"Machine: {machine()}; torch threads {args.threads}.")
+    print(f"Machine: {describe()}; torch threads {args.threads}.")
     print()
     print("Targets:")
     checks = [

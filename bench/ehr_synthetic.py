@@ -27,29 +27,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # noqa: E402
 
 from features.mimic.extract import extract
 from features.synthetic import generate
 from pipeline.config import OptimConfig, ScheduleConfig, TrainConfig
 from pipeline.ehr import train_ehr
 from rank1.models import EHRConfig
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_config(method: str, steps: int, lr: float, seed: int) -> TrainConfig:
@@ -84,7 +73,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, nproc {os.cpu_count()}, "
-        f"CPU {_cpu_name()}"
+        f"CPU {cpu_name()}"
     )
     work = args.work or Path(tempfile.mkdtemp(prefix="ehr_synthetic_"))
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(work / 'mlflow.db').resolve()}"

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO.parent / "shared" / "data" / "mimic3-demo"
@@ -321,21 +321,6 @@ def chart_rows(folder: Path) -> int:
     return pl.scan_csv(path, infer_schema=False).select(pl.len()).collect().item()
 
 
-def machine() -> str:
-    model = "unknown CPU"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    mem = 0
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal"):
-            mem = int(line.split()[1]) / 1024 / 1024
-    return (
-        f"{os.cpu_count()} cores (nproc), {model}, {mem:.0f} GiB RAM, {platform.python_version()}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/rank1-bench"))
@@ -360,7 +345,7 @@ def main() -> None:
             generate(folder, patients=max(1, round(target / CHART_ROWS_PER_PATIENT)), seed=0)
             print(f"generated {folder} in {time.perf_counter() - t0:.1f} s", flush=True)
         datasets.append((f"synthetic ~{target:.0e}", folder))
-    print(machine())
+    print(describe())
     print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     rows = []
     for name, folder in datasets:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -21,20 +20,11 @@ from torch import nn
 from torch.utils import benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import cpu_name  # noqa: E402
+
 import rank1  # noqa: E402
 
 K = 4
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _step(layer: nn.Module, x: torch.Tensor, lstm: bool = False):
@@ -103,7 +93,7 @@ def main() -> None:
     dev = args.device
     print(f"torch {torch.__version__}, device {dev}, threads {torch.get_num_threads()}")
     if dev == "cpu":
-        print(f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores)")
+        print(f"CPU: {cpu_name()} ({os.cpu_count()} logical cores)")
     else:
         print(f"GPU: {torch.cuda.get_device_name()}")
     print(f"K={K}; times are medians of {args.repeats} interleaved blocked_autorange runs\n")

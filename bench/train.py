@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 
 import torch
+from machine import cpu_name, memory_gib  # noqa: E402
 from torch.utils import benchmark
 
 import rank1
@@ -32,28 +32,6 @@ from pipeline.train import build_optimizer
 from rank1.models import EHRConfig, EHRModel
 
 K = 4
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _mem_gib() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal"):
-                    return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return float("nan")
 
 
 def make_step(model: EHRModel, x: torch.Tensor, y: torch.Tensor, tile: int):
@@ -118,7 +96,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, nproc {os.cpu_count()}, "
-        f"CPU {_cpu_name()}, memory {_mem_gib():.1f} GiB"
+        f"CPU {cpu_name()}, memory {memory_gib():.1f} GiB"
     )
     b = args.unique_batch
     print(
