@@ -26,6 +26,7 @@ trains K independently seeded models for a deep ensemble.
 from __future__ import annotations
 
 import copy
+import io
 import math
 import os
 import random
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 
 import rank1
 from pipeline.config import TrainConfig, to_steps
+from pipeline.files import write_private_bytes
 from pipeline.objective import Likelihood, objective
 from pipeline.predict import DeepEnsemble, model_ensemble_size, predict_member_logits
 
@@ -158,20 +160,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` with ``torch.save`` to a temporary file and move it into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    """Write ``state`` with ``torch.save`` atomically, owner-only (weights fit patient data)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return write_private_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
