@@ -433,7 +433,9 @@ def _patients_batch(
     rng: np.random.Generator, start: int, count: int
 ) -> tuple[_Stays, dict[str, pl.DataFrame]]:
     """Patients, admissions, ICU stays, transfers, diagnoses and truth of one batch."""
-    subject = 100001 + start + np.arange(count)
+    # MIMIC-III numbers subjects from 2 and admissions from 100001; keeping the two apart
+    # means a join on the wrong id column fails loudly on synthetic data too.
+    subject = 2 + start + np.arange(count)
     metavision_p = rng.random(count) < 0.5
     gender = np.where(rng.random(count) < 0.55, "M", "F")
     kind = rng.random(count)
