@@ -68,8 +68,8 @@ def test_objective_adds_annealed_kl_over_n_and_elbo_has_no_beta():
     mu, sd = float(f.loc[0, 0].detach()), float(f.scale[0, 0].detach())
     by_hand = math.log(1.0 / sd) + (sd**2 + (mu - 1.0) ** 2) / 2 - 0.5
     per_entry = 0.5 * (f.scale.detach() ** 2 + (f.loc - 1) ** 2) - 0.5 - torch.log(f.scale)
-    assert float(per_entry[0, 0]) == pytest.approx(by_hand, rel=1e-5)
-    nll = float(tiled_nll(logits, y, "bernoulli"))
+    assert float(per_entry[0, 0].detach()) == pytest.approx(by_hand, rel=1e-5)
+    nll = float(tiled_nll(logits, y, "bernoulli").detach())
     terms = objective(
         logits, y, layer, likelihood="bernoulli", n_train=100, step=9, anneal_steps=40
     )
