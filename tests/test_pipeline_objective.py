@@ -75,7 +75,7 @@ def test_objective_adds_annealed_kl_over_n_and_elbo_has_no_beta():
     )
     assert terms.beta == pytest.approx(0.25)
     assert float(terms.kl) == pytest.approx(kl, rel=1e-6)
-    assert float(terms.loss) == pytest.approx(nll + 0.25 * kl / 100, rel=1e-6)
+    assert terms.loss.item() == pytest.approx(nll + 0.25 * kl / 100, rel=1e-6)
     assert float(terms.elbo) == pytest.approx(-(nll + kl / 100), rel=1e-6)
     terms.loss.backward()
     assert f.loc.grad is not None and f.loc.grad.abs().sum() > 0
