@@ -270,7 +270,11 @@ class _Rank1LSTMRecurrence(torch.autograd.Function):
         sl_i, sl_f = slice(0, hid), slice(hid, 2 * hid)
         sl_g, sl_o = slice(2 * hid, 3 * hid), slice(3 * hid, g4)
         d_proj = torch.empty_like(proj)
-        du_all = torch.empty_like(proj)
+        # The recurrent weight's gradient is accumulated step by step from one reused (B, 4H)
+        # buffer: a (T, B, 4H) buffer for one big matmul page-faults on every first write,
+        # which cost more than the arithmetic at clinical sizes.
+        g_w = torch.zeros_like(weight_hh)
+        du = torch.empty_like(s)
         g_sx = torch.zeros_like(s_x)
         g_b = torch.zeros_like(s_x)
         g_s = torch.zeros_like(s)
@@ -299,9 +303,10 @@ class _Rank1LSTMRecurrence(torch.autograd.Function):
             torch.mul(a, a, out=tmp)
             dz.mul_(torch.sub(a, tmp, out=tmp))
             dc = dc * a[:, sl_f]
-            du = torch.mul(dz, s, out=du_all[t])
             torch.mul(dz, s_x, out=d_proj[t])
             g_s.addcmul_(dz, u[t])
+            torch.mul(dz, s, out=du)
+            g_w.addmm_(du.t(), hr[t])
             g_sx.addcmul_(dz, proj[t])
             g_b.add_(dz)
             dhr = du.mm(weight_hh)
@@ -310,7 +315,6 @@ class _Rank1LSTMRecurrence(torch.autograd.Function):
             if maskf is not None:
                 dh = dh + dh_pass
                 dc = dc + dc_pass
-        g_w = du_all.reshape(-1, g4).t().mm(hr.reshape(-1, hid))
         return d_proj, g_sx, g_b if ctx.has_bias else None, g_r, g_s, g_w, dh, dc, None
 
 
