@@ -433,9 +433,10 @@ def _patients_batch(
     rng: np.random.Generator, start: int, count: int
 ) -> tuple[_Stays, dict[str, pl.DataFrame]]:
     """Patients, admissions, ICU stays, transfers, diagnoses and truth of one batch."""
-    # MIMIC-III numbers subjects from 2 and admissions from 100001; keeping the two apart
-    # means a join on the wrong id column fails loudly on synthetic data too.
-    subject = 2 + start + np.arange(count)
+    # MIMIC-III subject ids are below 100000 and admission ids from 100001: keeping the two
+    # apart means a join on the wrong id column fails loudly on synthetic data too. Five
+    # digits, like most real subject ids, so an id never looks like a small setting value.
+    subject = 10001 + start + np.arange(count)
     metavision_p = rng.random(count) < 0.5
     gender = np.where(rng.random(count) < 0.55, "M", "F")
     kind = rng.random(count)
