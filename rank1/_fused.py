@@ -99,15 +99,6 @@ def rank1_linear(
     Returns:
         ``(K, n, M, d_out)``.
     """
-    if x.device.type != "cpu":
-        # On GPUs the elementwise passes are cheap next to kernel launches and autocast's own
-        # handling of the matmul; plain autograd ops measured faster there (BENCHMARKS.md).
-        r = torch.addcmul(r_loc[:, None, None], r_scale[:, None, None], eps_r)
-        s = torch.addcmul(s_loc[:, None, None], s_scale[:, None, None], eps_s)
-        r = r.clamp(-CLIP, CLIP) if clip[0] else r
-        s = s.clamp(-CLIP, CLIP) if clip[1] else s
-        h = F.linear(x * r, weight)
-        return h * s if bias is None else torch.addcmul(bias, h, s)
     return _Rank1Linear.apply(x, weight, bias, r_loc, r_scale, eps_r, s_loc, s_scale, eps_s, clip)
 
 
@@ -197,7 +188,8 @@ def rank1_conv2d(x, weight, bias, r, s, n_per_member, stride, padding, dilation,
         ``(K*n, C_out, H_out, W_out)``.
     """
     if x.device.type != "cpu":
-        # Plain autograd ops on GPUs (see rank1_linear).
+        # Plain autograd ops on GPUs: the elementwise passes are cheap there next to kernel
+        # launches, and they measured faster than this kernel (BENCHMARKS.md).
         h = F.conv2d(x * r[:, :, None, None], weight, None, stride, padding, dilation, groups)
         if bias is None:
             return h * s[:, :, None, None]

@@ -135,6 +135,29 @@ class Rank1Factor(nn.Module):
         eps = torch.empty(shape, device=self.loc.device, dtype=self.loc.dtype)
         return eps.cauchy_()
 
+    def reparameterization(
+        self, n: int, mode: Sampling = "example", clip: bool = True
+    ) -> tuple[Tensor, Tensor, bool]:
+        """The terms of ``value = loc + scale * eps`` for one forward pass.
+
+        Args:
+            n: Samples per member (the per-member batch size B).
+            mode: ``"example"`` (an independent draw per example), ``"member"`` (one draw
+                per member, shared by its B examples) or ``"mean"`` (zero noise).
+            clip: Whether samples are to be clipped to ``[-10, 10]`` (Linear/Conv).
+
+        Returns:
+            ``scale`` ``(K, d)``, standard noise ``eps`` ``(K, n, d)`` for ``"example"``
+            (else ``(K, 1, d)``), and whether a clip is needed: only when ``clip`` is set
+            and some sample can reach the bounds.
+        """
+        if mode == "mean":
+            zeros = torch.zeros_like(self.loc)
+            return zeros, zeros.unsqueeze(1), False
+        scale = self.scale
+        eps = self.noise(n if mode == "example" else 1)
+        return scale, eps, clip and self.can_reach_clip(scale)
+
     def sample(self, n: int, mode: Sampling = "example", clip: bool = True) -> Tensor:
         """Draw reparameterised factor values.
 
@@ -149,12 +172,9 @@ class Rank1Factor(nn.Module):
         """
         if mode == "mean":
             return self.loc.unsqueeze(1)
-        scale = self.scale
-        eps = self.noise(n if mode == "example" else 1)
+        scale, eps, do_clip = self.reparameterization(n, mode, clip)
         value = torch.addcmul(self.loc.unsqueeze(1), scale.unsqueeze(1), eps)
-        if clip and self.can_reach_clip(scale):
-            value = value.clamp(-CLIP, CLIP)
-        return value
+        return value.clamp(-CLIP, CLIP) if do_clip else value
 
     def kl(self) -> Tensor:
         """KL(q || p) of the whole ``(K, d)`` factor, summed over all K*d entries.
