@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from rank1.config import Rank1Config
-from rank1.layers import Rank1Linear, Rank1LSTM, glorot_uniform_, he_normal_
+from rank1.layers import Rank1Linear, Rank1LSTM, glorot_uniform_, init_dense_weight_
 
 
 def _mimic_rank1() -> Rank1Config:
@@ -75,11 +75,13 @@ class EHRModel(nn.Module):
             self.hidden = nn.Linear(config.rnn_dim, config.hidden_dim)
             self.output = nn.Linear(config.hidden_dim, 1)
             # Same initialisers as the rank-1 twin, so baselines differ only in the factors.
-            for layer in (self.projection, self.output):
-                glorot_uniform_(layer.weight)
+            for layer, scheme in (
+                (self.projection, "glorot_uniform"),
+                (self.output, "glorot_uniform"),
+                (self.hidden, "he_normal"),
+            ):
+                init_dense_weight_(layer.weight, scheme)
                 nn.init.zeros_(layer.bias)
-            he_normal_(self.hidden.weight, config.rnn_dim)
-            nn.init.zeros_(self.hidden.bias)
             glorot_uniform_(self.lstm.weight_ih_l0)
             nn.init.orthogonal_(self.lstm.weight_hh_l0)
             with torch.no_grad():

@@ -8,8 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rank1.config import Rank1Config
-from rank1.layers import Rank1Linear
-from rank1.models.wide_resnet import batch_norm, conv_layer
+from rank1.models.common import batch_norm, conv_layer, dense_layer
 
 
 def _imagenet_rank1() -> Rank1Config:
@@ -94,12 +93,8 @@ class ResNet50(nn.Module):
                 c_in = width * _Bottleneck.expansion
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        if rc is not None:
-            self.head = Rank1Linear(c_in, config.num_classes, weight_init=0.01, **rc.layer_kwargs())
-        else:
-            self.head = nn.Linear(c_in, config.num_classes)
-            nn.init.normal_(self.head.weight, 0.0, 0.01)
-            nn.init.zeros_(self.head.bias)
+        # The reference initialises the fc1000 kernel from N(0, 0.01^2).
+        self.head = dense_layer(rc, c_in, config.num_classes, weight_init=0.01)
 
     @property
     def ensemble_size(self) -> int:

@@ -8,8 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rank1.config import Rank1Config
-from rank1.layers import Rank1Linear, he_normal_
-from rank1.models.wide_resnet import batch_norm, conv_layer
+from rank1.models.common import batch_norm, conv_layer, dense_layer
 
 
 @dataclass
@@ -63,14 +62,7 @@ class SmallCNN(nn.Module):
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        if rc is not None:
-            self.head = Rank1Linear(
-                c_in, config.num_classes, weight_init="he_normal", **rc.layer_kwargs()
-            )
-        else:
-            self.head = nn.Linear(c_in, config.num_classes)
-            he_normal_(self.head.weight, c_in)
-            nn.init.zeros_(self.head.bias)
+        self.head = dense_layer(rc, c_in, config.num_classes, weight_init="he_normal")
 
     @property
     def ensemble_size(self) -> int:

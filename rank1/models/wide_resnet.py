@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from rank1.config import Rank1Config
-from rank1.layers import Rank1Conv2d, Rank1Linear, he_normal_
+from rank1.models.common import batch_norm, conv_layer, dense_layer
 
 
 @dataclass
@@ -30,20 +30,6 @@ class WideResNetConfig:
     in_channels: int = 3
     bayesian: bool = True
     rank1: Rank1Config = field(default_factory=Rank1Config)
-
-
-def conv_layer(cfg_rank1: Rank1Config | None, c_in, c_out, k, stride=1, padding=0) -> nn.Module:
-    """A bias-free conv: rank-1 when ``cfg_rank1`` is given, else plain (he_normal init)."""
-    if cfg_rank1 is not None:
-        return Rank1Conv2d(c_in, c_out, k, stride, padding, bias=False, **cfg_rank1.layer_kwargs())
-    conv = nn.Conv2d(c_in, c_out, k, stride, padding, bias=False)
-    he_normal_(conv.weight, c_in * k * k)
-    return conv
-
-
-def batch_norm(channels: int) -> nn.BatchNorm2d:
-    """BatchNorm shared by all members (eps 1e-5, Keras momentum 0.9 = torch 0.1)."""
-    return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.1)
 
 
 class _BasicBlock(nn.Module):
@@ -97,14 +83,7 @@ class WideResNet(nn.Module):
         self.bn = batch_norm(c_in)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        if rc is not None:
-            self.head = Rank1Linear(
-                c_in, config.num_classes, weight_init="he_normal", **rc.layer_kwargs()
-            )
-        else:
-            self.head = nn.Linear(c_in, config.num_classes)
-            he_normal_(self.head.weight, c_in)
-            nn.init.zeros_(self.head.bias)
+        self.head = dense_layer(rc, c_in, config.num_classes, weight_init="he_normal")
 
     @property
     def ensemble_size(self) -> int:
