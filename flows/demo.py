@@ -74,7 +74,7 @@ def demo(
     """
     arguments = {name: value for name, value in locals().items() if value is not None}
     params = validate("demo", DemoParams, arguments)
-    from pipeline.files import make_private_dir
+    from features.io import make_private_dir
 
     make_private_dir(params.out_dir)
     if params.torch_threads is not None:

@@ -374,7 +374,7 @@ def clinical_pipeline(
         "reports": {method: html path}}``.
     """
     params = validate("clinical_pipeline", ClinicalParams, _given(locals()))
-    from pipeline.files import make_private_dir
+    from features.io import make_private_dir
 
     make_private_dir(params.out_dir)
     extracted = extract_mimic(

@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline.files import write_private_bytes
+from features.io import write_private_bytes
 from pipeline.metrics import DEFAULT_N_BINS, as_labels, reliability_bins, to_numpy
 from pipeline.uncertainty import ReferralCurve
 

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from features.io import make_private_dir, write_private_bytes, write_private_text
 from pipeline import plots
 from pipeline.calibration import TemperatureScaler
-from pipeline.files import make_private_dir, write_private_bytes, write_private_text
 from pipeline.metrics import to_numpy
 from pipeline.uncertainty import (
     DEFAULT_INTERVAL,

@@ -43,8 +43,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 import rank1
+from features.io import write_private_bytes
 from pipeline.config import TrainConfig, to_steps
-from pipeline.files import write_private_bytes
 from pipeline.objective import Likelihood, objective
 from pipeline.predict import DeepEnsemble, model_ensemble_size, predict_member_logits
 

@@ -1,5 +1,8 @@
 """Owner-only, atomic file writes for outputs that may hold patient-level data.
 
+One module for the whole project: ``features`` (feature folders) and ``pipeline``
+(reports, plots, checkpoints) both write through it.
+
 Reports and plots derived from patient records must not be readable by other users of a
 shared machine, and a reader must never see a half-written file. Files are therefore created
 with mode 0600 from the start (not chmod-ed afterwards, which would leave a window), written
