@@ -157,6 +157,22 @@ def test_serve_check_imports_every_entrypoint_and_reports_every_problem(tmp_path
     ]
 
 
+def test_serve_check_reports_every_invalid_field(tmp_path):
+    path = _deployments(
+        tmp_path,
+        """
+        - {name: a, flow: nope, cron: '0 2 * * *'}
+        - {name: b, flow: train_images, interval_seconds: 60, parameters: {epochs: -1}}
+        """,
+    )
+    result = CliRunner().invoke(app, ["serve", "--check", "--config", str(path)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    lines = result.output.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"error: {path}: ") for line in lines)
+    assert "deployment 'a': flow: unknown flow 'nope'" in lines[0]
+    assert "deployment 'b': parameters: parameter 'epochs'" in lines[1]
+
+
 def test_deploy_code_location_of_a_missing_package_is_a_deployment_error():
     with pytest.raises(DeploymentError, match="cannot find the module 'nosuchpkg.mod'"):
         code_location("nosuchpkg.mod:flow")
