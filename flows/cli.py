@@ -27,6 +27,27 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def fail_all(problems: list[str]) -> None:
+    """Print one ``error:`` line per problem and exit with status 1."""
+    for problem in problems:
+        typer.secho(f"error: {problem}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code=1)
+
+
+def error_line(err: BaseException) -> str:
+    """The one line of an error's message to show the user.
+
+    That is its first line, except for an error re-raised from a DataLoader worker: torch
+    puts "Caught <type> in DataLoader worker process N." first and the worker's traceback
+    after it, whose last line holds the original message (for example the image's path).
+    """
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0] and len(lines) > 1:
+        kind, _, message = lines[-1].partition(": ")
+        return message if message and " " not in kind else lines[-1]
+    return lines[0]
+
+
 @app.callback()
 def main() -> None:
     """Rank-1 BNNs (Dusenberry et al., ICML 2020) for clinical and image prediction."""
@@ -77,8 +98,11 @@ def extract_command(
     """Extract the in-hospital-mortality features (mimic3-benchmarks definitions)."""
     from features.mimic.extract import extract
     from features.mimic.tables import MimicInputError
+    from flows.params import check_split_fractions
 
     try:
+        # Before reading any table: a feature folder without a validation split is no use.
+        check_split_fractions(val_fraction, test_fraction)
         manifest = extract(
             mimic_dir,
             out,
@@ -166,15 +190,10 @@ def train_command(
     """Train an EHR model (rank-1 BNN, deterministic or deep ensemble) and log it to MLflow."""
     import dataclasses
 
-    import yaml
-
-    from pipeline.config import ConfigError, TrainConfig
+    from pipeline.config import ConfigError, TrainConfig, check_device
 
     try:
-        data = {}
-        if config_file is not None:
-            data = yaml.safe_load(config_file.read_text("utf-8")) or {}
-        config = TrainConfig.from_dict(data)
+        config = _config_file(config_file)
         changes = {}
         for name, value in (
             ("method", method),
@@ -205,7 +224,9 @@ def train_command(
                 "optim": dataclasses.asdict(optim),
             }
         )
-    except (OSError, yaml.YAMLError, ConfigError) as err:
+        # Before the data is loaded: a missing GPU is known now.
+        check_device(config.device)
+    except ConfigError as err:
         fail(str(err))
 
     from features.mimic.loader import FeatureFolderError
@@ -227,10 +248,27 @@ def train_command(
             summary=summary,
         )
     except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
-        fail(str(err))
+        fail(error_line(err))
     typer.echo(f"run_id {run_id}")
     for key, value in summary.items():
         typer.echo(f"  {key:<34} {value:.4f}")
+
+
+def _config_file(config_file: Path | None):
+    """The ``TrainConfig`` of a YAML file (the defaults without one); errors name the file.
+
+    Raises:
+        pipeline.config.ConfigError: One line naming the file.
+    """
+    from pipeline.config import ConfigError, TrainConfig, read_yaml
+
+    if config_file is None:
+        return TrainConfig()
+    data = read_yaml(config_file)  # its errors name the file, line and column
+    try:
+        return TrainConfig.from_dict({} if data is None else data)
+    except ConfigError as err:
+        raise ConfigError(f"{config_file}: {err}") from None
 
 
 @app.command("report")
@@ -353,7 +391,7 @@ def train_images_command(
             job, run_name=run_name, checkpoint_dir=checkpoint_dir, resume=resume, summary=summary
         )
     except (OSError, ValueError, RuntimeError) as err:
-        fail(str(err).splitlines()[0])
+        fail(error_line(err))
     typer.echo(f"run_id {run_id}")
     for key, value in summary.items():
         typer.echo(f"  {key:<20} {value:.4f}")
@@ -382,6 +420,7 @@ def validate_images_command(
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N].")] = "auto",
 ) -> None:
     """Evaluate a run on clean and corrupted test images; log the metrics and plot to it."""
+    from pipeline.config import ConfigError, check_device
     from pipeline.images import validate_images
 
     try:
@@ -389,6 +428,10 @@ def validate_images_command(
         levels = [int(s) for s in severities.split(",")]
     except ValueError:
         fail(f"--severities must be comma-separated integers, got {severities!r}")
+    try:
+        check_device(device, "--device")  # before the run's model is fetched
+    except ConfigError as err:
+        fail(str(err).removeprefix("config field "))
     try:
         metrics = validate_images(
             run,
@@ -400,7 +443,7 @@ def validate_images_command(
             device=device,
         )
     except (OSError, ValueError, RuntimeError) as err:
-        fail(str(err).splitlines()[0])
+        fail(error_line(err))
     except Exception as err:  # MLflow raises its own exception types for unknown runs
         _mlflow_error(err)
     typer.echo(f"run_id {run}")
@@ -474,7 +517,7 @@ def _run_flow(flow_fn, params_model, **kwargs):
     except ParameterError as err:
         fail(str(err))
     except (OSError, ValueError, RuntimeError) as err:
-        fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        fail(f"{type(err).__name__}: {error_line(err)}")
     except Exception as err:  # MLflow raises its own exception types
         if type(err).__name__ != "MlflowException":
             raise
@@ -592,12 +635,12 @@ def serve_command(
     ] = False,
 ) -> None:
     """Register scheduled deployments with the Prefect server (PREFECT_API_URL) and run them."""
-    from flows.deployments import DeploymentError, load_config, serve
+    from flows.deployments import DeploymentError, entrypoint_problems, load_config, serve
 
     try:
         config = load_config(config_file)
     except DeploymentError as err:
-        fail(str(err))
+        fail_all(err.problems)
     for entry in config.deployments:
         when = (
             f"cron '{entry.cron}' {entry.timezone}"
@@ -605,12 +648,19 @@ def serve_command(
             else f"every {entry.interval_seconds:g} s"
         )
         typer.echo(f"{entry.name}: {entry.flow}, {when}{' (paused)' if entry.paused else ''}")
+    try:
+        # Import every flow now, with or without --check, and report each that fails.
+        problems = entrypoint_problems(config, only)
+    except DeploymentError as err:
+        fail_all(err.problems)
+    if problems:
+        fail_all(problems)
     if check:
         return
     try:
         serve(config, only=only)
     except DeploymentError as err:
-        fail(str(err))
+        fail_all(err.problems)
     except KeyboardInterrupt:
         pass  # Ctrl-C or SIGTERM: a normal way to stop serving
     typer.echo("stopped serving; the schedules are paused until the next `rank1 serve`")
@@ -632,10 +682,11 @@ def deploy_command(
     from flows.deployments import DeploymentError, deploy_to_pool, load_config
 
     try:
-        config = load_config(config_file)
+        # The workers run the flows, perhaps on other machines: they check the devices.
+        config = load_config(config_file, runs_here=False)
         ids = deploy_to_pool(config, pool, only=only)
     except DeploymentError as err:
-        fail(str(err))
+        fail_all(err.problems)
     typer.echo(f"registered {len(ids)} deployment(s) with work pool {pool!r}")
     typer.echo(f"start a worker where the flows should run: prefect worker start --pool {pool}")
 

@@ -3,7 +3,9 @@
 The YAML file (example: ``flows/deployments.yaml``, shipped with the package) lists
 deployments, each a flow, a cron or interval schedule and the flow's parameters.
 :func:`load_config` checks the whole file, including each known flow's parameters with
-its model in :mod:`flows.params`, before anything is registered. :func:`serve` registers
+its model in :mod:`flows.params`, and :func:`entrypoint_problems` loads each deployment's
+flow, before anything is registered. Every problem found is reported, one line each, not
+just the first. :func:`serve` registers
 the deployments with the Prefect server named by ``PREFECT_API_URL`` and runs their
 scheduled runs in this process until it is stopped (SIGTERM or Ctrl-C).
 
@@ -20,8 +22,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from flows import params as flow_params
 
@@ -45,7 +55,16 @@ SERVER_HINT = (
 
 
 class DeploymentError(ValueError):
-    """The deployment file or the server is not usable; the message says why."""
+    """The deployment file or the server is not usable; the message says why.
+
+    Args:
+        message: The first (or only) problem, one line.
+        problems: Every problem found, one line each (default: just ``message``).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 class DeploymentEntry(BaseModel):
@@ -105,13 +124,14 @@ class DeploymentEntry(BaseModel):
         return timezone
 
     @model_validator(mode="after")
-    def _one_schedule_and_valid_parameters(self) -> DeploymentEntry:
+    def _one_schedule_and_valid_parameters(self, info: ValidationInfo) -> DeploymentEntry:
         if (self.cron is None) == (self.interval_seconds is None):
             raise ValueError("give exactly one of 'cron' and 'interval_seconds'")
         model = FLOWS.get(self.flow, (None, None))[1]
         if model is not None:
             try:
-                model.model_validate(self.parameters)
+                # The context says whether the flows run here (serve) or elsewhere (deploy).
+                model.model_validate(self.parameters, context=info.context)
             except ValidationError as err:
                 raise ValueError(f"parameters: {flow_params.describe(err)}") from None
         return self
@@ -129,6 +149,12 @@ class DeploymentsConfig(BaseModel):
 
     limit: Annotated[int, Field(ge=1)] | None = 1
     deployments: Annotated[list[DeploymentEntry], Field(min_length=1)]
+    _source: Path | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> Path | None:
+        """The file this configuration was read from (None when built in code)."""
+        return self._source
 
     @field_validator("deployments")
     @classmethod
@@ -145,38 +171,92 @@ def default_config_path() -> Path:
     return Path(str(resources.files("flows") / DEFAULT_CONFIG))
 
 
-def load_config(path: str | os.PathLike | None = None) -> DeploymentsConfig:
+def load_config(
+    path: str | os.PathLike | None = None, *, runs_here: bool = True
+) -> DeploymentsConfig:
     """Read and check a deployment file.
 
     Args:
         path: The YAML file (None: the packaged example).
+        runs_here: Whether the flows will run on this machine (``rank1 serve``), so that a
+            CUDA device in their parameters must exist here; False for ``rank1 deploy``,
+            whose workers may run elsewhere and check when each run starts.
 
     Returns:
         The checked configuration.
 
     Raises:
-        DeploymentError: Naming the file, the deployment and the bad field.
+        DeploymentError: Naming the file, the deployment and the bad field; its
+            ``problems`` hold every bad field found.
     """
+    from pipeline.config import ConfigError, read_yaml
+
     path = Path(path) if path is not None else default_config_path()
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise DeploymentError(f"{path}: cannot read: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise DeploymentError(f"{path}: not valid YAML: {err}".splitlines()[0]) from None
+        data = read_yaml(path)
+    except ConfigError as err:
+        raise DeploymentError(str(err)) from None
     try:
-        return DeploymentsConfig.model_validate(data if data is not None else {})
+        config = DeploymentsConfig.model_validate(
+            data if data is not None else {}, context={flow_params.RUNS_HERE: runs_here}
+        )
     except ValidationError as err:
-        first = err.errors()[0]
-        where = list(first["loc"])
-        if len(where) >= 2 and where[0] == "deployments" and isinstance(where[1], int):
-            entries = data.get("deployments") if isinstance(data, dict) else None
-            name = entries[where[1]].get("name") if isinstance(entries, list) else None
-            where = [f"deployment {name or where[1]!r}", *where[2:]]
-        location = ": ".join(str(part) for part in where)
-        message = first["msg"].removeprefix("Value error, ")
-        prefix = f"{path}: {location}: " if location else f"{path}: "
-        raise DeploymentError(prefix + message) from None
+        problems = [_problem(path, data, error) for error in err.errors()]
+        raise DeploymentError(problems[0], problems) from None
+    config._source = path
+    return config
+
+
+def _problem(path: Path, data: Any, error: Any) -> str:
+    """One line for one pydantic error of the file: file, deployment, field, reason."""
+    where = list(error["loc"])
+    if len(where) >= 2 and where[0] == "deployments" and isinstance(where[1], int):
+        entries = data.get("deployments") if isinstance(data, dict) else None
+        entry = entries[where[1]] if isinstance(entries, list) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        where = [f"deployment {name or where[1]!r}", *where[2:]]
+    location = ": ".join(str(part) for part in where)
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{path}: {location}: {message}" if location else f"{path}: {message}"
+
+
+def entrypoint_problems(config: DeploymentsConfig, only: list[str] | None = None) -> list[str]:
+    """Load the flow of each deployment from its entrypoint; one line per one that fails.
+
+    Importing the entrypoints here, before the server is asked, makes a typo in a module
+    or function name fail at ``rank1 serve`` / ``--check`` rather than at the first run.
+
+    Args:
+        config: A checked deployment file.
+        only: Names of the deployments to check (None: all).
+
+    Returns:
+        ``"<file>: deployment '<name>': cannot load flow '<entrypoint>': <reason>"`` for
+        each deployment whose flow cannot be loaded; empty when all load.
+
+    Raises:
+        DeploymentError: When ``only`` names an unknown deployment.
+    """
+    from prefect.flows import load_flow_from_entrypoint
+
+    prefix = f"{config.source}: " if config.source is not None else ""
+    problems = []
+    for entry in select(config, only):
+        try:
+            load_flow_from_entrypoint(entry.entrypoint, use_placeholder_flow=False)
+        except Exception as err:  # importing a user's module can raise anything at all
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            problems.append(
+                f"{prefix}deployment {entry.name!r}: cannot load flow {entry.entrypoint!r}: "
+                f"{reason}"
+            )
+    return problems
+
+
+def _require_entrypoints(config: DeploymentsConfig, only: list[str] | None) -> None:
+    problems = entrypoint_problems(config, only)
+    if problems:
+        raise DeploymentError(problems[0], problems)
 
 
 def require_server() -> str:
@@ -242,11 +322,13 @@ def serve(config: DeploymentsConfig, only: list[str] | None = None) -> None:
         only: Names of the deployments to serve (None: all).
 
     Raises:
-        DeploymentError: When no server answers or ``only`` names an unknown deployment.
+        DeploymentError: When a flow cannot be loaded, no server answers or ``only`` names
+            an unknown deployment.
     """
     from prefect import serve as prefect_serve
 
     entries = select(config, only)
+    _require_entrypoints(config, only)
     require_server()
     # Prefect's serve loop stops cleanly (pausing the schedules) on KeyboardInterrupt but
     # not on SIGTERM, which is what service managers and `kill` send: translate it.
@@ -286,7 +368,10 @@ def code_location(entrypoint: str) -> tuple[Path, str]:
     if target.endswith(".py"):
         path = Path(target).resolve()
         return path.parent, f"{path.name}:{function}"
-    spec = importlib.util.find_spec(target)
+    try:
+        spec = importlib.util.find_spec(target)
+    except ImportError:  # a missing parent package: find_spec imports it first
+        spec = None
     if spec is None or spec.origin is None:
         raise DeploymentError(f"cannot find the module {target!r} of {entrypoint!r}")
     origin = Path(spec.origin).resolve()
@@ -313,13 +398,14 @@ def deploy_to_pool(
         The registered deployment ids.
 
     Raises:
-        DeploymentError: When no server answers, the pool does not exist or ``only`` names
-            an unknown deployment.
+        DeploymentError: When a flow cannot be loaded, no server answers, the pool does not
+            exist or ``only`` names an unknown deployment.
     """
     from prefect import deploy as prefect_deploy
     from prefect.flows import Flow
 
     entries = select(config, only)
+    _require_entrypoints(config, only)
     require_server()
     deployments = []
     for entry in entries:

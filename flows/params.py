@@ -8,7 +8,12 @@ at once with a :class:`ParameterError` whose message names the parameter, for ex
 The flows themselves turn off Prefect's own signature validation (``validate_parameters=
 False``) so that there is exactly one place, here, that coerces and checks values, and one
 error format. The models only depend on pydantic, so the CLI and ``rank1 serve`` can check a
-deployment's parameters without importing Prefect or torch.
+deployment's parameters without importing Prefect or torch (torch is imported only to check
+that a requested CUDA device exists).
+
+A CUDA device is checked against the machine that validates: pass
+``context={RUNS_HERE: False}`` to ``model_validate`` where the flow will run elsewhere (a
+deployment registered for a work pool's workers, which check when their run starts).
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Method = Literal["rank1", "deterministic", "ensemble"]
 Split = Literal["train", "val", "test"]
@@ -26,6 +39,9 @@ Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
 RunId = Annotated[str, Field(pattern=r"^[0-9a-zA-Z_-]{8,64}$")]
 
 M = TypeVar("M", bound=BaseModel)
+
+#: Validation-context key; False skips the checks that only hold where the flow runs.
+RUNS_HERE = "runs_here"
 
 
 class ParameterError(ValueError):
@@ -48,12 +64,35 @@ def train_config(overrides: dict[str, Any], method: str):
     return TrainConfig.from_dict({**overrides, "method": method})
 
 
-def _check_train_configs(methods: list[str], overrides: dict[str, Any]) -> None:
-    from pipeline.config import ConfigError
+def _runs_here(info: ValidationInfo) -> bool:
+    return not info.context or info.context.get(RUNS_HERE, True)
+
+
+def _device_here(device: str | None, info: ValidationInfo) -> str | None:
+    """``device``, refused when it is a CUDA device this machine does not have."""
+    from pipeline.config import ConfigError, check_device
+
+    if device is not None and _runs_here(info):
+        try:
+            check_device(device)
+        except ConfigError as err:
+            # "config field 'device': <reason>": pydantic names the parameter itself.
+            raise ValueError(str(err).partition("': ")[2]) from None
+    return device
+
+
+def _check_train_configs(
+    methods: list[str], overrides: dict[str, Any], info: ValidationInfo
+) -> None:
+    from pipeline.config import ConfigError, check_device
 
     for method in methods:
         try:
-            train_config(overrides, method)
+            config = train_config(overrides, method)
+            if _runs_here(info):
+                # Here, not when training starts: `--device cuda` without a GPU would
+                # otherwise fail only after the extraction.
+                check_device(config.device)
         except ConfigError as err:
             # ConfigError reads "config field 'optim.lr': ..."; report it as a parameter.
             field, _, reason = str(err).removeprefix("config field '").partition("': ")
@@ -78,7 +117,25 @@ def _no_method_in_train(train: dict[str, Any]) -> dict[str, Any]:
     return train
 
 
-def _fractions_leave_training_data(val_fraction: float, test_fraction: float) -> None:
+def check_split_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Refuse subject-split shares that leave training without the data it needs.
+
+    Args:
+        val_fraction: Share of subjects in the validation split; must be > 0, since
+            training selects the model and fits the temperature on it.
+        test_fraction: Share of subjects in the test split; must be >= 0.
+
+    Raises:
+        ValueError: ``"parameter '<name>': ..."`` naming the bad argument, also when the two
+            leave no subjects for training.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(
+            "parameter 'val_fraction': must be > 0 (training needs a validation split for "
+            f"model selection and the temperature) and < 1, got {val_fraction}"
+        )
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"parameter 'test_fraction': must be >= 0 and < 1, got {test_fraction}")
     if val_fraction + test_fraction >= 1.0:
         raise ValueError(
             "parameter 'test_fraction': val_fraction + test_fraction must be < 1 to leave "
@@ -107,7 +164,7 @@ class ExtractParams(_Params):
     mimic_dir: Path
     out_dir: Path
     seed: Seed = 0
-    val_fraction: Fraction = 0.15
+    val_fraction: float = 0.15  # checked by check_split_fractions, which says why
     test_fraction: Fraction = 0.15
     force: bool = False
 
@@ -118,7 +175,7 @@ class ExtractParams(_Params):
 
     @model_validator(mode="after")
     def _check_fractions(self) -> ExtractParams:
-        _fractions_leave_training_data(self.val_fraction, self.test_fraction)
+        check_split_fractions(self.val_fraction, self.test_fraction)
         return self
 
 
@@ -172,8 +229,8 @@ class TrainParams(_Params):
         return _no_method_in_train(train)
 
     @model_validator(mode="after")
-    def _check_train(self) -> TrainParams:
-        _check_train_configs(self.methods, self.train)
+    def _check_train(self, info: ValidationInfo) -> TrainParams:
+        _check_train_configs(self.methods, self.train, info)
         return self
 
     def train_config(self, method: str):
@@ -235,7 +292,7 @@ class ClinicalParams(_Params):
     model: ModelSizes = Field(default_factory=ModelSizes)
     experiment: Annotated[str, Field(min_length=1)] = "mimic-ihm"
     seed: Seed = 0
-    val_fraction: Fraction = 0.15
+    val_fraction: float = 0.15  # checked by check_split_fractions, which says why
     test_fraction: Fraction = 0.15
     coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
     force_extract: bool = False
@@ -257,10 +314,10 @@ class ClinicalParams(_Params):
         return _no_method_in_train(train)
 
     @model_validator(mode="after")
-    def _check_together(self) -> ClinicalParams:
+    def _check_together(self, info: ValidationInfo) -> ClinicalParams:
         # The same checks as the sub-flows, so a bad value fails before extraction starts.
-        _fractions_leave_training_data(self.val_fraction, self.test_fraction)
-        _check_train_configs(self.methods, self.train)
+        check_split_fractions(self.val_fraction, self.test_fraction)
+        _check_train_configs(self.methods, self.train, info)
         return self
 
     @property
@@ -324,6 +381,11 @@ class ImageTrainParams(_Params):
     def _data_dir_exists(cls, path: Path | None) -> Path | None:
         return None if path is None else _existing_dir(path)
 
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, device: str | None, info: ValidationInfo) -> str | None:
+        return _device_here(device, info)
+
     @model_validator(mode="after")
     def _check_jobs(self) -> ImageTrainParams:
         from pipeline.config import ConfigError
@@ -385,6 +447,11 @@ class ImageValidateParams(_Params):
     def _dir_exists(cls, path: Path | None) -> Path | None:
         return None if path is None else _existing_dir(path)
 
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, device: str, info: ValidationInfo) -> str:
+        return _device_here(device, info)
+
     @field_validator("severities")
     @classmethod
     def _unique_severities(cls, severities: list[int]) -> list[int]:
@@ -441,6 +508,11 @@ class DemoParams(_Params):
     device: Device = "cpu"
     torch_threads: Annotated[int, Field(ge=1)] | None = 1
     progress: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, device: str, info: ValidationInfo) -> str:
+        return _device_here(device, info)
 
 
 def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:

@@ -9,16 +9,21 @@ checkpointing. Its defaults are the MIMIC-III recipe (:func:`ehr_recipe`);
 Configs convert to and from plain nested dicts (:meth:`TrainConfig.to_dict`,
 :meth:`TrainConfig.from_dict`) so they can be written as YAML, logged as MLflow params and
 passed to Prefect flows. Loading checks every field's type and value and names the bad field
-(for example ``optim.lr``) in the error.
+(for example ``optim.lr``) in the error. :func:`read_yaml` reads a YAML file into such a dict
+with one-line errors naming the file, line and column; :func:`check_device` refuses a CUDA
+device this machine does not have, before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Method = Literal["rank1", "deterministic", "ensemble"]
@@ -26,10 +31,19 @@ Posterior = Literal["normal", "cauchy"]
 OptimizerName = Literal["adam", "sgd"]
 Unit = Literal["steps", "epochs"]
 Device = str  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
+_DEVICE = r"auto|cpu|cuda(:[0-9]+)?"
 
 
 class ConfigError(ValueError):
     """A config dict or value is invalid; the message names the field."""
+
+
+class DeviceUnavailableError(ConfigError):
+    """The configured device does not exist on this machine.
+
+    A ``ValueError`` like every config error, so the flows do not retry it: a missing GPU
+    does not appear between two tries.
+    """
 
 
 @dataclass
@@ -279,10 +293,78 @@ def validate(config: TrainConfig) -> None:
     for name in ("eval_every", "checkpoint_every", "patience"):
         if getattr(config, name) < 0:
             _fail(name, f"must be >= 0, got {getattr(config, name)}")
-    if not isinstance(config.device, str) or not (
-        config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")
-    ):
+    if not isinstance(config.device, str) or not re.fullmatch(_DEVICE, config.device):
         _fail("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {config.device!r}")
+
+
+def check_device(device: str, name: str = "device") -> None:
+    """Refuse a CUDA device this machine does not have (``auto`` and ``cpu`` always pass).
+
+    Called where parameters are validated, so ``--device cuda`` on a machine without a GPU
+    fails before any data is read, not when training starts.
+
+    Args:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        name: The field named in the error.
+
+    Raises:
+        DeviceUnavailableError: When CUDA is not available or ``N`` is not a device here.
+    """
+    if not device.startswith("cuda"):
+        return
+    import torch  # only for CUDA devices: checking "cpu" must not cost the torch import
+
+    if not torch.cuda.is_available():
+        raise DeviceUnavailableError(
+            f"config field {name!r}: {device!r} requested but CUDA is not available on this "
+            "machine; use 'cpu' or 'auto'"
+        )
+    index = device.partition(":")[2]
+    count = torch.cuda.device_count()
+    if index and int(index) >= count:
+        raise DeviceUnavailableError(
+            f"config field {name!r}: {device!r} requested but this machine has {count} CUDA "
+            f"device(s), numbered from 0"
+        )
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a UTF-8 YAML file (``yaml.safe_load``: plain data only, never objects).
+
+    Args:
+        path: The file.
+
+    Returns:
+        The parsed document (None for an empty file).
+
+    Raises:
+        ConfigError: One line naming the file and, for a syntax error, the line and column.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML{_yaml_position(err)}") from None
+
+
+def _yaml_position(err: Exception) -> str:
+    """`` at line L, column C: problem`` of a YAML error (1-based), without its snippet."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is None or problem is None:
+        # e.g. a ReaderError (a control character): its first line says what and where.
+        return f": {str(err).splitlines()[0]}"
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def _check_type(value: Any, hint: Any, name: str) -> Any:

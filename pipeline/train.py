@@ -29,7 +29,9 @@ import copy
 import io
 import math
 import os
+import pickle
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
@@ -43,8 +45,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 import rank1
-from features.io import write_private_bytes
-from pipeline.config import TrainConfig, to_steps
+from features.io import make_private_dir, write_private_bytes
+from pipeline.config import TrainConfig, check_device, to_steps
 from pipeline.objective import Likelihood, objective
 from pipeline.predict import DeepEnsemble, model_ensemble_size, predict_member_logits
 
@@ -82,14 +84,18 @@ def dist_info() -> DistInfo:
 
 
 def resolve_device(name: str, info: DistInfo | None = None) -> torch.device:
-    """``"auto"`` -> CUDA when present (this process's local GPU), else CPU."""
+    """``"auto"`` -> CUDA when present (this process's local GPU), else CPU.
+
+    Raises:
+        pipeline.config.DeviceUnavailableError: For a CUDA device this machine lacks (a
+            ValueError, so the flows do not retry it).
+    """
     info = info or dist_info()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    check_device(name)
     device = torch.device(name)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
     return device
@@ -159,17 +165,48 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be loaded; the message names the file on one line."""
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` with ``torch.save`` atomically, owner-only (weights fit patient data)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` with ``torch.save`` atomically, owner-only (weights fit patient data).
+
+    A missing folder is created owner-only (0700) too.
+    """
+    make_private_dir(Path(path).parent)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return write_private_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`; never unpickles objects."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint written by :func:`save_checkpoint`; never unpickles objects.
+
+    Raises:
+        OSError: When the file cannot be read.
+        CheckpointError: When the file is not a complete ``torch.save`` archive or holds
+            objects other than tensors, numbers, strings and containers (which
+            ``weights_only=True`` refuses to build).
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        # torch's text suggests weights_only=False, i.e. running the file's code: never.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint (not a torch.save file)"
+            ) from None
+        raise CheckpointError(
+            f"{path}: refused: it holds an object of {found.group(1)}, which a checkpoint of "
+            "this project never contains (only tensors, numbers, strings and containers); "
+            "delete it or use another checkpoint folder"
+        ) from None
+    except (RuntimeError, EOFError) as err:
+        # torch's zip reader reports truncated or foreign archives as RuntimeError.
+        reason = str(err).split(".")[0] or type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
 
 
 def _cpu_state_dict(model: nn.Module) -> dict[str, Tensor]:

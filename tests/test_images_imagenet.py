@@ -149,3 +149,11 @@ def test_unreadable_image_names_the_file(imagenet_root):
     index = [p for p, _ in ds.samples].index(str(bad))
     with pytest.raises(OSError, match="broken.JPEG"):
         ds[index]
+
+
+def test_decompression_bomb_names_the_file(imagenet_root, monkeypatch):
+    # Pillow refuses images over twice MAX_IMAGE_PIXELS; lower it rather than write a bomb.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    ds = datasets.load_image_dataset("imagenet", imagenet_root, "test")
+    with pytest.raises(OSError, match=r"cannot read image .*\.(JPEG|png): .*decompression bomb"):
+        ds[0]

@@ -241,3 +241,17 @@ def test_cauchy_posterior_trains_through_the_same_trainer():
     )  # fmt: skip
     assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in result.history)
     assert result.history[-1]["kl"] != 0.0
+
+
+def test_checkpoint_folder_is_created_owner_only(tmp_path):
+    # The weights are fitted to patient data: the folder holding them is private too.
+    previous = os.umask(0o022)
+    try:
+        x, y = _data(64, 0)
+        fit(_tiny(bayesian=False), (x, y), None, likelihood="bernoulli", n_train=64,
+            config=_config(schedule=ScheduleConfig(length=2, kl_anneal=1)),
+            checkpoint_dir=tmp_path / "ck", progress=False)  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "ck" / CHECKPOINT_FILE).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "ck").stat().st_mode & 0o777 == 0o700

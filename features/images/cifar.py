@@ -45,8 +45,12 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """Raised when a pickle references a global outside the CIFAR allow-list."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """Raised when a pickle references a global outside the CIFAR allow-list.
+
+    Also a ``ValueError``: like any other bad input file it is reported as one line by the
+    CLI and never retried by the flows (the file stays the same between two tries).
+    """
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -94,7 +98,7 @@ def load_pickle_restricted(path: str | Path) -> Any:
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        UnsafePickleError: If the pickle references a disallowed global.
+        UnsafePickleError: If the pickle references a disallowed global (a ValueError).
         ValueError: If the file is not a readable pickle.
     """
     path = Path(path)

@@ -151,6 +151,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
         Returns:
             uint8 array (image_size, image_size, 3).
+
+        Raises:
+            OSError: Naming the file when it cannot be decoded, including an image over
+                Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
         """
         path, _ = self.samples[index]
         try:
@@ -164,7 +168,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                     arr = transforms.from_pil(
                         transforms.center_crop(img.convert("RGB"), self.image_size)
                     )
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            # Pillow's bomb error is neither: it guards against an image whose pixel count
+            # would exhaust memory, and names no file.
             raise OSError(f"cannot read image {path}: {e}") from e
         if self.corruption is not None:
             rng = corruptions.item_rng(self.corruption_seed, self.corruption, self.severity, index)
