@@ -167,12 +167,14 @@ def _make_temporary(out: Path, kind: str) -> Path:
 
 
 def _prepare_output(out: Path) -> Path:
-    """Check ``out`` can be written, clean old leftovers, and return the temporary folder.
+    """Clean old leftovers beside ``out`` and return a new temporary folder there.
+
+    Creating the temporary folder up front checks that the parent can be written, so a
+    read-only location fails before the extraction, naming ``out``.
 
     Raises:
-        MimicInputError: If ``out`` is refused or its parent cannot be written.
+        MimicInputError: If the parent of ``out`` cannot be created or written.
     """
-    _check_out_dir(out)
     try:
         make_private_dir(out.parent)
         _remove_leftovers(out)
