@@ -14,29 +14,69 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 
 
 def make_private_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` (and parents) and set its mode to 0700.
+    """Create ``path`` and any missing parents, each created folder owner-only (0700).
 
-    An existing directory is tightened to 0700 too, so point this at a directory dedicated
-    to the output, not at a shared parent.
+    A folder that already exists is left exactly as it is: it may be the user's own or a
+    shared one (``.``, a 1777 scratch folder), and changing its mode would be a surprise.
+    Only the folders this call creates are made 0700.
 
     Args:
         path: directory to create.
 
     Returns:
         The directory as a Path.
+
+    Raises:
+        NotADirectoryError: If ``path`` exists and is not a directory.
     """
     directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
-    # mkdir's mode is filtered by the umask and ignored for existing directories.
-    os.chmod(directory, PRIVATE_DIR_MODE)
+    missing = []
+    component = directory
+    while not component.exists() and component != component.parent:
+        missing.append(component)
+        component = component.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # made by someone else meanwhile: not ours to change
+        # mkdir's mode is filtered by the umask (which can only remove bits): make it exact.
+        os.chmod(folder, PRIVATE_DIR_MODE)
+    if not directory.is_dir():
+        raise NotADirectoryError(f"{directory}: exists and is not a folder")
     return directory
+
+
+@contextmanager
+def create_private_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Create a new owner-only (0600) file and yield it open for binary writing.
+
+    For files written into a fresh private folder that is published as a whole (no
+    per-file rename needed); the file must not exist yet (``O_EXCL``, so nothing planted
+    at the name is followed or reused).
+
+    Args:
+        path: the file to create.
+
+    Yields:
+        The open file; it is flushed to disk and closed when the block ends.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), PRIVATE_FILE_MODE)
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_private_bytes(path: str | os.PathLike, data: bytes) -> Path:

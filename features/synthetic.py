@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from features.io import PRIVATE_FILE_MODE, create_private_file, make_private_dir
+
 INTERCEPT = -2.9
 RISK_VARIABLES = ("hr", "map", "rr", "spo2", "temp", "glucose", "ph")
 COEFFICIENTS = {
@@ -314,7 +316,10 @@ class _Writer:
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path = path
         self.columns = columns
-        self.handle = open(path, "wb")
+        # Owner-only (0600): the tables look like patient data and are treated as such.
+        self.handle = os.fdopen(
+            os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE), "wb"
+        )
         self.rows = 0
         header = ",".join(f'"{c}"' for c in columns) + "\n"
         self.handle.write(header.encode())
@@ -353,7 +358,8 @@ def generate(
 
     Args:
         out_dir: Folder to create (replaced atomically if it already holds a synthetic
-            database; any other non-empty folder is refused).
+            database; any other non-empty folder is refused). It is created owner-only
+            (0700, files 0600, missing parents 0700), as real patient data would be.
         patients: Number of patients.
         seed: Seed; the same seed and arguments give identical files.
         batch_patients: Patients generated and written at a time (bounds memory).
@@ -370,7 +376,7 @@ def generate(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not (out / "synthetic_truth.csv").exists():
         raise ValueError(f"{out}: folder exists and is not a synthetic database; refusing")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(out.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         summary = _generate_into(tmp, patients, seed, batch_patients)
@@ -412,12 +418,12 @@ def _generate_into(folder: Path, n_patients: int, seed: int, batch_patients: int
         frame = frame.with_columns(
             pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias("ROW_ID")
         ).select(["ROW_ID", *frame.columns])
-        frame.write_csv(
-            folder / f"{name}.csv", quote_style="non_numeric", datetime_format="%Y-%m-%d %H:%M:%S"
-        )
+        with create_private_file(folder / f"{name}.csv") as handle:
+            frame.write_csv(handle, quote_style="non_numeric", datetime_format="%Y-%m-%d %H:%M:%S")
     _dictionaries(folder)
     truth = pl.concat(static["truth"])
-    truth.write_csv(folder / "synthetic_truth.csv")
+    with create_private_file(folder / "synthetic_truth.csv") as handle:
+        truth.write_csv(handle)
     return {
         "patients": n_patients,
         "admissions": sum(f.height for f in static["ADMISSIONS"]),
@@ -894,7 +900,8 @@ def _dictionaries(folder: Path) -> None:
     ).with_columns(
         pl.col("ABBREVIATION", "CATEGORY", "UNITNAME", "PARAM_TYPE", "CONCEPTID").cast(pl.String)
     )
-    d_items.write_csv(folder / "D_ITEMS.csv", quote_style="non_numeric")
+    with create_private_file(folder / "D_ITEMS.csv") as handle:
+        d_items.write_csv(handle, quote_style="non_numeric")
     labs = sorted(LAB_ITEMS.items())
     d_lab = pl.DataFrame(
         {
@@ -906,4 +913,5 @@ def _dictionaries(folder: Path) -> None:
             "LOINC_CODE": None,
         }
     ).with_columns(pl.col("LOINC_CODE").cast(pl.String))
-    d_lab.write_csv(folder / "D_LABITEMS.csv", quote_style="non_numeric")
+    with create_private_file(folder / "D_LABITEMS.csv") as handle:
+        d_lab.write_csv(handle, quote_style="non_numeric")

@@ -105,8 +105,9 @@ def write_tiny_mimic(folder: Path, *, upper: bool = False) -> Path:
 def tiny_features(tmp_path_factory) -> Path:
     src = write_tiny_mimic(tmp_path_factory.mktemp("tiny") / "mimic")
     out = src.parent / "features"
-    # Everything in train so the one stay is the one we look at.
-    extract(src, out, seed=0, val_fraction=0.0, test_fraction=0.0, progress=False)
+    # Everything in train so the one stay is the one we look at: with one subject, any
+    # share below 0.5 rounds to no subject.
+    extract(src, out, seed=0, val_fraction=0.01, test_fraction=0.01, progress=False)
     return out
 
 
@@ -187,7 +188,7 @@ def test_channels_and_normaliser(tiny_features):
 
 def test_uppercase_headers_give_the_same_grid(tmp_path, tiny_features):
     src = write_tiny_mimic(tmp_path / "upper", upper=True)
-    extract(src, tmp_path / "out", val_fraction=0.0, test_fraction=0.0, progress=False)
+    extract(src, tmp_path / "out", val_fraction=0.01, test_fraction=0.01, progress=False)
     a = np.load(tmp_path / "out" / "grid.npy")
     b = np.load(tiny_features / "grid.npy")
     np.testing.assert_array_equal(a, b)

@@ -91,7 +91,7 @@ def test_write_report_files_contents_and_permissions(tmp_path):
     out = tmp_path / "reports" / "run1"
     paths = write_report(table, out, title="Test <cohort>", metrics={"auroc": 0.81, "ece": 0.04})
 
-    assert mode(out) == 0o700
+    assert mode(out) == 0o700 and mode(tmp_path / "reports") == 0o700  # each created folder
     assert set(paths) == {"parquet", "csv", "html"}
     for path in paths.values():
         assert mode(path) == 0o600, path
@@ -118,15 +118,17 @@ def test_write_report_files_contents_and_permissions(tmp_path):
     assert page.count('<tr class="refer">') == table["refer"].sum()
 
 
-def test_write_report_tightens_existing_directory_and_replaces_files(tmp_path):
+@pytest.mark.parametrize("existing_mode", [0o755, 0o1777])
+def test_write_report_keeps_an_existing_directory_and_replaces_files(tmp_path, existing_mode):
     stays, logits = cohort(n=12)
     table = build_report_table(stays.with_columns(pl.lit(None).alias("label")), logits, 1.0)
     out = tmp_path / "shared"
-    out.mkdir(mode=0o755)
-    os.chmod(out, 0o755)
+    out.mkdir()
+    os.chmod(out, existing_mode)  # e.g. `.` or a shared 1777 scratch folder
     write_report(table, out)
     paths = write_report(table, out)  # second write replaces atomically
-    assert mode(out) == 0o700
+    assert mode(out) == existing_mode  # the user's folder is never re-permissioned
+    assert all(mode(path) == 0o600 for path in paths.values())
     assert "No outcomes are known" in paths["html"].read_text()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 

@@ -18,7 +18,8 @@ order, what mimic3-benchmarks does per subject in ``validate_events`` and
 
 Only the small result (events in the first 48 h of task stays) is held in memory, so
 memory does not grow with the size of the tables. Polars errors while scanning are turned
-into errors naming the file, column and row.
+into one-line errors naming the file, line and column (see
+:func:`features.mimic.tables.diagnose_table`).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import polars as pl
 from features.mimic.tables import (
     EVENT_TABLES,
     MimicInputError,
-    locate_bad_value,
+    diagnose_table,
     parse_datetimes,
     scan_table,
+    table_path,
 )
 from features.mimic.variables import clean_values, item_frame
 
@@ -121,15 +123,26 @@ def _validation_query(events: pl.LazyFrame, root: pl.DataFrame) -> pl.LazyFrame:
 
 
 def _collect(mimic_dir: str | Path, queries: list[pl.LazyFrame]) -> list[pl.DataFrame]:
-    """Run queries together (one scan per table is shared) and explain any read error."""
+    """Run queries together (one scan per table is shared) and explain any read error.
+
+    The polars error is not passed on, not even as the cause: its text quotes rows.
+    """
     try:
         return pl.collect_all(queries, engine="streaming")
     except (pl.exceptions.PolarsError, OSError) as err:
-        for table in EVENT_TABLES:
-            found = locate_bad_value(mimic_dir, table)
-            if found is not None:
-                raise found from err
-        raise MimicInputError(f"{mimic_dir}: cannot read the event tables: {err}") from err
+        error = _explain(mimic_dir, err)
+    raise error
+
+
+def _explain(mimic_dir: str | Path, err: BaseException) -> MimicInputError:
+    """The first bad line of the event tables, searched smallest table first."""
+    paths = {table: table_path(mimic_dir, table) for table in EVENT_TABLES}
+    for table in sorted(EVENT_TABLES, key=lambda t: paths[t].stat().st_size):
+        found = diagnose_table(mimic_dir, table)
+        if found is not None:
+            return found
+    reason = str(err) if isinstance(err, OSError) else "they do not parse as CSV"
+    return MimicInputError(f"{mimic_dir}: cannot read the event tables: {reason}")
 
 
 def window_events(

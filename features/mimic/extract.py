@@ -1,7 +1,8 @@
 """Build the in-hospital-mortality feature folder from raw MIMIC-III tables.
 
 ``extract(mimic_dir, out_dir)`` runs the whole pipeline and writes, atomically (into a
-temporary sibling folder that is renamed at the end, so a failed run leaves nothing):
+temporary sibling folder that is renamed at the end, so a failed run leaves nothing), an
+owner-only folder (0700, files 0600: the files hold per-patient data):
 
 - ``stays.parquet``: one row per stay: ``subject_id``, ``hadm_id``, ``icustay_id``,
   ``label`` (0/1), ``split`` (train/val/test), ``length_hours``, ``age``, ``gender``,
@@ -11,16 +12,26 @@ temporary sibling folder that is renamed at the end, so a failed run leaves noth
   of ``stays.parquet``;
 - ``manifest.json``: schema version, task, source tables (bytes and sha256), the count at
   every cohort step, event validation counts, split seed and fractions, the 76 channel
-  names and the normaliser fitted on the training split.
+  names, the normaliser fitted on the training split and ``warnings`` (a list of
+  strings, e.g. a variable never observed in the cohort; each is logged too).
+
+Everything that can be checked cheaply is checked before any work: the split shares, the
+output folder (it must be new, empty, or a feature folder this code wrote that holds
+nothing else; it is checked to be writable), and every table's file and header. A user's
+existing empty folder is filled in place, never replaced or re-permissioned. Temporary
+folders left behind by a killed run (``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` beside the
+output, owned by this user, whose process is gone) are removed at the next run.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import shutil
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,11 +40,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from features.io import create_private_file, make_private_dir, write_private_text
 from features.mimic.cohort import admissions_with_diagnoses, root_stays
 from features.mimic.events import EPS, HOURS, last_per_bin, window_events
 from features.mimic.grid import build_grid, fit_normaliser
-from features.mimic.splits import SPLITS, assign_splits, split_column
-from features.mimic.tables import EVENT_TABLES, MimicInputError, file_fingerprint, table_path
+from features.mimic.splits import SPLITS, assign_splits, check_split_fractions, split_column
+from features.mimic.tables import EVENT_TABLES, MimicInputError, check_table, file_fingerprint
 
 SCHEMA_VERSION = 1
 TASK = "in-hospital-mortality"
@@ -42,6 +54,10 @@ TRUTH_FILE = "synthetic_truth.csv"
 STAYS_FILE = "stays.parquet"
 GRID_FILE = "grid.npy"
 MANIFEST_FILE = "manifest.json"
+#: Everything a feature folder holds; a folder with anything else is never replaced.
+FOLDER_FILES = frozenset({STAYS_FILE, GRID_FILE, MANIFEST_FILE})
+
+logger = logging.getLogger(__name__)
 
 
 class _Steps:
@@ -79,16 +95,94 @@ class _Steps:
             self.progress.update(task, completed=1)
 
 
+def _is_feature_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a feature folder this code wrote, holding nothing else."""
+    names = {entry.name for entry in folder.iterdir()}
+    if MANIFEST_FILE not in names or not names <= FOLDER_FILES:
+        return False
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (
+        isinstance(manifest, dict)
+        and "schema_version" in manifest
+        and manifest.get("task") == TASK
+        and manifest.get("files") == {"stays": STAYS_FILE, "grid": GRID_FILE}
+    )
+
+
 def _check_out_dir(out: Path) -> None:
-    """Refuse to replace a folder that is not a feature folder (or empty)."""
-    if out.exists():
-        if not out.is_dir():
-            raise MimicInputError(f"{out}: output path exists and is not a folder")
-        if any(out.iterdir()) and not (out / MANIFEST_FILE).exists():
-            raise MimicInputError(
-                f"{out}: output folder exists, is not empty and is not a feature folder; "
-                "refusing to replace it"
-            )
+    """Refuse an output path that is neither new, an empty folder, nor our feature folder.
+
+    Raises:
+        MimicInputError: One line naming the folder and why it is refused.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise MimicInputError(f"{out}: output path exists and is not a folder")
+    if any(out.iterdir()) and not _is_feature_folder(out):
+        raise MimicInputError(
+            f"{out}: output folder is not empty and is not a feature folder written by "
+            "rank1 extract (or holds other files); refusing to replace it"
+        )
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise MimicInputError(f"{out}: output folder is not writable")
+
+
+def _leftover_pattern(out: Path) -> re.Pattern[str]:
+    return re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)-\w+")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Remove temporary folders of earlier runs on ``out`` whose process is gone.
+
+    Only folders named like ours (``.NAME.tmp-PID-*``, ``.NAME.old-PID-*``), owned by
+    this user and not symbolic links are removed, and only when process PID is dead.
+    """
+    pattern = _leftover_pattern(out)
+    for entry in out.parent.iterdir():
+        found = pattern.fullmatch(entry.name)
+        if found is None or entry.is_symlink() or not entry.is_dir():
+            continue
+        if entry.stat().st_uid != os.getuid() or _process_alive(int(found.group(1))):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _make_temporary(out: Path, kind: str) -> Path:
+    """A fresh owner-only folder beside ``out``, named with this process id."""
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+
+
+def _prepare_output(out: Path) -> Path:
+    """Clean old leftovers beside ``out`` and return a new temporary folder there.
+
+    Creating the temporary folder up front checks that the parent can be written, so a
+    read-only location fails before the extraction, naming ``out``.
+
+    Raises:
+        MimicInputError: If the parent of ``out`` cannot be created or written.
+    """
+    try:
+        make_private_dir(out.parent)
+        _remove_leftovers(out)
+        return _make_temporary(out, "tmp")
+    except OSError as err:
+        raise MimicInputError(
+            f"{out}: cannot write the output folder there ({err.strerror or err})"
+        ) from None
 
 
 def _read_truth(mimic_dir: Path) -> pl.DataFrame | None:
@@ -109,14 +203,24 @@ def _read_truth(mimic_dir: Path) -> pl.DataFrame | None:
 
 
 def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder to ``out``, replacing an old feature folder."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
+    """Move the finished temporary folder's files to ``out``.
+
+    A new ``out`` is the temporary folder renamed; an existing empty folder (the user's)
+    receives the files one by one, manifest last, and keeps its mode; an older feature
+    folder is swapped out whole and then removed.
+    """
+    _check_out_dir(out)  # again: the folder may have changed during the extraction
+    if not out.exists():
+        tmp.rename(out)
+    elif not any(out.iterdir()):
+        for name in (STAYS_FILE, GRID_FILE, MANIFEST_FILE):
+            os.replace(tmp / name, out / name)
+        tmp.rmdir()
+    else:
+        old = _make_temporary(out, "old")
+        os.replace(out, old)  # an empty directory is replaced by the old folder
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def extract(
@@ -132,7 +236,9 @@ def extract(
 
     Args:
         mimic_dir: Folder with the MIMIC-III tables (``.csv`` or ``.csv.gz``).
-        out_dir: Feature folder to write (replaced if it is an older feature folder).
+        out_dir: Feature folder to write: a new path, an empty folder (filled in place),
+            or a feature folder written by this function holding nothing else (replaced).
+            A symbolic link is followed; the folder it points to is written.
         seed: Seed of the subject-level split.
         val_fraction: Share of subjects in the validation split.
         test_fraction: Share of subjects in the test split.
@@ -142,12 +248,38 @@ def extract(
         The manifest that was written.
 
     Raises:
-        MimicInputError: For missing or bad input; nothing is written then.
+        MimicInputError: For missing or bad input or a refused output folder; nothing is
+            written then.
+        ValueError: If the split shares are out of range (before anything is read).
     """
+    check_split_fractions(val_fraction, test_fraction)
     mimic_dir = Path(mimic_dir)
     out = Path(out_dir)
+    if out.is_symlink():
+        out = out.resolve()
     _check_out_dir(out)
-    paths = {name: table_path(mimic_dir, name) for name in SOURCE_TABLES}
+    paths = {name: check_table(mimic_dir, name) for name in SOURCE_TABLES}
+    tmp = _prepare_output(out)
+    try:
+        return _extract_into(
+            mimic_dir, paths, tmp, out, seed, val_fraction, test_fraction, progress
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _extract_into(
+    mimic_dir: Path,
+    paths: dict[str, Path],
+    tmp: Path,
+    out: Path,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    progress: bool,
+) -> dict:
+    """The body of :func:`extract`: compute everything, write to ``tmp``, publish."""
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
         # Hashing runs beside the polars work; hashlib releases the GIL on large blocks.
@@ -165,6 +297,7 @@ def extract(
             task = task.join(per_stay, left_on="icustay_id", right_on="stay", how="inner")
             task = task.sort("subject_id", "intime", "icustay_id")
             cohort_steps.append(_count("events_in_first_48h", task))
+            warnings = _unobserved_variables(events, task)
         if task.height == 0:
             raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
         with steps.step("grid: hourly bins, forward fill, masks"):
@@ -196,19 +329,34 @@ def extract(
                 test_fraction,
                 normaliser,
             )
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-            try:
-                stays.write_parquet(tmp / STAYS_FILE)
-                np.save(tmp / GRID_FILE, grid, allow_pickle=False)
-                manifest["timings_s"] = dict(steps.timings)
-                manifest["timings_s"]["total"] = round(time.perf_counter() - started, 3)
-                (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-                _publish(tmp, out)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            manifest["warnings"] = warnings
+            with create_private_file(tmp / STAYS_FILE) as handle:
+                stays.write_parquet(handle)
+            with create_private_file(tmp / GRID_FILE) as handle:
+                np.save(handle, grid, allow_pickle=False)
+            manifest["timings_s"] = dict(steps.timings)
+            manifest["timings_s"]["total"] = round(time.perf_counter() - started, 3)
+            write_private_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+            _publish(tmp, out)
     return manifest
+
+
+def _unobserved_variables(events: pl.DataFrame, task: pl.DataFrame) -> list[str]:
+    """Warn (log and return) about variables never observed in any task stay's window."""
+    from features.mimic.variables import load_variables
+
+    in_task = pl.col("stay").is_in(task["icustay_id"].implode())
+    kept = events.filter(in_task & pl.col("val").is_not_null())
+    seen = set(kept["var"].unique().to_list())
+    warnings = [
+        f"variable {variable.channel!r} is never observed in the first {HOURS} h of any stay; "
+        "its grid columns hold only its normal value"
+        for index, variable in enumerate(load_variables())
+        if index not in seen
+    ]
+    for warning in warnings:
+        logger.warning(warning)
+    return warnings
 
 
 def _count(step: str, frame: pl.DataFrame) -> dict[str, object]:

@@ -13,6 +13,37 @@ import polars as pl
 SPLITS = ("train", "val", "test")
 
 
+def check_split_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Check the split shares of a feature folder before any work is done.
+
+    Training needs a validation split (model selection and temperature scaling) and the
+    report a test split, so each share must be above 0 and below 1, and together they
+    must leave subjects for training.
+
+    Args:
+        val_fraction: Share of subjects in validation.
+        test_fraction: Share of subjects in test.
+
+    Raises:
+        ValueError: One line naming the argument(s) that are out of range.
+    """
+    bad = [
+        f"{name}={value!r}"
+        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction))
+        if not 0.0 < value < 1.0  # also rejects NaN
+    ]
+    if bad:
+        raise ValueError(
+            f"{' and '.join(bad)}: each split share must be > 0 and < 1 (training needs a "
+            "validation split, the report a test split)"
+        )
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction={val_fraction!r} and test_fraction={test_fraction!r} must sum to "
+            "less than 1 to leave subjects for training"
+        )
+
+
 def assign_splits(
     subject_ids: np.ndarray | list[int],
     *,

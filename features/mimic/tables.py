@@ -4,15 +4,28 @@ Each table is found as ``NAME.csv`` or ``NAME.csv.gz`` (file name in any case) a
 lazily with polars, with explicit dtypes for the columns the pipeline uses and column
 names normalised to lowercase (full MIMIC-III has UPPERCASE headers, the demo lowercase).
 
-Bad input fails early with a :class:`MimicInputError` that names the file, and where it
-can the column and the data row (1-based, header not counted): a missing table, a missing
-column, a value that does not parse in a required column, a truncated gzip stream.
+Bad input fails with a :class:`MimicInputError` whose message is one line naming the file
+and, where it applies, the line number (the physical line in the file; the header is line
+1) and the column, and what was expected: a missing or doubled table, a missing or
+duplicated column, an event table without rows, a value that does not parse, an empty
+required cell, a stray quote, a row with too many fields, bytes that are not UTF-8, a
+truncated gzip stream. The message never quotes a row; it quotes at most the one
+offending value, shortened, and never the value of an identifier column
+(:data:`IDENTIFIER_COLUMNS`). Polars' own error text quotes whole rows, so it is never
+passed on, neither in the message nor as the exception's cause (Prefect logs tracebacks).
+
+Finding the bad line is the slow path, run only after a fast polars read has failed: a
+row-by-row pass with the ``csv`` module (:func:`diagnose_table`).
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import re
 import zlib
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -84,6 +97,20 @@ REQUIRED_NONEMPTY: dict[str, tuple[str, ...]] = {
 
 EVENT_TABLES = ("CHARTEVENTS", "LABEVENTS", "OUTPUTEVENTS")
 
+#: Columns whose values identify a patient, an admission or a stay: an error message
+#: names the column and the line, never the value.
+IDENTIFIER_COLUMNS = frozenset({"row_id", "subject_id", "hadm_id", "icustay_id"})
+
+#: The longest value an error message quotes; longer ones are cut.
+QUOTED_VALUE_CHARS = 20
+
+# One CSV field as polars reads it: quoted (a doubled quote inside stands for one quote,
+# newlines allowed) or unquoted (no quote, comma or line break).
+_FIELD = re.compile(r'"(?:[^"]|"")*"|[^,"\r\n]*')
+_LINE_END = re.compile(r"\r?\n?")
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
+_DATETIME_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+
 
 class MimicInputError(ValueError):
     """A raw MIMIC-III table is missing, incomplete or does not parse."""
@@ -97,43 +124,79 @@ def table_path(mimic_dir: str | Path, table: str) -> Path:
         table: Table name, e.g. ``"CHARTEVENTS"``.
 
     Returns:
-        The ``.csv`` or ``.csv.gz`` file (file-name case ignored; ``.csv`` preferred).
+        The ``.csv`` or ``.csv.gz`` file (file-name case ignored).
 
     Raises:
-        MimicInputError: If the folder or the table is missing.
+        MimicInputError: If the folder or the table is missing, or if the table is there
+            twice (``.csv`` beside ``.csv.gz``, or two letter cases): picking one would
+            silently ignore the other, which may be the one the user meant.
     """
     folder = Path(mimic_dir)
     if not folder.is_dir():
         raise MimicInputError(f"{folder}: MIMIC-III folder does not exist")
-    by_name = {p.name.lower(): p for p in folder.iterdir() if p.is_file()}
-    for suffix in (".csv", ".csv.gz"):
-        found = by_name.get(table.lower() + suffix)
-        if found is not None:
-            return found
-    raise MimicInputError(f"{folder}: table {table} not found (expected {table}.csv or .csv.gz)")
+    wanted = {table.lower() + ".csv", table.lower() + ".csv.gz"}
+    found = sorted(p for p in folder.iterdir() if p.name.lower() in wanted and p.is_file())
+    if len(found) > 1:
+        names = " and ".join(p.name for p in found)
+        raise MimicInputError(
+            f"{folder}: table {table} is there more than once ({names}); keep one of them"
+        )
+    if not found:
+        raise MimicInputError(
+            f"{folder}: table {table} not found (expected {table}.csv or .csv.gz)"
+        )
+    return found[0]
 
 
-def _open_text(path: Path):
+def _open_binary(path: Path):
     if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _split_line(line: str) -> list[str]:
+    """The fields of one CSV line (quotes removed), read leniently."""
+    return next(csv.reader([line]), [])
 
 
 def read_header(path: str | Path) -> list[str]:
     """Return the column names in the first line of a CSV(.gz) file, as written.
 
+    Only the first line is decoded, so a bad byte further down is reported where it is
+    (by :func:`diagnose_table`), not as an unreadable header.
+
     Raises:
-        MimicInputError: If the file is empty, not gzip when named .gz, or cut short.
+        MimicInputError: If the file is empty, not gzip when named .gz, cut short, or if
+            the header line is not UTF-8.
     """
     path = Path(path)
     try:
-        with _open_text(path) as handle:
-            line = handle.readline()
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
-        raise MimicInputError(f"{path}: cannot read the header ({err})") from err
+        with _open_binary(path) as handle:
+            raw = handle.readline()
+    except (OSError, EOFError, zlib.error) as err:
+        raise MimicInputError(f"{path}: cannot read the header ({err})") from None
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MimicInputError(f"{path}: line 1 (header): not valid UTF-8") from None
     if not line.strip():
         raise MimicInputError(f"{path}: file is empty (no header line)")
-    return [name.strip().strip('"') for name in line.rstrip("\r\n").split(",")]
+    return [name.strip() for name in _split_line(line.rstrip("\r\n"))]
+
+
+def has_data_rows(path: str | Path) -> bool:
+    """Whether a CSV(.gz) file has a non-blank line after its header (reads a few lines).
+
+    Raises:
+        MimicInputError: If the file cannot be read (e.g. a gzip stream cut short).
+    """
+    path = Path(path)
+    try:
+        with _open_binary(path) as handle:
+            handle.readline()
+            return any(line.strip() for line in handle)
+    except (OSError, EOFError, zlib.error) as err:
+        raise MimicInputError(f"{path}: cannot read the file ({err})") from None
 
 
 def check_gzip_complete(path: str | Path) -> None:
@@ -152,12 +215,22 @@ def check_gzip_complete(path: str | Path) -> None:
     except (OSError, EOFError, zlib.error) as err:
         raise MimicInputError(
             f"{path}: gzip stream is truncated or corrupt ({err}); re-download the file"
-        ) from err
+        ) from None
 
 
 def _column_map(path: Path, table: str, columns: list[str]) -> dict[str, str]:
-    """Map each wanted lowercase column to its name in the file's header."""
+    """Map each wanted lowercase column to its name in the file's header.
+
+    Raises:
+        MimicInputError: If a column is missing, or a name appears twice (letter case
+            ignored, since names are normalised to lowercase).
+    """
     header = read_header(path)
+    seen: set[str] = set()
+    for name in header:
+        if name.lower() in seen:
+            raise MimicInputError(f"{path}: line 1 (header): column {name} appears twice")
+        seen.add(name.lower())
     lower = {name.lower(): name for name in header}
     missing = [c for c in columns if c not in lower]
     if missing:
@@ -168,7 +241,33 @@ def _column_map(path: Path, table: str, columns: list[str]) -> dict[str, str]:
     return {c: lower[c] for c in columns}
 
 
-def scan_table(mimic_dir: str | Path, table: str, *, parse_dates: bool = True) -> pl.LazyFrame:
+def check_table(mimic_dir: str | Path, table: str) -> Path:
+    """Cheap checks of one table before any work: file, header, and rows for event tables.
+
+    Reads only the first lines of the file.
+
+    Args:
+        mimic_dir: Folder with the MIMIC-III CSV files.
+        table: Table name, a key of :data:`TABLES`.
+
+    Returns:
+        The table's file.
+
+    Raises:
+        MimicInputError: If the table is missing or doubled, its header is unreadable,
+            lacks a column or names one twice, or an event table has no rows (a grid
+            built from it would silently hold only normal values).
+    """
+    path = table_path(mimic_dir, table)
+    _column_map(path, table, list(TABLES[table]))
+    if table in EVENT_TABLES and not has_data_rows(path):
+        raise MimicInputError(f"{path}: table {table} has a header but no rows")
+    return path
+
+
+def scan_table(
+    mimic_dir: str | Path, table: str, *, parse_dates: bool = True, all_columns: bool = False
+) -> pl.LazyFrame:
     """Lazily scan ``table`` with explicit dtypes and lowercase column names.
 
     Only the columns in :data:`TABLES` are parsed; every other column is read as text and
@@ -179,6 +278,7 @@ def scan_table(mimic_dir: str | Path, table: str, *, parse_dates: bool = True) -
         table: Table name, a key of :data:`TABLES`.
         parse_dates: Parse timestamp columns now; ``False`` leaves them as text for
             :func:`parse_datetimes` after the rows have been filtered.
+        all_columns: Keep the unused columns too (as text, after the used ones).
 
     Returns:
         A LazyFrame with exactly the columns of ``TABLES[table]``, lowercase.
@@ -206,7 +306,10 @@ def scan_table(mimic_dir: str | Path, table: str, *, parse_dates: bool = True) -
         # A quoted empty field ("") is as empty as an unquoted one.
         null_values=[""],
     )
-    lf = lf.select([pl.col(names[c]).alias(c) for c in schema])
+    used = [pl.col(names[c]).alias(c) for c in schema]
+    if all_columns:
+        used += [pl.col(name) for name in header if name not in names.values()]
+    lf = lf.select(used)
     return parse_datetimes(lf, table) if parse_dates else lf
 
 
@@ -224,54 +327,167 @@ def parse_datetimes(lf: pl.LazyFrame, table: str) -> pl.LazyFrame:
     )
 
 
-def locate_bad_value(mimic_dir: str | Path, table: str) -> MimicInputError | None:
-    """Find the first cell of ``table`` that does not parse as its column's dtype.
+class _Problem(Exception):
+    """The first bad line of a table, raised inside :func:`diagnose_table`."""
 
-    This is the slow diagnostic path, run only after a typed scan has failed: it reads the
-    used columns as text and casts them strictly, row by row in bulk.
+    def __init__(self, line: int, index: int | None, what: str) -> None:
+        super().__init__(what)
+        self.line = line
+        self.index = index  # position of the column in the header, if known
+        self.column: str | None = None
+        self.what = what
 
-    Returns:
-        An error naming the file, column, row and value, or ``None`` if none was found.
-    """
-    path = table_path(mimic_dir, table)
-    check_gzip_complete(path)
-    schema = TABLES[table]
-    names = _column_map(path, table, list(schema))
-    header = read_header(path)
-    text = pl.scan_csv(
-        path,
-        schema_overrides={n: pl.String for n in header},
-        infer_schema=False,
-        null_values=[""],
-    ).select([pl.col(names[c]).alias(c) for c in schema])
-    text = text.with_row_index("row", offset=1)
-    required = set(REQUIRED_NONEMPTY.get(table, ()))
-    for column, dtype in schema.items():
-        raw = pl.col(column)
-        if dtype == pl.String:
-            bad = raw.is_null() if column in required else pl.lit(False)
-        else:
-            parsed = raw.str.strptime(DATETIME, DATETIME_FORMAT, strict=False)
-            if dtype != DATETIME:
-                parsed = raw.str.strip_chars().cast(dtype, strict=False)
-            bad = raw.is_not_null() & parsed.is_null()
-            if column in required:
-                bad = bad | raw.is_null()
-        hit = text.filter(bad).select("row", column).head(1).collect()
-        if hit.height:
-            row, value = hit.row(0)
-            what = "is empty" if value is None else f"value {value!r} is not a valid {dtype}"
-            return MimicInputError(f"{path}: column {column}, row {row}: {what}")
+
+def _quote(value: str) -> str:
+    """A value for an error message: cut to :data:`QUOTED_VALUE_CHARS` characters."""
+    if len(value) > QUOTED_VALUE_CHARS:
+        value = value[:QUOTED_VALUE_CHARS] + "..."
+    return repr(value)
+
+
+def _bad_field(record: str) -> int | None:
+    """Index of the first field of a raw record that is not well-formed CSV, or None."""
+    position, index = 0, 0
+    while True:
+        position = _FIELD.match(record, position).end()
+        if _LINE_END.fullmatch(record, position):
+            return None
+        if record[position] != ",":
+            return index
+        position += 1
+        index += 1
+
+
+def _field_index(partial: str) -> int | None:
+    """Index of the field in which a partial record ends (None if it cannot be told)."""
+    try:
+        return max(len(next(csv.reader([partial]), [""])) - 1, 0)
+    except csv.Error:
+        return None
+
+
+def _value_problem(column: str, dtype: pl.DataType, value: str, required: bool) -> str | None:
+    """What is wrong with one cell of a used column, or None; never quotes an identifier."""
+    if value == "":
+        return "is empty" if required else None
+    if dtype == pl.String:
+        return None
+    if dtype == DATETIME:
+        ok = _DATETIME_SHAPE.fullmatch(value) is not None
+        if ok:
+            try:
+                datetime.strptime(value, DATETIME_FORMAT)
+            except ValueError:
+                ok = False
+        expected = "a time as YYYY-MM-DD HH:MM:SS"
+    elif dtype == pl.Int64:
+        ok = _INTEGER.fullmatch(value) is not None
+        expected = "an integer"
+    else:
+        try:
+            float(value)
+            ok = True
+        except ValueError:
+            ok = False
+        expected = "a number"
+    if ok:
+        return None
+    if column in IDENTIFIER_COLUMNS:
+        return f"not {expected}"
+    return f"value {_quote(value)} is not {expected}"
+
+
+def _decoded_lines(handle, pending: list[str]) -> Iterator[str]:
+    """Physical lines of a binary file as text, each kept in ``pending`` for its record."""
+    for number, raw in enumerate(handle, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            partial = "".join(pending) + raw[: err.start].decode("utf-8", "replace")
+            raise _Problem(number, _field_index(partial), "not valid UTF-8") from None
+        pending.append(text)
+        yield text
+
+
+def _first_problem(path: Path, table: str) -> _Problem | None:
+    """Read ``path`` record by record and return its first bad line, or None."""
+    pending: list[str] = []
+    with _open_binary(path) as handle:
+        reader = csv.reader(_decoded_lines(handle, pending), strict=True)
+        header = [name.strip().lower() for name in next(reader, [])]
+        pending.clear()
+        try:
+            _check_records(reader, pending, header, table)
+        except _Problem as problem:
+            if problem.index is not None and problem.index < len(header):
+                problem.column = header[problem.index]
+            return problem
     return None
 
 
-def explain_failure(mimic_dir: str | Path, table: str, err: Exception) -> MimicInputError:
-    """Turn a polars error while reading ``table`` into an error that names file and row."""
+def _check_records(reader, pending: list[str], header: list[str], table: str) -> None:
+    """Raise :class:`_Problem` at the first bad record after the header."""
+    schema = TABLES[table]
+    required = set(REQUIRED_NONEMPTY.get(table, ()))
+    used = [(header.index(c), c, dtype) for c, dtype in schema.items() if c in header]
+    while True:
+        line = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error:
+            # A quote that is never closed, or text after a closing quote.
+            raise _Problem(line, _bad_field("".join(pending)), "stray or unclosed quote") from None
+        raw = "".join(pending)
+        pending.clear()
+        if not record:
+            continue  # a blank line
+        index = _bad_field(raw)
+        if index is not None:
+            raise _Problem(line, index, "stray quote")
+        if len(record) != len(header):
+            what = f"{len(record)} fields, expected {len(header)} as in the header"
+            raise _Problem(line, None, what)
+        for position, column, dtype in used:
+            what = _value_problem(column, dtype, record[position], column in required)
+            if what is not None:
+                raise _Problem(line, position, what)
+
+
+def diagnose_table(mimic_dir: str | Path, table: str) -> MimicInputError | None:
+    """Find the first bad line of ``table`` (the slow path, after a read has failed).
+
+    Reads the file record by record with the ``csv`` module and checks what polars
+    needs: UTF-8, well-formed quoting, as many fields as the header, and, in the columns
+    of :data:`TABLES`, values that parse as their dtype and no empty required cell.
+
+    Returns:
+        A one-line error naming the file, the line number (the header is line 1) and the
+        column, or ``None`` if no bad line was found.
+    """
     path = table_path(mimic_dir, table)
-    found = locate_bad_value(mimic_dir, table)
+    check_gzip_complete(path)
+    _column_map(path, table, list(TABLES[table]))
+    problem = _first_problem(path, table)
+    if problem is None:
+        return None
+    where = f"line {problem.line}" + (f", column {problem.column}" if problem.column else "")
+    return MimicInputError(f"{path}: {where}: {problem.what}")
+
+
+def explain_failure(mimic_dir: str | Path, table: str, err: BaseException) -> MimicInputError:
+    """Turn an error while reading ``table`` into one line naming the file and line.
+
+    Polars' message is never used (it quotes rows); an ``OSError`` is a file-system
+    message and is kept.
+    """
+    found = diagnose_table(mimic_dir, table)
     if found is not None:
         return found
-    return MimicInputError(f"{path}: cannot read table {table}: {err}")
+    path = table_path(mimic_dir, table)
+    reason = str(err) if isinstance(err, OSError) else "it does not parse as CSV"
+    return MimicInputError(f"{path}: cannot read table {table}: {reason}")
 
 
 def read_table(mimic_dir: str | Path, table: str) -> pl.DataFrame:
@@ -285,19 +501,20 @@ def read_table(mimic_dir: str | Path, table: str) -> pl.DataFrame:
         The table with the columns of ``TABLES[table]``, lowercase.
 
     Raises:
-        MimicInputError: Naming file, column and row for any bad or missing value.
+        MimicInputError: Naming file, line and column for any bad or missing value.
     """
-    lf = scan_table(mimic_dir, table)
+    # Every column is parsed (not only the used ones) so that a row with more fields than
+    # the header fails: polars only checks that when it reads whole rows. The small tables
+    # are cheap to read in full; the event tables are not (see the README).
+    lf = scan_table(mimic_dir, table, all_columns=True)
     try:
-        df = lf.collect()
+        df = lf.collect().select(list(TABLES[table]))
     except (pl.exceptions.PolarsError, OSError) as err:
-        raise explain_failure(mimic_dir, table, err) from err
+        # "from None": the polars error (which quotes rows) must not travel as the cause.
+        raise explain_failure(mimic_dir, table, err) from None
     for column in REQUIRED_NONEMPTY.get(table, ()):
-        nulls = df.get_column(column).is_null()
-        if nulls.any():
-            row = int(nulls.arg_true()[0]) + 1
-            path = table_path(mimic_dir, table)
-            raise MimicInputError(f"{path}: column {column}, row {row}: is empty")
+        if df.get_column(column).is_null().any():
+            raise explain_failure(mimic_dir, table, ValueError(f"empty {column}"))
     return df
 
 
