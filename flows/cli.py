@@ -98,11 +98,8 @@ def extract_command(
     """Extract the in-hospital-mortality features (mimic3-benchmarks definitions)."""
     from features.mimic.extract import extract
     from features.mimic.tables import MimicInputError
-    from flows.params import check_split_fractions
 
     try:
-        # Before reading any table: a feature folder without a validation split is no use.
-        check_split_fractions(val_fraction, test_fraction)
         manifest = extract(
             mimic_dir,
             out,

@@ -117,32 +117,6 @@ def _no_method_in_train(train: dict[str, Any]) -> dict[str, Any]:
     return train
 
 
-def check_split_fractions(val_fraction: float, test_fraction: float) -> None:
-    """Refuse subject-split shares that leave training without the data it needs.
-
-    Args:
-        val_fraction: Share of subjects in the validation split; must be > 0, since
-            training selects the model and fits the temperature on it.
-        test_fraction: Share of subjects in the test split; must be >= 0.
-
-    Raises:
-        ValueError: ``"parameter '<name>': ..."`` naming the bad argument, also when the two
-            leave no subjects for training.
-    """
-    if not 0 < val_fraction < 1:
-        raise ValueError(
-            "parameter 'val_fraction': must be > 0 (training needs a validation split for "
-            f"model selection and the temperature) and < 1, got {val_fraction}"
-        )
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"parameter 'test_fraction': must be >= 0 and < 1, got {test_fraction}")
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(
-            "parameter 'test_fraction': val_fraction + test_fraction must be < 1 to leave "
-            f"subjects for training, got {val_fraction} + {test_fraction}"
-        )
-
-
 def _feature_folder(path: Path) -> Path:
     if not (path / "manifest.json").is_file():
         raise ValueError(f"{path} is not a feature folder (no manifest.json); run extraction")
@@ -164,8 +138,9 @@ class ExtractParams(_Params):
     mimic_dir: Path
     out_dir: Path
     seed: Seed = 0
-    val_fraction: float = 0.15  # checked by check_split_fractions, which says why
-    test_fraction: Fraction = 0.15
+    # Checked by features.mimic.splits.check_split_fractions, which says why.
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
     force: bool = False
 
     @field_validator("mimic_dir")
@@ -175,6 +150,8 @@ class ExtractParams(_Params):
 
     @model_validator(mode="after")
     def _check_fractions(self) -> ExtractParams:
+        from features.mimic.splits import check_split_fractions
+
         check_split_fractions(self.val_fraction, self.test_fraction)
         return self
 
@@ -292,8 +269,9 @@ class ClinicalParams(_Params):
     model: ModelSizes = Field(default_factory=ModelSizes)
     experiment: Annotated[str, Field(min_length=1)] = "mimic-ihm"
     seed: Seed = 0
-    val_fraction: float = 0.15  # checked by check_split_fractions, which says why
-    test_fraction: Fraction = 0.15
+    # Checked by features.mimic.splits.check_split_fractions, which says why.
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
     coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
     force_extract: bool = False
     progress: bool = False
@@ -316,6 +294,8 @@ class ClinicalParams(_Params):
     @model_validator(mode="after")
     def _check_together(self, info: ValidationInfo) -> ClinicalParams:
         # The same checks as the sub-flows, so a bad value fails before extraction starts.
+        from features.mimic.splits import check_split_fractions
+
         check_split_fractions(self.val_fraction, self.test_fraction)
         _check_train_configs(self.methods, self.train, info)
         return self

@@ -337,22 +337,18 @@ def test_extract_without_a_validation_split_fails_before_work(tmp_path):
          "--val-fraction", "0", "--test-fraction", "0"],
     )  # fmt: skip
     line = _error_line(result)
-    assert "parameter 'val_fraction': must be > 0" in line and "validation split" in line
+    assert "val_fraction=0.0" in line and "validation split" in line
     assert not out.exists()
 
 
-def test_split_fraction_rules():
-    params.check_split_fractions(0.15, 0.15)
-    params.check_split_fractions(0.2, 0.0)
-    with pytest.raises(ValueError, match="parameter 'val_fraction': must be > 0"):
-        params.check_split_fractions(0.0, 0.15)
-    with pytest.raises(ValueError, match="parameter 'test_fraction': must be >= 0"):
-        params.check_split_fractions(0.1, -0.1)
-    with pytest.raises(ValueError, match="parameter 'test_fraction': val_fraction \\+ test"):
-        params.check_split_fractions(0.5, 0.5)
-    with pytest.raises(ParameterError, match="parameter 'val_fraction': must be > 0 .*validation"):
+def test_flow_params_use_the_extraction_split_check():
+    # One rule for the CLI, the flows and the library: features.mimic.splits.
+    with pytest.raises(ParameterError, match="val_fraction=0.*validation split"):
         validate("extract_mimic", params.ExtractParams,
                  {"mimic_dir": ".", "out_dir": "o", "val_fraction": 0})  # fmt: skip
+    with pytest.raises(ParameterError, match="test_fraction=0.*test split"):
+        validate("clinical_pipeline", params.ClinicalParams,
+                 {"mimic_dir": ".", "test_fraction": 0})  # fmt: skip
 
 
 # --------------------------------------------------------------------------- DataLoader workers
