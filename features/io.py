@@ -13,9 +13,13 @@ to a temporary name in the same directory, flushed to disk and moved into place 
 from __future__ import annotations
 
 import os
+import re
 import secrets
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -110,3 +114,146 @@ def write_private_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_private_text(path: str | os.PathLike, text: str) -> Path:
     """:func:`write_private_bytes` for UTF-8 text."""
     return write_private_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- output folders
+
+
+class OutputFolderError(ValueError):
+    """An output folder cannot be written, or holds something that is not ours to replace."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+@dataclass(frozen=True)
+class OutputFolder:
+    """A folder that a program writes whole and publishes atomically.
+
+    The target may be a new path, an empty folder (the user's: filled in place, its mode
+    kept) or a folder this program wrote before (``is_ours``: swapped out whole). Anything
+    else is refused, so a folder holding the user's files is never deleted. The content is
+    first written to a temporary sibling ``.NAME.tmp-PID-*``; an interrupted run's siblings
+    are removed at the next run once their process is gone.
+
+    Args:
+        path: The target folder; a symbolic link is followed.
+        is_ours: Whether an existing, non-empty folder was written by this program and
+            holds nothing else.
+        what: What ``is_ours`` recognises, for the error message
+            (e.g. "a feature folder written by rank1 extract").
+        marker: The file that makes a folder recognisably ours (e.g. its manifest): moved
+            last into an existing empty folder, so a half-filled folder is never ours.
+        error: The exception class raised for a refused or unwritable folder.
+    """
+
+    path: Path
+    is_ours: Callable[[Path], bool]
+    what: str
+    marker: str | None = None
+    error: type[Exception] = OutputFolderError
+
+    @property
+    def target(self) -> Path:
+        """The folder written: ``path``, or where it points if it is a symbolic link."""
+        return self.path.resolve() if self.path.is_symlink() else self.path
+
+    def check(self) -> None:
+        """Refuse a target that is neither new, empty, nor ours, or that cannot be written.
+
+        Raises:
+            error: One line naming the folder and why.
+        """
+        out = self.target
+        if not out.exists():
+            return
+        if not out.is_dir():
+            raise self.error(f"{out}: output path exists and is not a folder")
+        if any(out.iterdir()) and not self.is_ours(out):
+            raise self.error(
+                f"{out}: output folder is not empty and is not {self.what} (or holds other "
+                "files); refusing to replace it"
+            )
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise self.error(f"{out}: output folder is not writable")
+
+    @contextmanager
+    def writing(self) -> Iterator[Path]:
+        """Check the target, then yield a fresh owner-only temporary folder beside it.
+
+        When the block ends normally, its content is published to the target (see
+        :meth:`publish`); when it raises, the temporary folder is removed and the target is
+        untouched. Creating the temporary folder first checks that the location can be
+        written, before any work.
+
+        Raises:
+            error: If the target is refused or its parent cannot be created or written.
+        """
+        self.check()
+        out = self.target
+        try:
+            make_private_dir(out.parent)
+            self._remove_leftovers()
+            tmp = self._temporary("tmp")
+        except OSError as err:
+            raise self.error(
+                f"{out}: cannot write the output folder there ({err.strerror or err})"
+            ) from None
+        try:
+            yield tmp
+            self.publish(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def publish(self, tmp: Path) -> None:
+        """Move the finished temporary folder to the target.
+
+        A new target is the temporary folder renamed; an existing empty folder receives
+        the entries one by one (the ``marker`` last) and keeps its mode; a folder of ours
+        is swapped out whole and then removed.
+        """
+        self.check()  # again: the folder may have changed while the content was written
+        out = self.target
+        if not out.exists():
+            tmp.rename(out)
+        elif not any(out.iterdir()):
+            names = sorted(entry.name for entry in tmp.iterdir())
+            if self.marker in names:
+                names.remove(self.marker)
+                names.append(self.marker)
+            for name in names:
+                os.replace(tmp / name, out / name)
+            tmp.rmdir()
+        else:
+            old = self._temporary("old")
+            os.replace(out, old)  # an empty directory is replaced by the old folder
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _temporary(self, kind: str) -> Path:
+        out = self.target
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
+
+    def _remove_leftovers(self) -> None:
+        """Remove temporary siblings of earlier runs whose process is gone.
+
+        Only folders named like ours (``.NAME.tmp-PID-*``, ``.NAME.old-PID-*``), owned by
+        this user and not symbolic links are removed, and only when process PID is dead.
+        """
+        out = self.target
+        pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)-\w+")
+        for entry in out.parent.iterdir():
+            found = pattern.fullmatch(entry.name)
+            if found is None or entry.is_symlink() or not entry.is_dir():
+                continue
+            if entry.stat().st_uid != os.getuid() or _process_alive(int(found.group(1))):
+                continue
+            shutil.rmtree(entry, ignore_errors=True)

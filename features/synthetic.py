@@ -43,15 +43,13 @@ before ICU admission, and most chart rows belong to items outside the 17 variabl
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from features.io import PRIVATE_FILE_MODE, create_private_file, make_private_dir
+from features.io import PRIVATE_FILE_MODE, OutputFolder, create_private_file
 
 INTERCEPT = -2.9
 RISK_VARIABLES = ("hr", "map", "rr", "spo2", "temp", "glucose", "ph")
@@ -279,6 +277,29 @@ OUTPUT_COLUMNS = [
 ]
 
 
+TRUTH_FILE = "synthetic_truth.csv"
+#: Every file the generator writes; a folder holding exactly (a subset of) these and the
+#: truth file is one of ours and may be replaced.
+DATABASE_FILES = frozenset(
+    {
+        f"{name}.csv"
+        for name in (
+            "PATIENTS",
+            "ADMISSIONS",
+            "ICUSTAYS",
+            "TRANSFERS",
+            "DIAGNOSES_ICD",
+            "CHARTEVENTS",
+            "LABEVENTS",
+            "OUTPUTEVENTS",
+            "D_ITEMS",
+            "D_LABITEMS",
+        )
+    }
+    | {TRUTH_FILE}
+)
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """The logistic function."""
     return 1.0 / (1.0 + np.exp(-x))
@@ -357,8 +378,9 @@ def generate(
     """Write a synthetic MIMIC-III database and the planted risk of each ICU stay.
 
     Args:
-        out_dir: Folder to create (replaced atomically if it already holds a synthetic
-            database; any other non-empty folder is refused). It is created owner-only
+        out_dir: Folder to write: a new path, an empty folder (filled in place, its mode
+            kept), or a database of this generator holding nothing else (replaced
+            atomically); any other non-empty folder is refused. It is created owner-only
             (0700, files 0600, missing parents 0700), as real patient data would be.
         patients: Number of patients.
         seed: Seed; the same seed and arguments give identical files.
@@ -369,24 +391,25 @@ def generate(
         mean planted risk.
 
     Raises:
-        ValueError: If ``patients`` < 1 or ``out_dir`` is a non-empty foreign folder.
+        ValueError: If ``patients`` < 1; :class:`features.io.OutputFolderError` (a
+            ValueError) if ``out_dir`` is refused or cannot be written.
     """
     if patients < 1:
         raise ValueError(f"patients must be >= 1, got {patients}")
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not (out / "synthetic_truth.csv").exists():
-        raise ValueError(f"{out}: folder exists and is not a synthetic database; refusing")
-    make_private_dir(out.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        summary = _generate_into(tmp, patients, seed, batch_patients)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return summary
+    output = OutputFolder(
+        Path(out_dir),
+        is_ours=_is_synthetic_database,
+        what="a synthetic database written by rank1 synth",
+        marker=TRUTH_FILE,
+    )
+    with output.writing() as tmp:
+        return _generate_into(tmp, patients, seed, batch_patients)
+
+
+def _is_synthetic_database(folder: Path) -> bool:
+    """Whether ``folder`` holds a database of this generator and nothing else."""
+    names = {entry.name for entry in folder.iterdir()}
+    return TRUTH_FILE in names and names <= DATABASE_FILES
 
 
 def _generate_into(folder: Path, n_patients: int, seed: int, batch_patients: int) -> dict:
@@ -422,7 +445,7 @@ def _generate_into(folder: Path, n_patients: int, seed: int, batch_patients: int
             frame.write_csv(handle, quote_style="non_numeric", datetime_format="%Y-%m-%d %H:%M:%S")
     _dictionaries(folder)
     truth = pl.concat(static["truth"])
-    with create_private_file(folder / "synthetic_truth.csv") as handle:
+    with create_private_file(folder / TRUTH_FILE) as handle:
         truth.write_csv(handle)
     return {
         "patients": n_patients,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +121,26 @@ def test_planted_risk_is_learnable_from_the_grid(cohort_3k):
     planted = roc_auc_score(y[test], stays["true_risk"].to_numpy()[test])
     assert planted > 0.75
     assert learned > planted - 0.05
+
+
+def test_empty_user_folder_is_filled_in_place_and_kept(tmp_path):
+    # A folder the user made (mode 0755 here) is the user's: it is filled, never replaced.
+    out = tmp_path / "given"
+    out.mkdir()
+    os.chmod(out, 0o755)
+    inode = out.stat().st_ino
+    generate(out, patients=3, seed=0)
+    assert out.stat().st_ino == inode
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert (out / "synthetic_truth.csv").is_file()
+    # Rerunning replaces only the generator's own database, and leaves nothing beside it.
+    generate(out, patients=4, seed=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["given"]
+
+
+def test_a_database_with_a_user_file_is_not_replaced(tmp_path):
+    generate(tmp_path / "db", patients=3, seed=0)
+    (tmp_path / "db" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="refusing"):
+        generate(tmp_path / "db", patients=3, seed=1)
+    assert (tmp_path / "db" / "notes.txt").read_text() == "mine"

@@ -27,10 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -40,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from features.io import create_private_file, make_private_dir, write_private_text
+from features.io import OutputFolder, create_private_file, write_private_text
 from features.mimic.cohort import admissions_with_diagnoses, root_stays
 from features.mimic.events import EPS, HOURS, last_per_bin, window_events
 from features.mimic.grid import build_grid, fit_normaliser
@@ -112,79 +108,6 @@ def _is_feature_folder(folder: Path) -> bool:
     )
 
 
-def _check_out_dir(out: Path) -> None:
-    """Refuse an output path that is neither new, an empty folder, nor our feature folder.
-
-    Raises:
-        MimicInputError: One line naming the folder and why it is refused.
-    """
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise MimicInputError(f"{out}: output path exists and is not a folder")
-    if any(out.iterdir()) and not _is_feature_folder(out):
-        raise MimicInputError(
-            f"{out}: output folder is not empty and is not a feature folder written by "
-            "rank1 extract (or holds other files); refusing to replace it"
-        )
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise MimicInputError(f"{out}: output folder is not writable")
-
-
-def _leftover_pattern(out: Path) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)-\w+")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
-def _remove_leftovers(out: Path) -> None:
-    """Remove temporary folders of earlier runs on ``out`` whose process is gone.
-
-    Only folders named like ours (``.NAME.tmp-PID-*``, ``.NAME.old-PID-*``), owned by
-    this user and not symbolic links are removed, and only when process PID is dead.
-    """
-    pattern = _leftover_pattern(out)
-    for entry in out.parent.iterdir():
-        found = pattern.fullmatch(entry.name)
-        if found is None or entry.is_symlink() or not entry.is_dir():
-            continue
-        if entry.stat().st_uid != os.getuid() or _process_alive(int(found.group(1))):
-            continue
-        shutil.rmtree(entry, ignore_errors=True)
-
-
-def _make_temporary(out: Path, kind: str) -> Path:
-    """A fresh owner-only folder beside ``out``, named with this process id."""
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.{kind}-{os.getpid()}-", dir=out.parent))
-
-
-def _prepare_output(out: Path) -> Path:
-    """Clean old leftovers beside ``out`` and return a new temporary folder there.
-
-    Creating the temporary folder up front checks that the parent can be written, so a
-    read-only location fails before the extraction, naming ``out``.
-
-    Raises:
-        MimicInputError: If the parent of ``out`` cannot be created or written.
-    """
-    try:
-        make_private_dir(out.parent)
-        _remove_leftovers(out)
-        return _make_temporary(out, "tmp")
-    except OSError as err:
-        raise MimicInputError(
-            f"{out}: cannot write the output folder there ({err.strerror or err})"
-        ) from None
-
-
 def _read_truth(mimic_dir: Path) -> pl.DataFrame | None:
     """Read the generator's planted risk per stay, if the input folder has one."""
     path = mimic_dir / TRUTH_FILE
@@ -200,27 +123,6 @@ def _read_truth(mimic_dir: Path) -> pl.DataFrame | None:
         if column not in truth.columns:
             raise MimicInputError(f"{path}: column {column} is missing")
     return truth.select("icustay_id", "true_risk")
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder's files to ``out``.
-
-    A new ``out`` is the temporary folder renamed; an existing empty folder (the user's)
-    receives the files one by one, manifest last, and keeps its mode; an older feature
-    folder is swapped out whole and then removed.
-    """
-    _check_out_dir(out)  # again: the folder may have changed during the extraction
-    if not out.exists():
-        tmp.rename(out)
-    elif not any(out.iterdir()):
-        for name in (STAYS_FILE, GRID_FILE, MANIFEST_FILE):
-            os.replace(tmp / name, out / name)
-        tmp.rmdir()
-    else:
-        old = _make_temporary(out, "old")
-        os.replace(out, old)  # an empty directory is replaced by the old folder
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def extract(
@@ -254,32 +156,29 @@ def extract(
     """
     check_split_fractions(val_fraction, test_fraction)
     mimic_dir = Path(mimic_dir)
-    out = Path(out_dir)
-    if out.is_symlink():
-        out = out.resolve()
-    _check_out_dir(out)
+    output = OutputFolder(
+        Path(out_dir),
+        is_ours=_is_feature_folder,
+        what="a feature folder written by rank1 extract",
+        marker=MANIFEST_FILE,
+        error=MimicInputError,
+    )
+    output.check()
     paths = {name: check_table(mimic_dir, name) for name in SOURCE_TABLES}
-    tmp = _prepare_output(out)
-    try:
-        return _extract_into(
-            mimic_dir, paths, tmp, out, seed, val_fraction, test_fraction, progress
-        )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output.writing() as tmp:
+        return _extract_into(mimic_dir, paths, tmp, seed, val_fraction, test_fraction, progress)
 
 
 def _extract_into(
     mimic_dir: Path,
     paths: dict[str, Path],
     tmp: Path,
-    out: Path,
     seed: int,
     val_fraction: float,
     test_fraction: float,
     progress: bool,
 ) -> dict:
-    """The body of :func:`extract`: compute everything, write to ``tmp``, publish."""
+    """The body of :func:`extract`: compute everything and write it to ``tmp``."""
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
         # Hashing runs beside the polars work; hashlib releases the GIL on large blocks.
@@ -337,7 +236,6 @@ def _extract_into(
             manifest["timings_s"] = dict(steps.timings)
             manifest["timings_s"]["total"] = round(time.perf_counter() - started, 3)
             write_private_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
-            _publish(tmp, out)
     return manifest
 
 
