@@ -12,7 +12,10 @@ The flows only compose library functions (``features.mimic.extract``,
 
 Nothing that identifies a patient enters Prefect: parameters are paths and settings, run
 names are Prefect's generated ones, and the logs carry cohort-level counts and metrics only.
-Per-patient files (feature folder, reports) go under folders made owner-only.
+Per-patient files (feature folder, checkpoints, reports) go under folders made owner-only.
+
+Training checkpoints into ``<checkpoint_dir>/<method>``; a rerun (or a retry) resumes an
+unfinished checkpoint of the same training fingerprint (:func:`plan_resume`).
 """
 
 from __future__ import annotations
