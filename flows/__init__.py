@@ -11,6 +11,7 @@ Modules:
     images: ``train_images`` and ``validate_images``.
     demo: the end-to-end demo flow behind ``rank1 demo``.
     deployments: YAML-configured schedules served with ``rank1 serve``.
+    runs: flow and task runs left RUNNING by a killed process, set Crashed on a rerun.
     cli: the ``rank1`` typer app.
 """
 

@@ -48,9 +48,29 @@ def error_line(err: BaseException) -> str:
     return lines[0]
 
 
+def _interrupt_on_sigterm() -> None:
+    """Make SIGTERM stop a command the way Ctrl-C does (a ``KeyboardInterrupt``).
+
+    Python's default SIGTERM ends the process at once: MLflow runs would stay RUNNING and
+    checkpoints' temporary files would stay behind. As an exception, the MLflow run ends
+    KILLED (``tracking.killed_on_interrupt``) and cleanup code runs. Prefect's flow engine
+    installs its own SIGTERM handler while a flow runs (the flow run ends Crashed).
+    """
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        pass  # not the main thread (an embedding application): its handlers stay
+
+
 @app.callback()
 def main() -> None:
     """Rank-1 BNNs (Dusenberry et al., ICML 2020) for clinical and image prediction."""
+    _interrupt_on_sigterm()
 
 
 # --- MIMIC-III extraction and synthetic data (features.mimic, features.synthetic) ---------
@@ -509,8 +529,12 @@ def _run_flow(flow_fn, params_model, **kwargs):
     except ParameterError as err:
         fail(str(err))
     _console_without_tracebacks()
+    from flows.runs import owned_by_this_process
+
     try:
-        return flow_fn(**kwargs)
+        # Tagged with this process, so a rerun after kill -9 can set its runs Crashed.
+        with owned_by_this_process():
+            return flow_fn(**kwargs)
     except ParameterError as err:
         fail(str(err))
     except (OSError, ValueError, RuntimeError) as err:
@@ -525,14 +549,14 @@ def _train_overrides(
     config_file: Path | None, steps: int | None, batch_size: int | None, device: str | None
 ) -> dict:
     """TrainConfig overrides from a YAML file and the shortcut options."""
-    import yaml
+    from pipeline.config import ConfigError, read_yaml
 
     overrides: dict = {}
     if config_file is not None:
         try:
-            overrides = yaml.safe_load(config_file.read_text("utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            fail(f"{config_file}: {str(err).splitlines()[0]}")
+            overrides = read_yaml(config_file) or {}  # its errors name file, line, column
+        except ConfigError as err:
+            fail(str(err))
         if not isinstance(overrides, dict):
             fail(f"{config_file}: must hold a mapping of TrainConfig fields")
     if steps is not None:
@@ -541,7 +565,8 @@ def _train_overrides(
         schedule.update(unit="steps", length=steps, kl_anneal=steps // 2)
         overrides["schedule"] = schedule
         overrides.setdefault("eval_every", max(steps // 10, 1))
-        overrides.setdefault("checkpoint_every", 0)
+        # Checkpoints as often as evaluations: a killed run resumes from the last one.
+        overrides.setdefault("checkpoint_every", max(steps // 10, 1))
     if batch_size is not None:
         overrides["batch_size"] = batch_size
     if device is not None:

@@ -90,7 +90,8 @@ def demo(
         train={
             "schedule": {"length": params.steps, "kl_anneal": params.steps // 2},
             "eval_every": max(params.steps // 5, 1),
-            "checkpoint_every": 0,
+            # A rerun of a killed demo resumes from the last one (out_dir/mimic/checkpoints).
+            "checkpoint_every": max(params.steps // 5, 1),
             "device": params.device,
         },
         model=DEMO_MODEL,

@@ -12,18 +12,25 @@ The flows only compose library functions (``features.mimic.extract``,
 
 Nothing that identifies a patient enters Prefect: parameters are paths and settings, run
 names are Prefect's generated ones, and the logs carry cohort-level counts and metrics only.
-Per-patient files (feature folder, reports) go under folders made owner-only.
+Per-patient files (feature folder, checkpoints, reports) go under folders made owner-only.
+
+Training checkpoints into ``<checkpoint_dir>/<method>``; a rerun (or a retry) resumes an
+unfinished checkpoint of the same training fingerprint (:func:`plan_resume`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run, task_run
+from prefect.runtime import flow_run
 
+from features.io import make_private_dir, write_private_text
 from flows.params import (
     ClinicalParams,
     ExtractParams,
@@ -151,6 +158,106 @@ def _counts(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- resume
+
+#: Beside the checkpoint: which training it belongs to and whether that training finished.
+RESUME_FILE = "resume.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePlan:
+    """How a training task uses its checkpoint folder.
+
+    Attributes:
+        key: Fingerprint of the training (config, layer sizes, experiment, feature folder).
+        resume: Whether to continue from the checkpoint in the folder.
+        reason: Why, for the log.
+    """
+
+    key: str
+    resume: bool
+    reason: str
+
+
+def training_key(config: Any, model_config: Any, features_dir: Path, experiment: str) -> str:
+    """Fingerprint of one training: same key, same trajectory, so its checkpoint fits.
+
+    Covers the full ``TrainConfig``, the LSTM's layer sizes, the MLflow experiment and the
+    feature folder's ``manifest.json`` (source-table hashes, split, normaliser, creation
+    time: a re-extraction changes it even from the same tables).
+    """
+    manifest = (features_dir / "manifest.json").read_bytes()
+    recipe = {
+        "train": config.to_dict(),
+        "model": dataclasses.asdict(model_config),
+        "experiment": experiment,
+        "features_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+    }
+    text = json.dumps(recipe, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    from pipeline.train import CHECKPOINT_FILE
+
+    # One model: folder/checkpoint.pt; a deep ensemble: folder/m<k>/checkpoint.pt.
+    return [p for p in (folder / CHECKPOINT_FILE, *folder.glob(f"m*/{CHECKPOINT_FILE}"))
+            if p.is_file()]  # fmt: skip
+
+
+def _read_resume_state(folder: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((folder / RESUME_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: start afresh
+    return state if isinstance(state, dict) else {}
+
+
+def plan_resume(folder: Path, key: str) -> ResumePlan:
+    """Decide whether a training with fingerprint ``key`` resumes from ``folder``.
+
+    It resumes only from an unfinished checkpoint of the same key. Otherwise the folder's
+    old checkpoints are deleted (so a later resume cannot pick up another training's
+    weights) and ``key`` is recorded before training starts. A finished training is not
+    resumed: rerunning it trains afresh into a new MLflow run.
+    """
+    state = _read_resume_state(folder)
+    checkpoints = _checkpoint_files(folder)
+    if state.get("key") == key and not state.get("complete") and checkpoints:
+        return ResumePlan(key, True, "resuming an interrupted training of the same config")
+    if state.get("key") == key and state.get("complete"):
+        reason = f"the last training of this config finished (MLflow run {state.get('run_id')})"
+    elif checkpoints:
+        reason = "the checkpoint is of another config or feature folder"
+    else:
+        reason = "no checkpoint yet"
+    for path in checkpoints:
+        path.unlink()
+    write_private_text(folder / RESUME_FILE, json.dumps({"key": key, "complete": False}))
+    return ResumePlan(key, False, f"training afresh: {reason}")
+
+
+def mark_complete(folder: Path, key: str, run_id: str) -> None:
+    """Record that the training of ``key`` finished into MLflow run ``run_id``."""
+    state = {"key": key, "complete": True, "run_id": run_id}
+    write_private_text(folder / RESUME_FILE, json.dumps(state))
+
+
+def _checkpoint_folder(checkpoint_dir: Path, method: str, members: int) -> Path:
+    """``checkpoint_dir/<method>``, owner-only: the weights are fitted to patient data.
+
+    A ``checkpoint_dir`` that already exists (the user's) keeps its mode; the folders
+    made here are 0700, a deep ensemble's member folders ``m<k>`` too.
+    """
+    if not checkpoint_dir.exists():
+        make_private_dir(checkpoint_dir)
+    folder = make_private_dir(checkpoint_dir / method)
+    if members > 1:
+        for member in range(members):
+            make_private_dir(folder / f"m{member}")  # fit_ensemble's layout
+    return folder
+
+
 @task(
     task_run_name="train-{method}",
     retries=1,
@@ -162,14 +269,19 @@ def _counts(manifest: dict[str, Any]) -> dict[str, Any]:
 def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
     """Train, calibrate and log one model with ``pipeline.ehr.train_ehr``.
 
+    With a checkpoint folder, an interrupted training of the same config and feature
+    folder resumes from its last checkpoint (see :func:`plan_resume`), and runs of that
+    training left RUNNING in MLflow by a dead process are marked FAILED first.
+
     Returns:
         The MLflow run id.
     """
+    from pipeline import tracking
     from pipeline.ehr import train_ehr
 
     logger = get_run_logger()
     config = params.train_config(method)
-    checkpoint_dir = params.checkpoint_dir / method if params.checkpoint_dir else None
+    model_config = params.ehr_config()
     logger.info(
         "training %s: %s %s, batch %d, device %s",
         method,
@@ -178,19 +290,29 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
         config.batch_size,
         config.device,
     )
+    folder, plan = None, None
+    if params.checkpoint_dir is not None:
+        folder = _checkpoint_folder(params.checkpoint_dir, method, config.members)
+        key = training_key(config, model_config, params.features_dir, params.experiment)
+        for run_id in tracking.fail_stale_runs(params.experiment, key):
+            logger.info("MLflow run %s was left RUNNING by a dead process: marked FAILED", run_id)
+        plan = plan_resume(folder, key)
+        logger.info("%s: %s (%s)", method, plan.reason, folder)
     summary: dict[str, float] = {}
     run_id = train_ehr(
         params.features_dir,
         config,
         experiment=params.experiment,
-        model_config=params.ehr_config(),
+        model_config=model_config,
         run_name=run_name,
-        checkpoint_dir=checkpoint_dir,
-        # Only a retry resumes: a new run (e.g. tonight's, on new data) starts afresh.
-        resume=checkpoint_dir is not None and task_run.get_run_count() > 1,
+        checkpoint_dir=folder,
+        resume=plan is not None and plan.resume,
         progress=params.progress,
         summary=summary,
+        resume_key=plan.key if plan is not None else None,
     )
+    if plan is not None:
+        mark_complete(folder, plan.key, run_id)
     logger.info(
         "%s: test AUROC %.3f, NLL %.4f -> %.4f calibrated, ECE %.4f -> %.4f, T=%.3f "
         "(MLflow run %s)",
@@ -296,7 +418,9 @@ def train_mimic(
             ``{"schedule": {"length": 2000}}`` (default: the paper's MIMIC recipe).
         model: LSTM layer sizes ``projection_dim``, ``rnn_dim``, ``hidden_dim``.
         experiment: MLflow experiment name.
-        checkpoint_dir: Checkpoint folder (a retried task resumes from it), or None.
+        checkpoint_dir: Checkpoint folder (``<checkpoint_dir>/<method>``), or None. A rerun
+            (or a retried task) resumes an unfinished training of the same config and
+            feature folder from it; see :func:`plan_resume`.
         progress: Show training progress bars on the terminal.
 
     Returns:
@@ -351,9 +475,14 @@ def clinical_pipeline(
 ) -> dict[str, Any]:
     """Raw MIMIC-III tables to trained, calibrated models and per-patient reports.
 
-    Runs ``extract_mimic`` into ``out_dir/features``, ``train_mimic`` for each method and
-    ``report_mimic`` for each trained run into ``out_dir/reports/<method>``. ``out_dir`` is
-    made owner-only because the feature folder and the reports are per-patient data.
+    Runs ``extract_mimic`` into ``out_dir/features``, ``train_mimic`` for each method
+    (checkpoints in ``out_dir/checkpoints/<method>``) and ``report_mimic`` for each trained
+    run into ``out_dir/reports/<method>``. ``out_dir`` is made owner-only because the
+    feature folder, the checkpoints and the reports are per-patient data.
+
+    Rerunning the same call after a crash (even ``kill -9``) skips the unchanged
+    extraction and resumes each unfinished training from its last checkpoint, ending with
+    the same weights as an uninterrupted run; a finished training is trained afresh.
 
     Args:
         mimic_dir: Folder with the MIMIC-III tables (full database, demo or synthetic).
@@ -374,8 +503,6 @@ def clinical_pipeline(
         "reports": {method: html path}}``.
     """
     params = validate("clinical_pipeline", ClinicalParams, _given(locals()))
-    from features.io import make_private_dir
-
     make_private_dir(params.out_dir)
     extracted = extract_mimic(
         params.mimic_dir,
@@ -391,6 +518,7 @@ def clinical_pipeline(
         train=params.train,
         model=params.model.model_dump(),
         experiment=params.experiment,
+        checkpoint_dir=params.checkpoints_dir,
         progress=params.progress,
     )
     reports = {

@@ -310,6 +310,11 @@ class ClinicalParams(_Params):
         """Where the per-method report folders go."""
         return self.out_dir / "reports"
 
+    @property
+    def checkpoints_dir(self) -> Path:
+        """Where the per-method training checkpoints go."""
+        return self.out_dir / "checkpoints"
+
 
 ImageMethod = Literal["rank1", "deterministic", "ensemble"]
 Severity = Annotated[int, Field(ge=1, le=5)]

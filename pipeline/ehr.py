@@ -93,6 +93,7 @@ def train_ehr(
     resume: bool = False,
     progress: bool = True,
     summary: dict[str, float] | None = None,
+    resume_key: str | None = None,
 ) -> str:
     """Train and evaluate an EHR model on a feature folder; log one MLflow run.
 
@@ -107,6 +108,8 @@ def train_ehr(
         resume: Continue from the checkpoint in ``checkpoint_dir``.
         progress: Show a progress bar.
         summary: If given, filled with the key final metrics (for a CLI to print).
+        resume_key: Tags the run with this key and this process's identity, so that a
+            rerun can mark it FAILED if this process dies (``tracking.fail_stale_runs``).
 
     Returns:
         The MLflow run id.
@@ -147,9 +150,14 @@ def train_ehr(
         "model": _model_tag(config),
         "dataset": "synthetic-mimic-iii" if has_truth else "mimic-iii",
     }
+    if resume_key is not None:
+        tags.update(tracking.process_tags(resume_key))
     device = resolve_device(config.device)
 
-    with tracking.start_run(experiment, run_name=run_name, params=params, tags=tags) as run:
+    with (
+        tracking.start_run(experiment, run_name=run_name, params=params, tags=tags) as run,
+        tracking.killed_on_interrupt(),
+    ):
 
         def on_eval(step: int, record: dict[str, float]) -> None:
             record = dict(record)

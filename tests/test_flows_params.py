@@ -26,7 +26,10 @@ COMMANDS = [
     [
         ({"mimic_dir": "MISSING"}, "parameter 'mimic_dir': MISSING is not a folder"),
         ({"seed": -1}, "parameter 'seed': Input should be greater than or equal to 0 (got -1)"),
-        ({"val_fraction": 0.5, "test_fraction": 0.5}, "val_fraction=0.5 and test_fraction=0.5 must sum"),
+        (
+            {"val_fraction": 0.5, "test_fraction": 0.5},
+            "val_fraction=0.5 and test_fraction=0.5 must sum",
+        ),
         ({"val_fraction": 1.5}, "val_fraction=1.5: each split share must be > 0 and < 1"),
         ({"sed": 1}, "parameter 'sed': unknown parameter"),
     ],
