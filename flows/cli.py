@@ -137,6 +137,8 @@ def extract_command(
     counts = manifest["split"]["counts"]
     parts = [f"{name} {c['stays']:,} ({c['positives']:,} deaths)" for name, c in counts.items()]
     typer.echo("splits: " + ", ".join(parts))
+    for warning in manifest.get("warnings", []):
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
 
 # --- end of MIMIC-III commands -------------------------------------------------------------

@@ -146,6 +146,8 @@ def extract_features(params: ExtractParams) -> dict[str, Any]:
     )
     for step in manifest["cohort"]["steps"]:
         logger.info("cohort %-26s %8d stays", step["step"], step["stays"])
+    for warning in manifest.get("warnings", []):
+        logger.warning(warning)  # cohort-level only, e.g. a variable never observed
     logger.info("extracted %s in %.1f s", params.out_dir, manifest["timings_s"]["total"])
     return _counts(manifest)
 
