@@ -1,6 +1,10 @@
+import dataclasses
 import json
+import os
 import shutil
 import stat
+from pathlib import Path
+from urllib.parse import urlparse
 
 import polars as pl
 import pytest
@@ -162,3 +166,37 @@ def test_report_refuses_a_feature_folder_the_run_was_not_trained_on(
         report_ehr(run.info.run_id, other, out)
     assert str(info.value).startswith(str(other / "manifest.json"))
     assert "\n" not in str(info.value) and not out.exists()
+
+
+def test_cli_report_with_a_tampered_model_fails_in_one_line_and_runs_nothing(
+    tiny_ehr_features, mlflow_store, tmp_path
+):
+    import mlflow
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from rank1.models import EHRModel
+
+    with tracking.start_run("test-ihm") as run:
+        tracking.log_model(EHRModel(dataclasses.replace(SMALL, input_features=3)))
+    (logged,) = mlflow.MlflowClient().search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    folder = Path(urlparse(logged.artifact_location).path)
+    # Whatever file holds the weights (weights.pt now, data/model.pth in the old format).
+    (weights,) = [p for p in folder.rglob("*") if p.suffix in (".pt", ".pth")]
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"projection.weight": Payload()}, weights)
+    out = tmp_path / "report"
+    args = ["report", "--run", run.info.run_id, "--features", str(tiny_ehr_features)]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {weights}: refusing to load")
+    assert not marker.exists() and not out.exists()

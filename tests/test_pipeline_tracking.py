@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -182,7 +183,7 @@ def _logged_run(store: Path) -> tuple[str, Path]:
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run.info.run_id}'",
     )
-    return run.info.run_id, Path(tracking._display(logged.artifact_location))
+    return run.info.run_id, Path(urlparse(logged.artifact_location).path)
 
 
 class _RunsShell:
