@@ -479,6 +479,7 @@ WEIGHTS_ARTIFACT = "weights"
 SPEC_ARTIFACT = "spec"
 #: The models-from-code file MLflow records as the model's pyfunc implementation.
 PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
+_SPEC_KEYS = {"format", "format_version", "model"}
 _MODEL_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _QUOTE_CHARS = 60
 
@@ -615,11 +616,7 @@ def read_model_files(
         raise ModelArtifactError(f"{spec_name}: not a JSON model config ({err})") from err
     if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
         raise ModelArtifactError(f"{spec_name}: not a {MODEL_FORMAT} model config")
-    if document.get("format_version") != MODEL_FORMAT_VERSION or set(document) != {
-        "format",
-        "format_version",
-        "model",
-    }:
+    if document.get("format_version") != MODEL_FORMAT_VERSION or set(document) != _SPEC_KEYS:
         raise ModelArtifactError(
             f"{spec_name}: expected format_version {MODEL_FORMAT_VERSION} with keys format, "
             f"format_version and model, got version {_short(document.get('format_version'))}"
