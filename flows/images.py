@@ -2,9 +2,9 @@
 
 * ``train_images``: train a recipe of ``pipeline.images`` (rank-1 model, deterministic
   twin, deep ensemble) into one MLflow run per method.
-* ``validate_images``: evaluate a run on the clean test set and on every (corruption,
-  severity) cell as parallel tasks, then log the cells, the spec section 7 summary and the
-  severity plot to that run.
+* ``validate_images``: load a run's model once, evaluate it on the clean test set and on
+  every (corruption, severity) cell as parallel tasks sharing it, then log the cells, the
+  spec section 7 summary and the severity plot to that run.
 
 Multi-GPU training does not go through Prefect's task runner: launch ``torchrun
 --nproc-per-node N -m flows.cli train-images ...`` (see the README); the trainer reads the
@@ -88,13 +88,33 @@ def train_image_model(params: ImageTrainParams, method: str, run_name: str | Non
     retry_delay_seconds=10,
     retry_condition_fn=retry_transient,
     cache_policy=NO_CACHE,
+    # The result is the model itself: never write it to Prefect's result storage.
+    persist_result=False,
 )
-def evaluate_clean(params: ImageValidateParams) -> dict[str, float]:
-    """Clean test metrics of the run's model."""
-    from pipeline.images import evaluate_clean as evaluate
+def load_model(params: ImageValidateParams) -> tuple[Any, Any]:
+    """The run's model, on the evaluation device in eval mode, and its job config.
+
+    Loaded once per flow and shared by every cell: evaluation only reads the model (the
+    tasks' threads never move it or switch its mode), and reading the weights is the slow
+    part of a small cell.
+    """
     from pipeline.images import load_image_run
+    from pipeline.train import resolve_device
 
     model, job = load_image_run(params.run_id)
+    return model.to(resolve_device(params.device)), job
+
+
+@task(
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,
+)
+def evaluate_clean(params: ImageValidateParams, model: Any, job: Any) -> dict[str, float]:
+    """Clean test metrics of the run's model."""
+    from pipeline.images import evaluate_clean as evaluate
+
     return _scalars(evaluate(model, job, data_dir=params.data_dir, device=params.device))
 
 
@@ -105,12 +125,15 @@ def evaluate_clean(params: ImageValidateParams) -> dict[str, float]:
     retry_condition_fn=retry_transient,
     cache_policy=NO_CACHE,
 )
-def evaluate_cell(params: ImageValidateParams, corruption: str, severity: int) -> dict[str, float]:
+def evaluate_cell(
+    params: ImageValidateParams, model: Any, job: Any, corruption: str, severity: int
+) -> dict[str, float]:
     """Metrics of one (corruption, severity) cell; logs nothing itself."""
-    from pipeline.images import evaluate_run_cell
+    from pipeline.images import evaluate_corruption
 
-    metrics = evaluate_run_cell(
-        params.run_id,
+    metrics = evaluate_corruption(
+        model,
+        job,
         corruption,
         severity,
         data_dir=params.data_dir,
@@ -207,7 +230,8 @@ def validate_images(
 ) -> dict[str, float]:
     """Evaluate a trained run on clean and corrupted test images; log to that run.
 
-    The clean evaluation and every (corruption, severity) cell run as parallel tasks; the
+    The model is loaded once (weights and config, nothing unpickled); the clean evaluation
+    and every (corruption, severity) cell then run as parallel tasks sharing it. The
     summary (for each severity the mean over corruptions, then the mean over severities)
     and the severity plot are logged once all cells are done.
 
@@ -225,9 +249,10 @@ def validate_images(
     """
     arguments = {name: value for name, value in locals().items() if value is not None}
     params = validate("validate_images", ImageValidateParams, arguments)
-    clean = evaluate_clean.submit(params)
+    model, job = load_model(params)
+    clean = evaluate_clean.submit(params, model, job)
     grid = [(c, s) for c in params.names() for s in params.severities]
-    futures = [evaluate_cell.submit(params, c, s) for c, s in grid]
+    futures = [evaluate_cell.submit(params, model, job, c, s) for c, s in grid]
     cells = [(c, s, future.result()) for (c, s), future in zip(grid, futures, strict=True)]
     logged = log_summary(params, clean.result(), cells)
     summary = {

@@ -10,12 +10,20 @@ planted risk on synthetic data), cohort-level plots, the temperature and the mod
 Patient identifiers never reach MLflow: only cohort-level numbers and plots are logged
 (``pipeline.tracking`` refuses identifier-like keys and values), and the per-patient report
 is written to owner-only files.
+
+A run records the fingerprint of its feature folder's channels, hours and normaliser
+(param ``data.feature_fingerprint``); :func:`report_ehr` refuses, before any work, a
+feature folder whose fingerprint differs, since the model would read columns it was not
+trained on or values scaled another way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +41,51 @@ TASK = "in-hospital-mortality"
 CALIBRATION_FILE = "calibration/temperature.json"
 #: Seed of the Monte Carlo draws at evaluation and in reports, so a report is repeatable.
 EVAL_SEED = 0
+#: The run param holding :func:`feature_fingerprint` of the training feature folder.
+FINGERPRINT_PARAM = "data.feature_fingerprint"
+
+
+def feature_fingerprint(manifest: Mapping[str, Any]) -> str:
+    """A short hash of what a model reads from a feature folder: channels, hours, normaliser.
+
+    Two folders extracted the same way (same variables, same training statistics) share
+    it; another cohort, split or schema changes it.
+
+    Args:
+        manifest: The folder's manifest (``features.mimic.loader.load_manifest``).
+
+    Returns:
+        16 hex digits of the SHA-256 of those three entries as canonical JSON.
+    """
+    entries = {key: manifest.get(key) for key in ("channels", "hours", "normaliser")}
+    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def check_trained_on(run_id: str, features_dir: str | os.PathLike) -> None:
+    """Refuse a feature folder other than the one (or an identical one) a run trained on.
+
+    Runs logged before fingerprints were recorded have nothing to compare and pass.
+
+    Args:
+        run_id: A run written by :func:`train_ehr`.
+        features_dir: The feature folder about to be scored.
+
+    Raises:
+        FeatureFolderError: One line naming the folder's manifest, if the fingerprints
+            differ (or the manifest is unreadable).
+    """
+    from features.mimic.extract import MANIFEST_FILE
+    from features.mimic.loader import FeatureFolderError, load_manifest
+
+    actual = feature_fingerprint(load_manifest(features_dir))
+    recorded = tracking.run_params(run_id).get(FINGERPRINT_PARAM)
+    if recorded is not None and recorded != actual:
+        raise FeatureFolderError(
+            f"{Path(features_dir) / MANIFEST_FILE}: channels or normaliser differ from the "
+            f"feature folder run {run_id} was trained on (fingerprint {actual}, expected "
+            f"{recorded}); report on the run's own feature folder"
+        )
 
 
 def model_config_for(config: TrainConfig, base: Any = None, input_features: int = 76):
@@ -143,6 +196,7 @@ def train_ehr(
             "hours": x_train.shape[1],
             "channels": x_train.shape[2],
             "schema_version": manifest.get("schema_version"),
+            "feature_fingerprint": feature_fingerprint(manifest),
         },
     }
     tags = {
@@ -269,17 +323,23 @@ def report_ehr(
 
     Args:
         run_id: An MLflow run written by :func:`train_ehr`.
-        features_dir: The feature folder (the same normaliser as in training).
+        features_dir: The feature folder the run was trained on (same fingerprint).
         out_dir: Report folder (made owner-only; files are written with mode 0600).
         split: ``"train"``, ``"val"`` or ``"test"``.
         coverage: Share of stays the model keeps; the most uncertain rest get refer=True.
 
     Returns:
         ``{"parquet": path, "csv": path, "html": path}``.
+
+    Raises:
+        FeatureFolderError: If the feature folder is not the one the run was trained on
+            (checked before anything is loaded or written).
+        ModelArtifactError: If the run's model files are missing, foreign or tampered with.
     """
     from features.mimic.loader import load_split
     from pipeline.report import build_report_table, write_report
 
+    check_trained_on(run_id, features_dir)
     model = tracking.load_model(run_id, map_location="cpu")
     record = tracking.load_dict(run_id, CALIBRATION_FILE)
     scaler = TemperatureScaler.from_dict(record)

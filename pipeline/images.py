@@ -14,8 +14,9 @@ everything is logged to MLflow.
 * :func:`validate_images` reloads a run's model and logs clean and per-corruption,
   per-severity metrics to the same run, with the spec section 7 summary (for each
   severity the mean over corruptions, then the mean over severities) and a summary plot.
-  :func:`evaluate_run_cell` evaluates one (corruption, severity) cell on its own, and
-  :func:`log_validation` logs cells computed elsewhere (e.g. by parallel Prefect tasks).
+  :func:`evaluate_corruption` evaluates one (corruption, severity) cell of a loaded model
+  (:func:`load_image_run`, once for all cells), and :func:`log_validation` logs cells
+  computed elsewhere (e.g. by parallel Prefect tasks).
 
 Batch semantics: ``batch_size`` in the presets and overrides counts **unique images per
 step**, the quantity the paper's learning rates are quoted for (0.1 per 128 unique images on
@@ -681,10 +682,14 @@ def train_images(
 
 
 def load_image_run(run_id: str) -> tuple[nn.Module, ImageJobConfig]:
-    """The model (on CPU) and job config logged by :func:`train_images`.
+    """The model (on CPU, eval mode) and job config logged by :func:`train_images`.
 
-    Only for runs in a tracking store you control: the model is pickle-format
-    (see :func:`pipeline.tracking.load_model`).
+    The model is rebuilt from its weights and JSON config; nothing is unpickled (see
+    :func:`pipeline.tracking.load_model`). Load it once and share it between evaluations:
+    evaluating does not change it.
+
+    Raises:
+        ModelArtifactError: If the run's model files are missing, foreign or tampered with.
     """
     job = ImageJobConfig.from_dict(tracking.load_dict(run_id, JOB_FILE))
     model = tracking.load_model(run_id, map_location="cpu")
@@ -746,30 +751,6 @@ def evaluate_corruption(
         image_size=job.image_size,
     )
     return _metrics(model.to(dev), dataset, job, dev, num_workers)
-
-
-def evaluate_run_cell(
-    run_id: str,
-    corruption: str,
-    severity: int,
-    *,
-    data_dir: str | os.PathLike | None = None,
-    corrupted_dir: str | os.PathLike | None = None,
-    device: str = "auto",
-    num_workers: int | None = None,
-) -> dict[str, float]:
-    """Load a run's model and evaluate one cell; logs nothing (one parallel task's work).
-
-    Collect the cells' results and pass them to :func:`log_validation`.
-
-    Returns:
-        The cell's ``accuracy``, ``nll`` and ``ece`` (and the other multiclass metrics).
-    """
-    model, job = load_image_run(run_id)
-    return evaluate_corruption(
-        model, job, corruption, severity, data_dir=data_dir, corrupted_dir=corrupted_dir,
-        device=device, num_workers=num_workers,
-    )  # fmt: skip
 
 
 def corruption_summary(

@@ -5,48 +5,21 @@ a deterministic model), run ``S`` times, and the outputs are arranged as
 ``(S * K, N[, C])`` with path ``m = s * K + k``, the sample-major order that
 ``pipeline.metrics`` expects.
 
-A deep ensemble of K independently trained models is wrapped in :class:`DeepEnsemble`,
-which takes the same tiled batch as a rank-1 model (member k reads rows
-``[k*B, (k+1)*B)``), so it is predicted, logged and reloaded exactly like a rank-1 model.
+A deep ensemble of K independently trained models is wrapped in
+:class:`rank1.models.DeepEnsemble`, which takes the same tiled batch as a rank-1 model
+(member k reads rows ``[k*B, (k+1)*B)``), so it is predicted, logged and reloaded exactly
+like a rank-1 model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import nullcontext
 
 import torch
 from torch import Tensor, nn
 
 import rank1
-
-
-class DeepEnsemble(nn.Module):
-    """K independently trained models behind the rank-1 tiled-batch interface.
-
-    Args:
-        members: The K trained models; each maps ``(B, ...)`` to ``(B, ...)`` outputs.
-
-    Shape:
-        - x: ``(K * B, ...)`` member-major tiled batch.
-        - Output: ``(K * B, ...)``; rows ``[k*B, (k+1)*B)`` come from member k.
-    """
-
-    def __init__(self, members: Sequence[nn.Module]) -> None:
-        super().__init__()
-        if len(members) < 1:
-            raise ValueError("a deep ensemble needs at least one member")
-        self.members = nn.ModuleList(members)
-
-    @property
-    def ensemble_size(self) -> int:
-        """K, the number of members."""
-        return len(self.members)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Run member k on its slice of the tiled batch (see the class docstring)."""
-        chunks = rank1.untile(x, self.ensemble_size)
-        return torch.cat([m(chunk) for m, chunk in zip(self.members, chunks, strict=True)], 0)
 
 
 def model_ensemble_size(model: nn.Module) -> int:
@@ -85,7 +58,7 @@ def predict_member_logits(
     since repeated identical passes would not change any mixture metric.
 
     Args:
-        model: A rank-1 model or :class:`DeepEnsemble` taking ``(K * B, ...)`` tiled
+        model: A rank-1 model or ``DeepEnsemble`` taking ``(K * B, ...)`` tiled
             batches, or a deterministic model taking ``(B, ...)`` (use K = 1).
         data: An untiled ``(N, ...)`` tensor, or an iterable of batches (tensors or
             ``(x, y)`` tuples, e.g. a DataLoader).

@@ -12,17 +12,27 @@
   long sequences or arrays (which look like per-patient data rather than configuration).
   Experiment and run names are checked the same way. Per-patient outputs belong in the
   owner-only report files (:mod:`pipeline.report`), not in the tracking store.
-* Models are logged in MLflow's pickle format with explicit pip requirements, so they load
-  back as the original ``nn.Module`` class (MLflow 3's default pt2 format needs an input
-  example and loads back as a GraphModule; inferring requirements is slow and noisy).
+* Models are logged as weights plus config, never as a pickled object: the state dict
+  (``torch.save`` of tensors only, read back with ``torch.load(weights_only=True)``) and the
+  :class:`rank1.models.ModelSpec` as JSON, rebuilt through :func:`rank1.models.build`. They
+  are MLflow logged models all the same (pyfunc "models from code", see
+  :mod:`pipeline.mlflow_model`), so they show under the run's Models and can be registered.
+  Runs whose model was logged in the old pickle format are refused, not loaded.
+* A local sqlite store is created once per process under a lock file beside the database
+  (two first runs at once would otherwise both create its tables and one would fail), as
+  owner-only files: ``mlflow.db`` 0600 and ``mlartifacts/`` 0700 when this module creates
+  them; artifacts it logs are written 0600 in 0700 folders (they include weights trained on
+  patient data). A database or folder the user made is never re-permissioned.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
@@ -30,6 +40,8 @@ from importlib import metadata
 from pathlib import Path, PurePath
 from typing import Any
 from urllib.parse import unquote, urlparse
+
+from features.io import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 
 PROJECT_DISTRIBUTION = "rank1-bnn"
 DEFAULT_DB_NAME = "mlflow.db"
@@ -44,6 +56,13 @@ _ID_VALUE_RE = re.compile("|".join(re.escape(m) for m in _ID_VALUE_MARKERS), re.
 # Configuration lists are short; a longer sequence is more likely a column of patient data.
 MAX_SEQUENCE_LENGTH = 64
 
+# Stores this process has created or checked (see _open_store), and the umask scope's state.
+_STORE_LOCK = threading.Lock()
+_READY_STORES: set[str] = set()
+_UMASK_LOCK = threading.Lock()
+_umask_users = 0
+_saved_umask = 0
+
 
 # --------------------------------------------------------------------------- store
 
@@ -57,6 +76,14 @@ def tracking_uri() -> str:
     return f"sqlite:///{Path.cwd().resolve() / DEFAULT_DB_NAME}"
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URI, else None (server, in-memory...)."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
+        return None
+    return Path(unquote(parsed.path))
+
+
 def default_artifact_location(uri: str | None = None) -> str | None:
     """Artifact folder for new experiments: ``mlartifacts/`` beside a sqlite database.
 
@@ -67,11 +94,9 @@ def default_artifact_location(uri: str | None = None) -> str | None:
         A ``file://`` URI for a sqlite store with a file path, else None (let the server
         or MLflow decide).
     """
-    uri = tracking_uri() if uri is None else uri
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
+    db_path = _sqlite_path(tracking_uri() if uri is None else uri)
+    if db_path is None:
         return None
-    db_path = Path(unquote(parsed.path))
     return (db_path.parent.resolve() / ARTIFACT_DIR_NAME).as_uri()
 
 
@@ -89,6 +114,81 @@ def _require_active_run():
         # MLflow's fluent API would silently start a new run instead.
         raise RuntimeError("no active MLflow run: call inside `with tracking.start_run(...)`")
     return mlflow
+
+
+def _open_store():
+    """:func:`_mlflow`, after making sure a local sqlite store exists (see ``_create_store``)."""
+    mlflow = _mlflow()
+    uri = tracking_uri()
+    db_path = _sqlite_path(uri)
+    if db_path is None:
+        return mlflow
+    with _STORE_LOCK:
+        if uri not in _READY_STORES:
+            _create_store(mlflow, uri, db_path)
+            _READY_STORES.add(uri)
+    return mlflow
+
+
+def _create_store(mlflow, uri: str, db_path: Path) -> None:
+    """Create a sqlite store's tables once, under an exclusive lock on ``<db>.lock``.
+
+    MLflow creates the tables on first use; two processes doing that at once both run the
+    schema migrations and one fails (``duplicate column name: step``). The lock makes the
+    second wait and then find the tables made. The lock file stays: removing it would let a
+    third process lock a new file while the second still holds the old one.
+    """
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        _create_private(db_path)
+        with _owner_only_files():
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    finally:
+        os.close(lock_fd)  # releases the lock
+
+
+def _create_private(db_path: Path) -> None:
+    """Create the database file (0600) and the artifact folder (0700) if they are missing.
+
+    Only what this function creates gets these modes: an existing database or folder (the
+    user's own) is left exactly as it is. An empty file is a valid empty sqlite database.
+    """
+    artifacts = db_path.parent / ARTIFACT_DIR_NAME
+    try:
+        artifacts.mkdir(mode=PRIVATE_DIR_MODE)
+        os.chmod(artifacts, PRIVATE_DIR_MODE)  # mkdir's mode passes through the umask
+    except FileExistsError:
+        pass
+    try:
+        os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass
+
+
+@contextmanager
+def _owner_only_files() -> Iterator[None]:
+    """Files and folders created inside are owner-only (umask 077): MLflow's artifact writes.
+
+    The umask is process-wide, so while any thread is inside, every file the process
+    creates is owner-only. That is only ever stricter than asked, never looser, and a
+    counter under a lock restores the previous umask when the last thread leaves (nested
+    and concurrent uses cannot leave the process with the wrong one).
+    """
+    global _umask_users, _saved_umask
+    with _UMASK_LOCK:
+        if _umask_users == 0:
+            _saved_umask = os.umask(0o077)
+            os.umask(_saved_umask | 0o077)
+        _umask_users += 1
+    try:
+        yield
+    finally:
+        with _UMASK_LOCK:
+            _umask_users -= 1
+            if _umask_users == 0:
+                os.umask(_saved_umask)
 
 
 # --------------------------------------------------------------------------- guard
@@ -224,7 +324,7 @@ def start_run(
     check_no_patient_data(flat, "params")
     tag_values = {str(k): str(_plain(v)) for k, v in (tags or {}).items()}
     check_no_patient_data(tag_values, "tags")
-    mlflow = _mlflow()
+    mlflow = _open_store()
     with mlflow.start_run(
         experiment_id=_experiment_id(mlflow, experiment), run_name=run_name, tags=tag_values
     ) as run:
@@ -244,7 +344,7 @@ def resume_run(run_id: str) -> Iterator[Any]:
         The ``mlflow.ActiveRun``. The run's status is set to FINISHED again at the end (or
         FAILED if the block raises).
     """
-    mlflow = _mlflow()
+    mlflow = _open_store()
     with mlflow.start_run(run_id=run_id) as run:
         yield run
 
@@ -258,8 +358,21 @@ def run_metrics(run_id: str) -> dict[str, float]:
     Returns:
         Metric name -> latest logged value.
     """
-    mlflow = _mlflow()
+    mlflow = _open_store()
     return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
+
+
+def run_params(run_id: str) -> dict[str, str]:
+    """The params of a run as logged (dotted keys, string values).
+
+    Args:
+        run_id: The run to read.
+
+    Returns:
+        Param name -> value.
+    """
+    mlflow = _open_store()
+    return dict(mlflow.MlflowClient().get_run(run_id).data.params)
 
 
 def log_params(params: Mapping[str, Any] | Any) -> None:
@@ -291,26 +404,33 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str
 
 
 def log_figure(fig: Any, artifact_file: str) -> None:
-    """Log a matplotlib figure as an artifact (e.g. 'plots/reliability.png')."""
-    _require_active_run().log_figure(fig, artifact_file)
+    """Log a matplotlib figure as an artifact (e.g. 'plots/reliability.png'), owner-only."""
+    mlflow = _require_active_run()
+    with _owner_only_files():
+        mlflow.log_figure(fig, artifact_file)
 
 
 def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
     """Copy a local file or directory into the active run's artifacts.
 
     Per-patient reports should stay in their private folder; log only cohort-level files.
+    New folders are owner-only; a copied file keeps its own mode (MLflow copies it), so
+    pass owner-only files.
     """
     mlflow = _require_active_run()
     path = Path(path)
-    if path.is_dir():
-        mlflow.log_artifacts(str(path), artifact_path)
-    else:
-        mlflow.log_artifact(str(path), artifact_path)
+    with _owner_only_files():
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path)
+        else:
+            mlflow.log_artifact(str(path), artifact_path)
 
 
 def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
     """Log a JSON-serialisable mapping (e.g. the temperature scaler) as a JSON artifact."""
-    _require_active_run().log_text(json.dumps(data, indent=2, sort_keys=True), artifact_file)
+    mlflow = _require_active_run()
+    with _owner_only_files():
+        mlflow.log_text(json.dumps(data, indent=2, sort_keys=True), artifact_file)
 
 
 def load_dict(run_id: str, artifact_file: str) -> dict[str, Any]:
@@ -323,7 +443,7 @@ def load_dict(run_id: str, artifact_file: str) -> dict[str, Any]:
     Returns:
         The parsed mapping.
     """
-    _mlflow()  # sets the tracking URI
+    _open_store()  # sets the tracking URI
     import mlflow.artifacts
 
     return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_file}")
@@ -349,44 +469,330 @@ def pip_requirements(extra: list[str] | None = None) -> list[str]:
     return requirements + list(extra or [])
 
 
+#: Marks our model config file, so a foreign JSON file is refused rather than guessed at.
+MODEL_FORMAT = "rank1-bnn-model"
+MODEL_FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.pt"
+SPEC_FILE = "model.json"
+# Keys of the two files among the pyfunc model's artifacts (recorded in its MLmodel file).
+WEIGHTS_ARTIFACT = "weights"
+SPEC_ARTIFACT = "spec"
+#: The models-from-code file MLflow records as the model's pyfunc implementation.
+PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
+_SPEC_KEYS = {"format", "format_version", "model"}
+_MODEL_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
+_QUOTE_CHARS = 60
+
+
+class ModelArtifactError(ValueError):
+    """A logged model's files are missing, foreign or tampered with (one line, names them)."""
+
+
+def _short(value: Any) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 3] + "..."
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredModel:
+    """A model as stored: its spec and weights, read without unpickling any object.
+
+    Attributes:
+        spec: What to build, a :class:`rank1.models.ModelSpec`.
+        state_dict: The weights, parameter or buffer name -> CPU tensor.
+        source: Where the weights were read from, for error messages.
+    """
+
+    spec: Any
+    state_dict: dict[str, Any]
+    source: str
+
+    def build(self, map_location: Any = None) -> Any:
+        """A new module of :attr:`spec` holding these weights, in eval mode.
+
+        The global torch RNG is left as it was (building initialises weights randomly
+        before they are overwritten), so loading a model does not shift seeded draws.
+
+        Args:
+            map_location: Optional device to move the module to (e.g. 'cpu', 'cuda').
+
+        Returns:
+            The ``nn.Module``.
+
+        Raises:
+            ModelArtifactError: If the weights do not fit the spec's architecture.
+        """
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            model = self.spec.build()
+        expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+        stored = {key: tuple(value.shape) for key, value in self.state_dict.items()}
+        missing = sorted(expected.keys() - stored.keys())
+        unexpected = sorted(stored.keys() - expected.keys())
+        reshaped = sorted(k for k in expected.keys() & stored.keys() if expected[k] != stored[k])
+        if missing or unexpected or reshaped:
+            raise ModelArtifactError(
+                f"{self.source}: the weights do not fit the {self.spec.kind} model of its "
+                f"config: {len(missing)} missing, {len(unexpected)} unexpected and "
+                f"{len(reshaped)} misshaped tensors (first: "
+                f"{_short((missing + unexpected + reshaped)[0])})"
+            )
+        model.load_state_dict(self.state_dict, strict=True)
+        if map_location is not None:
+            model.to(map_location)
+        return model.eval()
+
+
+def write_model_files(model: Any, folder: str | os.PathLike) -> tuple[Path, Path]:
+    """Write a model as ``weights.pt`` (its state dict) and ``model.json`` (its spec).
+
+    Both are owner-only (they hold weights trained on patient data) and written atomically.
+
+    Args:
+        model: A :mod:`rank1.models` model or ``DeepEnsemble`` of them.
+        folder: An existing folder.
+
+    Returns:
+        The weights file and the config file.
+
+    Raises:
+        TypeError: If the model is not one :func:`rank1.models.model_spec` describes.
+    """
+    import io
+
+    import torch
+
+    from features.io import write_private_bytes, write_private_text
+    from rank1.models import model_spec
+
+    spec = model_spec(model)
+    document = {
+        "format": MODEL_FORMAT,
+        "format_version": MODEL_FORMAT_VERSION,
+        "model": spec.to_dict(),
+    }
+    buffer = io.BytesIO()
+    # A state dict holds tensors only: torch.load(weights_only=True) reads it back without
+    # unpickling any object (safetensors is not installed here; this needs nothing more).
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    torch.save(state, buffer)
+    weights = write_private_bytes(Path(folder) / WEIGHTS_FILE, buffer.getvalue())
+    config = write_private_text(Path(folder) / SPEC_FILE, json.dumps(document, indent=2) + "\n")
+    return weights, config
+
+
+def read_model_files(
+    weights_path: str | os.PathLike,
+    spec_path: str | os.PathLike,
+    *,
+    weights_name: str | None = None,
+    spec_name: str | None = None,
+) -> StoredModel:
+    """Read the two files of :func:`write_model_files`; nothing in them is executed.
+
+    Args:
+        weights_path: The ``weights.pt`` file.
+        spec_path: The ``model.json`` file.
+        weights_name: How to name the weights file in errors (default: its path).
+        spec_name: How to name the config file in errors (default: its path).
+
+    Returns:
+        The :class:`StoredModel` (call ``.build()`` for the module).
+
+    Raises:
+        ModelArtifactError: One line naming the file that is missing, not ours, or holds
+            anything but tensors (e.g. a pickle that would run code: it is refused unrun).
+    """
+    from rank1.models import ModelSpec, ModelSpecError
+
+    weights_name = weights_name or str(weights_path)
+    spec_name = spec_name or str(spec_path)
+    try:
+        document = json.loads(Path(spec_path).read_text("utf-8"))
+    except OSError as err:
+        raise ModelArtifactError(f"{spec_name}: cannot read the model config ({err})") from err
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelArtifactError(f"{spec_name}: not a JSON model config ({err})") from err
+    if not isinstance(document, dict) or document.get("format") != MODEL_FORMAT:
+        raise ModelArtifactError(f"{spec_name}: not a {MODEL_FORMAT} model config")
+    if document.get("format_version") != MODEL_FORMAT_VERSION or set(document) != _SPEC_KEYS:
+        raise ModelArtifactError(
+            f"{spec_name}: expected format_version {MODEL_FORMAT_VERSION} with keys format, "
+            f"format_version and model, got version {_short(document.get('format_version'))}"
+        )
+    try:
+        spec = ModelSpec.from_dict(document["model"])
+    except ModelSpecError as err:
+        raise ModelArtifactError(f"{spec_name}: {err}") from err
+    return StoredModel(spec, _load_weights(weights_path, weights_name), weights_name)
+
+
+def _load_weights(path: str | os.PathLike, name: str) -> dict[str, Any]:
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise ModelArtifactError(f"{name}: the weights file is missing") from err
+    except pickle.UnpicklingError as err:
+        # weights_only refuses every global outside torch's tensor allow-list before
+        # calling it: a __reduce__ payload is rejected here, never run.
+        raise ModelArtifactError(
+            f"{name}: refusing to load it: it holds Python objects other than tensors "
+            "(not a weights file written by this project)"
+        ) from err
+    except Exception as err:  # torch raises many types for a truncated or foreign file
+        raise ModelArtifactError(f"{name}: not a readable weights file ({_short(err)})") from err
+    if not isinstance(state, dict) or not all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items()
+    ):
+        raise ModelArtifactError(f"{name}: expected a mapping of names to tensors")
+    return state
+
+
 def log_model(
     model: Any,
     name: str = "model",
     code_paths: list[str] | None = None,
     extra_requirements: list[str] | None = None,
 ) -> str:
-    """Log a torch ``nn.Module`` to the active run so it reloads as the same class.
+    """Log a model to the active run as an MLflow logged model of weights plus config.
+
+    Nothing is pickled: MLflow records the weights and config files as the pyfunc model's
+    artifacts and :mod:`pipeline.mlflow_model` (models from code) as its implementation.
 
     Args:
-        model: the module (moved to CPU by the caller if it should load without a GPU).
+        model: A :mod:`rank1.models` model or ``DeepEnsemble`` of them (any device).
         name: model name within the run; reload with ``load_model(run_id, name)``.
-        code_paths: local source files/folders to bundle (for loading where the project
-            is not installed).
+        code_paths: local source files/folders to bundle (for serving where the project is
+            not installed).
         extra_requirements: pip requirements beyond torch and the project.
 
     Returns:
         The model URI reported by MLflow.
-    """
-    _require_active_run()
-    import mlflow.pytorch
 
-    info = mlflow.pytorch.log_model(
-        model,
-        name=name,
-        code_paths=code_paths,
-        pip_requirements=pip_requirements(extra_requirements),
-        serialization_format="pickle",
-    )
+    Raises:
+        TypeError: If the model is not one of the library's models.
+    """
+    import tempfile
+
+    _require_active_run()
+    if not _MODEL_NAME_RE.fullmatch(name):
+        raise ValueError(f"model name must be letters, digits, '_', '.' or '-', got {name!r}")
+    import mlflow.pyfunc
+
+    from features.io import write_private_bytes
+
+    with tempfile.TemporaryDirectory(prefix="rank1-model-") as folder, _owner_only_files():
+        weights, spec = write_model_files(model, folder)
+        # MLflow copies the code file keeping its mode: an owner-only copy keeps the whole
+        # logged model 0600.
+        code = write_private_bytes(Path(folder) / PYFUNC_CODE.name, PYFUNC_CODE.read_bytes())
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(code),
+            artifacts={WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec)},
+            code_paths=code_paths,
+            pip_requirements=pip_requirements(extra_requirements),
+        )
     return info.model_uri
 
 
-def load_model(run_id: str, name: str = "model", map_location: str | None = None) -> Any:
-    """Load a model logged by :func:`log_model` back as its original ``nn.Module`` class.
+def _logged_model(mlflow, run_id: str, name: str):
+    """The newest logged model called ``name`` of a run."""
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    models = client.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"name = '{name}'"
+    )
+    # Compared here, as MLflow itself does: not every backend filters on source_run_id.
+    ours = [m for m in models if m.source_run_id == run_id]
+    if not ours:
+        raise ModelArtifactError(f"run {run_id} has no logged model named {name!r}")
+    return max(ours, key=lambda m: m.creation_timestamp)
 
-    Pickle-format models can run code while loading; MLflow 3 therefore refuses them unless
-    ``MLFLOW_ALLOW_PICKLE_DESERIALIZATION`` is true. This function enables that for the one
-    call, which is only appropriate for a tracking store you control: do not point it at
-    runs from untrusted sources.
+
+def _display(uri: str) -> str:
+    """A local file URI as a plain path, other URIs as they are."""
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme == "file" else uri
+
+
+def load_stored_model(run_id: str, name: str = "model") -> StoredModel:
+    """Download a logged model's weights and config and read them; nothing is unpickled.
+
+    Only the two files are read, straight from the model's artifact location: MLflow's
+    model loaders (which run the model's code file) are never called.
+
+    Args:
+        run_id: the run that logged the model.
+        name: the model name given to :func:`log_model`.
+
+    Returns:
+        The :class:`StoredModel`; ``.build()`` gives the module.
+
+    Raises:
+        ModelArtifactError: One line naming the file for a model logged in the old pickle
+            format, a foreign model, or missing or tampered files.
+    """
+    import tempfile
+
+    import yaml
+
+    _open_store()
+    import mlflow
+    import mlflow.artifacts
+
+    if not _MODEL_NAME_RE.fullmatch(name):
+        raise ValueError(f"model name must be letters, digits, '_', '.' or '-', got {name!r}")
+    location = _logged_model(mlflow, run_id, name).artifact_location.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="rank1-model-") as folder:
+
+        def fetch(relative: str) -> Path:
+            uri = f"{location}/{relative}"
+            try:
+                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
+            except Exception as err:  # MLflow raises its own and OS errors for a missing file
+                raise ModelArtifactError(f"{_display(uri)}: missing ({_short(err)})") from err
+            return Path(local)
+
+        mlmodel_name = _display(f"{location}/MLmodel")
+        try:
+            flavors = yaml.safe_load(fetch("MLmodel").read_text("utf-8"))["flavors"]
+            artifacts = flavors["python_function"].get("artifacts") or {}
+        except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as err:
+            raise ModelArtifactError(f"{mlmodel_name}: not an MLflow model description") from err
+        if "pytorch" in flavors:
+            raise ModelArtifactError(
+                f"{mlmodel_name}: this run's model was logged in the old pickle format; "
+                "retrain (a pickled model is never loaded: it could run code)"
+            )
+        try:
+            paths = {key: str(artifacts[key]["path"]) for key in (WEIGHTS_ARTIFACT, SPEC_ARTIFACT)}
+        except (KeyError, TypeError) as err:
+            raise ModelArtifactError(
+                f"{mlmodel_name}: not a {MODEL_FORMAT} model (no weights and config artifacts)"
+            ) from err
+        for relative in paths.values():
+            if relative.startswith("/") or ".." in relative.split("/"):
+                raise ModelArtifactError(f"{mlmodel_name}: artifact path outside the model")
+        return read_model_files(
+            fetch(paths[WEIGHTS_ARTIFACT]),
+            fetch(paths[SPEC_ARTIFACT]),
+            weights_name=_display(f"{location}/{paths[WEIGHTS_ARTIFACT]}"),
+            spec_name=_display(f"{location}/{paths[SPEC_ARTIFACT]}"),
+        )
+
+
+def load_model(run_id: str, name: str = "model", map_location: str | None = None) -> Any:
+    """Load a model logged by :func:`log_model` back as its ``rank1.models`` class.
+
+    The weights are read with ``torch.load(weights_only=True)`` and the module is rebuilt
+    from its JSON config through :func:`rank1.models.build`: a tampered or foreign
+    artifact fails with one line naming the file and runs nothing.
 
     Args:
         run_id: the run that logged the model.
@@ -394,22 +800,12 @@ def load_model(run_id: str, name: str = "model", map_location: str | None = None
         map_location: optional torch device to load onto (e.g. 'cpu').
 
     Returns:
-        The ``nn.Module``.
-    """
-    _mlflow()
-    import mlflow.pytorch
+        The ``nn.Module``, in eval mode.
 
-    key = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
-    previous = os.environ.get(key)
-    os.environ[key] = "true"
-    try:
-        kwargs = {} if map_location is None else {"map_location": map_location}
-        return mlflow.pytorch.load_model(f"runs:/{run_id}/{name}", **kwargs)
-    finally:
-        if previous is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = previous
+    Raises:
+        ModelArtifactError: See :func:`load_stored_model`.
+    """
+    return load_stored_model(run_id, name).build(map_location)
 
 
 # --------------------------------------------------------------------------- run status

@@ -48,7 +48,8 @@ import rank1
 from features.io import make_private_dir, write_private_bytes
 from pipeline.config import TrainConfig, check_device, to_steps
 from pipeline.objective import Likelihood, objective
-from pipeline.predict import DeepEnsemble, model_ensemble_size, predict_member_logits
+from pipeline.predict import model_ensemble_size, predict_member_logits
+from rank1.models import DeepEnsemble
 
 CHECKPOINT_FILE = "checkpoint.pt"
 #: Offset of the evaluation RNG seed, so evaluation draws differ from training draws.

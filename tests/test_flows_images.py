@@ -54,19 +54,30 @@ def test_image_benchmark_trains_and_validates_in_parallel_cells(prefect_harness,
         assert "plots/corruption_severity.png" in plots
 
 
-def test_validate_images_runs_one_task_per_cell(prefect_harness, mlflow_dir):
+def test_validate_images_runs_one_task_per_cell(prefect_harness, mlflow_dir, monkeypatch):
     import asyncio
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.images import train_images, validate_images
+    from pipeline import tracking
 
     runs = train_images(methods=["deterministic"], epochs=0.25, device="cpu")
+    loads = []
+    load_model = tracking.load_model
+
+    def counting_load_model(*args, **kwargs):
+        loads.append(args)
+        return load_model(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "load_model", counting_load_model)
     state = validate_images(
         runs["deterministic"], corruptions=["fog"], severities=[2, 4], return_state=True
     )
     assert state.is_completed()
+    # One load for the flow, shared by the clean task and both cells (not one per task).
+    assert len(loads) == 1
 
     async def task_names():
         async with get_client() as client:

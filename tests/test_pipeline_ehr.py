@@ -1,12 +1,19 @@
+import dataclasses
+import json
+import os
+import shutil
 import stat
+from pathlib import Path
+from urllib.parse import urlparse
 
 import polars as pl
 import pytest
 import torch
 
+from features.mimic.loader import FeatureFolderError, load_manifest
 from pipeline import tracking
 from pipeline.config import OptimConfig, ScheduleConfig, TrainConfig
-from pipeline.ehr import CALIBRATION_FILE, report_ehr, train_ehr
+from pipeline.ehr import CALIBRATION_FILE, feature_fingerprint, report_ehr, train_ehr
 from pipeline.predict import predict_member_logits
 from rank1.models import EHRConfig
 
@@ -62,6 +69,8 @@ def test_train_ehr_logs_run_and_reports(tiny_ehr_features, mlflow_store, tmp_pat
     assert params["train.method"] == "rank1"
     assert params["train.optim.lr"] == "0.003"
     assert params["model.rnn_dim"] == "16" and params["model.rank1.ensemble_size"] == "4"
+    fingerprint = feature_fingerprint(load_manifest(tiny_ehr_features))
+    assert params["data.feature_fingerprint"] == fingerprint
     assert tags["task"] == "in-hospital-mortality"
     assert tags["model"] == "rank1-lstm-normal" and tags["dataset"] == "synthetic-mimic-iii"
     for key in ("test/auroc", "test/nll", "test_calibrated/nll", "test_calibrated/ece",
@@ -135,3 +144,59 @@ def test_train_ehr_refuses_torchrun(tiny_ehr_features, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="single process"):
         train_ehr(tiny_ehr_features, _config(), progress=False)
+
+
+def test_report_refuses_a_feature_folder_the_run_was_not_trained_on(
+    tiny_ehr_features, mlflow_store, tmp_path
+):
+    # A run that recorded the fingerprint of tiny_ehr_features (and has no model: the check
+    # must come before anything is loaded or written).
+    trained_on = feature_fingerprint(load_manifest(tiny_ehr_features))
+    params = {"data": {"feature_fingerprint": trained_on}}
+    with tracking.start_run("test-ihm", params=params) as run:
+        pass
+    other = tmp_path / "other-features"
+    shutil.copytree(tiny_ehr_features, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    key = next(k for k, v in manifest["normaliser"].items() if isinstance(v, list))
+    manifest["normaliser"][key][0] += 1.0  # e.g. statistics fitted on another cohort
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "report"
+    with pytest.raises(FeatureFolderError, match="differ from the feature folder run") as info:
+        report_ehr(run.info.run_id, other, out)
+    assert str(info.value).startswith(str(other / "manifest.json"))
+    assert "\n" not in str(info.value) and not out.exists()
+
+
+def test_cli_report_with_a_tampered_model_fails_in_one_line_and_runs_nothing(
+    tiny_ehr_features, mlflow_store, tmp_path
+):
+    import mlflow
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from rank1.models import EHRModel
+
+    with tracking.start_run("test-ihm") as run:
+        tracking.log_model(EHRModel(dataclasses.replace(SMALL, input_features=3)))
+    (logged,) = mlflow.MlflowClient().search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    folder = Path(urlparse(logged.artifact_location).path)
+    # Whatever file holds the weights (weights.pt now, data/model.pth in the old format).
+    (weights,) = [p for p in folder.rglob("*") if p.suffix in (".pt", ".pth")]
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"projection.weight": Payload()}, weights)
+    out = tmp_path / "report"
+    args = ["report", "--run", run.info.run_id, "--features", str(tiny_ehr_features)]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {weights}: refusing to load")
+    assert not marker.exists() and not out.exists()

@@ -1,6 +1,13 @@
 import dataclasses
 import json
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -8,16 +15,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pipeline import tracking
-
-
-class TinyNet(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh())
-        self.head = torch.nn.Linear(5, 1)
-
-    def forward(self, x):
-        return self.head(self.body(x))
+from rank1.models import EHRConfig, EHRModel
 
 
 @dataclasses.dataclass
@@ -85,8 +83,7 @@ def test_start_run_guard_fires_before_mlflow_touches_the_store(tmp_path, monkeyp
 
 def test_run_params_metrics_artifacts_and_model_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    torch.manual_seed(0)
-    model = TinyNet().eval()
+    model = _tiny_ehr().eval()
     config = {"model": {"k": 4, "hidden": 5}, "optim": OptimConfig()}
 
     with tracking.start_run(
@@ -125,12 +122,229 @@ def test_run_params_metrics_artifacts_and_model_round_trip(tmp_path, monkeypatch
     assert list((tmp_path / "mlartifacts").rglob("diag.png"))
 
     reloaded = tracking.load_model(run_id)
-    assert type(reloaded) is TinyNet
-    x = torch.randn(7, 3)
+    assert type(reloaded) is EHRModel and reloaded.config == model.config
+    x = torch.randn(8, 10, 3)  # a tiled batch: K = 4 members of 2
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(x), model(x))
+        torch.manual_seed(1)
+        expected = model(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(reloaded(x), expected)
     requirements = list(tmp_path.rglob("requirements.txt"))
     assert requirements
     # Only what we passed (MLflow adds itself): nothing inferred from the environment.
     names = {line.split("==")[0] for line in requirements[0].read_text().split()}
     assert names == {"torch", "rank1-bnn", "mlflow"}
+
+
+def test_logged_model_is_an_mlflow_model_of_weights_and_config(tmp_path, monkeypatch):
+    import mlflow
+    import mlflow.pyfunc
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    model = _tiny_ehr()
+    with tracking.start_run("rank1-test") as run:
+        uri = tracking.log_model(model)
+    # A first-class logged model of the run (listed under its Models, registrable)...
+    client = mlflow.MlflowClient()
+    logged = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert [(m.name, m.source_run_id) for m in logged] == [("model", run.info.run_id)]
+    # ...made of a state dict and a JSON config: no pickled object anywhere in it.
+    files = {p.name for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file()}
+    assert {"weights.pt", "model.json", "MLmodel", "mlflow_model.py"} <= files
+    assert not {name for name in files if name.endswith((".pkl", ".pth", ".pickle"))}
+    document = json.loads(next((tmp_path / "mlartifacts").rglob("model.json")).read_text())
+    assert document["model"]["kind"] == "ehr"
+    # MLflow's own pyfunc loader serves it (this runs our code file, never a pickle).
+    probs = mlflow.pyfunc.load_model(uri).predict(np.zeros((2, 10, 3), np.float32))
+    assert probs.shape == (2,) and ((probs > 0) & (probs < 1)).all()
+
+
+def _tiny_ehr():
+    torch.manual_seed(0)
+    return EHRModel(EHRConfig(input_features=3, projection_dim=4, rnn_dim=5, hidden_dim=3))
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory):
+    # One store for the tampering tests: creating a sqlite schema costs seconds.
+    folder = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        yield folder
+
+
+def _logged_run(store: Path) -> tuple[str, Path]:
+    """Log a fresh tiny model; return its run id and the folder holding its files."""
+    import mlflow
+
+    with tracking.start_run("tamper") as run:
+        tracking.log_model(_tiny_ehr())
+    (logged,) = mlflow.MlflowClient().search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    return run.info.run_id, Path(urlparse(logged.artifact_location).path)
+
+
+class _RunsShell:
+    """A pickle payload: unpickling it runs a shell command."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("container", ["pickle", "torch.save"])
+def test_tampered_weights_file_fails_in_one_line_and_runs_nothing(model_store, container):
+    run_id, folder = _logged_run(model_store)
+    marker = model_store / f"pwned-{container}"
+    payload = _RunsShell(f"touch {marker}")
+    # Whatever file holds the weights (weights.pt now, data/model.pth in the old format).
+    (target,) = [p for p in folder.rglob("*") if p.suffix in (".pt", ".pth")]
+    if container == "pickle":
+        target.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save({"weight": payload}, target)
+    with pytest.raises(tracking.ModelArtifactError) as info:
+        tracking.load_model(run_id)
+    message = str(info.value)
+    assert "\n" not in message and str(target) in message
+    assert "refusing to load" in message
+    assert not marker.exists()
+
+
+def test_foreign_model_files_fail_in_one_line_naming_the_file(model_store):
+    run_id, folder = _logged_run(model_store)
+    config = next(folder.rglob("model.json"))
+    document = json.loads(config.read_text())
+    original = json.dumps(document)
+
+    document["model"]["kind"] = "pipeline.evil"
+    config.write_text(json.dumps(document))
+    with pytest.raises(tracking.ModelArtifactError, match="unknown model kind") as info:
+        tracking.load_model(run_id)
+    assert str(info.value).startswith(str(config)) and "\n" not in str(info.value)
+
+    config.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(tracking.ModelArtifactError, match=f"^{config}: not a rank1-bnn"):
+        tracking.load_model(run_id)
+
+    document = json.loads(original)
+    document["model"]["config"]["rnn_dim"] = 7  # weights of another shape
+    config.write_text(json.dumps(document))
+    weights = next(folder.rglob("weights.pt"))
+    with pytest.raises(tracking.ModelArtifactError, match=f"^{weights}: the weights do not fit"):
+        tracking.load_model(run_id)
+
+    config.write_text(original)
+    weights.unlink()
+    with pytest.raises(tracking.ModelArtifactError, match=f"^{weights}: missing") as info:
+        tracking.load_model(run_id)
+    assert "\n" not in str(info.value)
+
+    with pytest.raises(tracking.ModelArtifactError, match="no logged model named 'other'"):
+        tracking.load_model(run_id, "other")
+
+
+def test_old_pickle_format_run_is_refused(model_store):
+    import mlflow.pytorch
+
+    with tracking.start_run("old-format") as run:
+        mlflow.pytorch.log_model(
+            _tiny_ehr(), name="model", serialization_format="pickle", pip_requirements=["torch"]
+        )
+    with pytest.raises(tracking.ModelArtifactError, match="old pickle format; retrain") as info:
+        tracking.load_model(run.info.run_id)
+    assert "\n" not in str(info.value) and "MLmodel" in str(info.value)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_a_new_local_store_and_its_artifacts_are_owner_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    umask = os.umask(0o022)
+    try:
+        with tracking.start_run("modes"):
+            tracking.log_dict({"temperature": 1.5}, "calibration/temperature.json")
+            fig = Figure()
+            fig.add_subplot().plot([0, 1], [0, 1])
+            tracking.log_figure(fig, "plots/diag.png")
+            tracking.log_model(_tiny_ehr())
+        # The umask scope around MLflow's writes leaves the process's umask as it was.
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(umask)
+    assert _mode(tmp_path / "mlflow.db") == 0o600
+    artifacts = tmp_path / "mlartifacts"
+    assert _mode(artifacts) == 0o700
+    written = list(artifacts.rglob("*"))
+    assert any(p.name == "weights.pt" for p in written)
+    assert any(p.name == "diag.png" for p in written)
+    for path in written:
+        assert _mode(path) == (0o700 if path.is_dir() else 0o600), path
+
+
+def test_a_store_the_user_made_keeps_its_modes(tmp_path, monkeypatch):
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    sqlite3.connect(db).close()
+    os.chmod(db, 0o644)
+    (tmp_path / "mlartifacts").mkdir()
+    os.chmod(tmp_path / "mlartifacts", 0o755)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    with tracking.start_run("theirs"):
+        pass
+    assert _mode(db) == 0o644 and _mode(tmp_path / "mlartifacts") == 0o755
+
+
+_FIRST_RUN = """
+import pathlib, sys, time
+import mlflow  # imported before the start signal, so both processes reach the store at once
+from pipeline import tracking
+pathlib.Path(sys.argv[2]).touch()
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.005)
+with tracking.start_run("race"):
+    pass
+"""
+
+
+def test_two_first_runs_at_once_on_a_fresh_store_both_succeed(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    repo = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": path}
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FIRST_RUN, str(go), str(flag)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+        errors = [proc.communicate(timeout=120)[1] for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, err in zip(procs, errors, strict=True):
+        reason = [line for line in err.splitlines() if "Error" in line] or [err[-200:]]
+        assert proc.returncode == 0, reason[-1]
+    experiment = mlflow.MlflowClient(uri).get_experiment_by_name("race")
+    assert len(mlflow.MlflowClient(uri).search_runs([experiment.experiment_id])) == 2

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.config import OptimConfig, ScheduleConfig, TrainConfig
-from pipeline.predict import DeepEnsemble, predict_member_logits
+from pipeline.predict import predict_member_logits
 from pipeline.train import (
     CHECKPOINT_FILE,
     fit,
@@ -20,7 +20,7 @@ from pipeline.train import (
     seed_everything,
     set_rng_state,
 )
-from rank1.models import EHRConfig, EHRModel
+from rank1.models import DeepEnsemble, EHRConfig, EHRModel
 
 
 @pytest.fixture(autouse=True)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 import rank1
+from rank1 import Rank1Config
 from rank1.models import (
+    DeepEnsemble,
     EHRConfig,
     EHRModel,
+    ModelSpec,
+    ModelSpecError,
     ResNet50,
     ResNet50Config,
+    SmallCNNConfig,
     WideResNet,
     WideResNetConfig,
+    build,
+    model_spec,
 )
 
 
@@ -71,3 +80,83 @@ def test_ehr_model_rank1_and_deterministic_twin():
     assert out.shape == (3,)
     torch.testing.assert_close(out, det(x2, lengths=lengths))
     assert det.ensemble_size == 1 and model.ensemble_size == 4
+
+
+# --------------------------------------------------------------------------- specs
+
+_SMALL_SPECS = [
+    ("ehr", EHRConfig(input_features=5, projection_dim=4, rnn_dim=6, hidden_dim=3)),
+    ("ehr", EHRConfig(input_features=5, rnn_dim=6, bayesian=False)),
+    (
+        "small_cnn",
+        SmallCNNConfig(channels=(2, 3, 4), rank1=Rank1Config(ensemble_size=2, prior="cauchy")),
+    ),
+    ("wide_resnet", WideResNetConfig(depth=10, width_multiplier=1, num_classes=3)),
+    ("resnet50", ResNet50Config(layers=(1, 1, 1, 1), num_classes=3, bayesian=False)),
+]
+
+
+@pytest.mark.parametrize(("kind", "config"), _SMALL_SPECS)
+def test_model_spec_json_round_trip_is_exact_and_rebuilds(kind, config):
+    model = build(kind, config)
+    spec = model_spec(model)
+    assert spec == ModelSpec(kind, config)
+    again = ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    assert type(again.config.rank1.prior_stddev) is float
+    rebuilt = again.build()
+    assert type(rebuilt) is type(model)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+    # build() takes the JSON-ready form too.
+    assert model_spec(build(kind, spec.to_dict()["config"])) == spec
+
+
+def test_deep_ensemble_of_mixed_members_round_trips():
+    members = [build(kind, config) for kind, config in _SMALL_SPECS[:2]]
+    ensemble = DeepEnsemble(members)
+    spec = model_spec(ensemble)
+    assert spec.kind == "deep_ensemble" and len(spec.config.members) == 2
+    again = ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    rebuilt = again.build()
+    assert isinstance(rebuilt, DeepEnsemble) and rebuilt.ensemble_size == 2
+    assert set(rebuilt.state_dict()) == set(ensemble.state_dict())
+
+
+def test_model_spec_copies_the_config():
+    model = build("ehr", EHRConfig(rnn_dim=6))
+    spec = model_spec(model)
+    model.config.rank1.prior_stddev = 9.0
+    assert spec.config.rank1.prior_stddev == 1.0
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda d: d.update(kind="os.system"), r"model\.kind: unknown model kind 'os\.system'"),
+        (lambda d: d.update(extra=1), r"model: unknown key 'extra'"),
+        (lambda d: d["config"].update(evil=1), r"model\.config: unknown key 'evil'"),
+        (lambda d: d["config"].pop("rnn_dim"), r"model\.config: missing key 'rnn_dim'"),
+        (lambda d: d["config"].update(rnn_dim="6"), r"model\.config\.rnn_dim: expected int"),
+        (lambda d: d["config"].update(rnn_dim=True), r"model\.config\.rnn_dim: expected int"),
+        (
+            lambda d: d["config"]["rank1"].update(posterior="laplace"),
+            r"model\.config\.rank1\.posterior: expected one of \['normal', 'cauchy'\]",
+        ),
+        (lambda d: d["config"].update(rank1=[]), r"model\.config\.rank1: expected an object"),
+    ],
+)
+def test_model_spec_refuses_foreign_json_with_one_line(edit, match):
+    data = model_spec(build("ehr", EHRConfig(rnn_dim=6))).to_dict()
+    edit(data)
+    with pytest.raises(ModelSpecError, match=match) as info:
+        ModelSpec.from_dict(data)
+    assert "\n" not in str(info.value)
+
+
+def test_model_spec_refuses_other_modules():
+    with pytest.raises(TypeError, match="cannot describe a Linear"):
+        model_spec(torch.nn.Linear(2, 3))
+    with pytest.raises(ModelSpecError, match="unknown model kind"):
+        build("linear", {})
