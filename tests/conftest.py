@@ -19,10 +19,22 @@ os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "60")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One torch thread for the whole suite and every process it starts: on shared CPUs
+# multi-threaded kernels spin-wait and run 10-50x slower, and the bit-identical resume tests
+# need the same thread count in every process. Set before torch is imported.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO_ROOT.parent / "shared" / "data" / "mimic3-demo"
 RESOURCES_DIR = REPO_ROOT.parent / "shared" / "data" / "mimic3-benchmarks-resources"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Keep torch on one thread even where a test (or the demo) changed it."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

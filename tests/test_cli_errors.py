@@ -21,14 +21,6 @@ from pipeline.config import ConfigError
 from pipeline.train import CHECKPOINT_FILE, load_checkpoint, resolve_device
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_cuda(monkeypatch):
     """Make this machine look like one without a GPU, whatever it has."""

@@ -12,17 +12,12 @@ SEVERITIES = [1, 5]
 
 @pytest.fixture(scope="module")
 def mlflow_dir(tmp_path_factory):
-    import torch
 
     root = tmp_path_factory.mktemp("flows_images")
-    threads = torch.get_num_threads()
-    # Tiny models: one thread avoids OpenMP stalls on shared CI cores (see flows.demo).
-    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.chdir(root)
         yield root
-    torch.set_num_threads(threads)
 
 
 def test_image_benchmark_trains_and_validates_in_parallel_cells(prefect_harness, mlflow_dir):

@@ -26,17 +26,12 @@ ID_COLUMNS = ("subject_id", "hadm_id", "icustay_id")
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A working folder with its own MLflow store, used as the current directory."""
-    import torch
 
     root = tmp_path_factory.mktemp("flows_mimic")
-    threads = torch.get_num_threads()
-    # Tiny models: one thread avoids OpenMP stalls on shared CI cores (see flows.demo).
-    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mp.chdir(root)
         yield root
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,6 @@ from pipeline import tracking
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Bit-identical CPU results need the same thread count in every process.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     """A private MLflow store for this test (and the subprocesses it starts)."""

@@ -148,10 +148,7 @@ def test_corruption_summary_means_per_severity_then_over_severities():
 def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.chdir(tmp_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: two threads spin against other processes
     yield tmp_path
-    torch.set_num_threads(threads)
 
 
 def test_digits_train_validate_and_reload(mlflow_store):

@@ -17,17 +17,6 @@ from pipeline.ehr import CALIBRATION_FILE, feature_fingerprint, report_ehr, trai
 from pipeline.predict import predict_member_logits
 from rank1.models import EHRConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # On a shared, oversubscribed CPU, multi-threaded kernels spin-wait and run 10-50x
-    # slower; one thread keeps these small models fast and the timings stable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SMALL = EHRConfig(projection_dim=8, rnn_dim=16, hidden_dim=16)
 
 

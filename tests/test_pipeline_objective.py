@@ -16,16 +16,6 @@ from pipeline.objective import kl_weight, objective, tiled_nll
 from pipeline.train import build_optimizer, lr_factor
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # On a shared, oversubscribed CPU, multi-threaded kernels spin-wait and run 10-50x
-    # slower; one thread keeps these small models fast and the timings stable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_kl_weight_is_linear_then_one():
     assert kl_weight(0, 4) == pytest.approx(0.25)
     assert kl_weight(1, 4) == pytest.approx(0.5)

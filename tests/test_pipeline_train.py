@@ -22,17 +22,6 @@ from pipeline.train import (
 )
 from rank1.models import DeepEnsemble, EHRConfig, EHRModel
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # On a shared, oversubscribed CPU, multi-threaded kernels spin-wait and run 10-50x
-    # slower; one thread keeps these small models fast and the timings stable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SCRIPT = Path(__file__).with_name("train_script.py")
 
 
