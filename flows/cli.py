@@ -307,11 +307,9 @@ def report_command(
     try:
         paths = report_ehr(run, features, out, split=split, coverage=coverage)
     except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
-        fail(str(err))
+        fail(error_line(err))
     except Exception as err:  # MLflow raises its own exception types for unknown runs
-        if type(err).__name__ != "MlflowException":
-            raise
-        fail(str(err).splitlines()[0])
+        _mlflow_error(err)
     for kind, path in paths.items():
         typer.echo(f"wrote {kind}: {path}")
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import re
 import threading
@@ -56,7 +57,7 @@ _ID_VALUE_RE = re.compile("|".join(re.escape(m) for m in _ID_VALUE_MARKERS), re.
 # Configuration lists are short; a longer sequence is more likely a column of patient data.
 MAX_SEQUENCE_LENGTH = 64
 
-# Stores this process has created or checked (see _open_store), and the umask scope's state.
+# Stores this process has created or checked (see _mlflow), and the umask scope's state.
 _STORE_LOCK = threading.Lock()
 _READY_STORES: set[str] = set()
 _UMASK_LOCK = threading.Lock()
@@ -100,26 +101,26 @@ def default_artifact_location(uri: str | None = None) -> str | None:
     return (db_path.parent.resolve() / ARTIFACT_DIR_NAME).as_uri()
 
 
-def _mlflow():
+def _require_active_run():
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    return mlflow
-
-
-def _require_active_run():
-    mlflow = _mlflow()
-    run = mlflow.active_run()
-    if run is None:
+    if mlflow.active_run() is None:  # asked before the store is touched
         # MLflow's fluent API would silently start a new run instead.
         raise RuntimeError("no active MLflow run: call inside `with tracking.start_run(...)`")
-    return mlflow
+    return _mlflow()
 
 
-def _open_store():
-    """:func:`_mlflow`, after making sure a local sqlite store exists (see ``_create_store``)."""
-    mlflow = _mlflow()
+def _mlflow():
+    """The ``mlflow`` module pointed at :func:`tracking_uri`, its local store created.
+
+    Every MLflow call of this module goes through here, so a local sqlite store is always
+    created by ``_create_store`` (once, under a lock, owner-only) and never by MLflow itself
+    as a side effect of a first read.
+    """
+    import mlflow
+
     uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
     db_path = _sqlite_path(uri)
     if db_path is None:
         return mlflow
@@ -324,7 +325,7 @@ def start_run(
     check_no_patient_data(flat, "params")
     tag_values = {str(k): str(_plain(v)) for k, v in (tags or {}).items()}
     check_no_patient_data(tag_values, "tags")
-    mlflow = _open_store()
+    mlflow = _mlflow()
     with mlflow.start_run(
         experiment_id=_experiment_id(mlflow, experiment), run_name=run_name, tags=tag_values
     ) as run:
@@ -344,7 +345,7 @@ def resume_run(run_id: str) -> Iterator[Any]:
         The ``mlflow.ActiveRun``. The run's status is set to FINISHED again at the end (or
         FAILED if the block raises).
     """
-    mlflow = _open_store()
+    mlflow = _mlflow()
     with mlflow.start_run(run_id=run_id) as run:
         yield run
 
@@ -358,7 +359,7 @@ def run_metrics(run_id: str) -> dict[str, float]:
     Returns:
         Metric name -> latest logged value.
     """
-    mlflow = _open_store()
+    mlflow = _mlflow()
     return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
 
 
@@ -371,7 +372,7 @@ def run_params(run_id: str) -> dict[str, str]:
     Returns:
         Param name -> value.
     """
-    mlflow = _open_store()
+    mlflow = _mlflow()
     return dict(mlflow.MlflowClient().get_run(run_id).data.params)
 
 
@@ -443,7 +444,7 @@ def load_dict(run_id: str, artifact_file: str) -> dict[str, Any]:
     Returns:
         The parsed mapping.
     """
-    _open_store()  # sets the tracking URI
+    _mlflow()  # sets the tracking URI
     import mlflow.artifacts
 
     return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact_file}")
@@ -691,13 +692,21 @@ def log_model(
         # MLflow copies the code file keeping its mode: an owner-only copy keeps the whole
         # logged model 0600.
         code = write_private_bytes(Path(folder) / PYFUNC_CODE.name, PYFUNC_CODE.read_bytes())
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=str(code),
-            artifacts={WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec)},
-            code_paths=code_paths,
-            pip_requirements=pip_requirements(extra_requirements),
-        )
+        # No signature on purpose: the input is a tensor whose shape depends on the model.
+        # MLflow would log "Failed to infer model signature" at every training otherwise.
+        pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_logger.level
+        pyfunc_logger.setLevel(logging.ERROR)
+        try:
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(code),
+                artifacts={WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec)},
+                code_paths=code_paths,
+                pip_requirements=pip_requirements(extra_requirements),
+            )
+        finally:
+            pyfunc_logger.setLevel(level)
     return info.model_uri
 
 
@@ -742,7 +751,7 @@ def load_stored_model(run_id: str, name: str = "model") -> StoredModel:
 
     import yaml
 
-    _open_store()
+    _mlflow()
     import mlflow
     import mlflow.artifacts
 

@@ -288,6 +288,19 @@ def test_a_new_local_store_and_its_artifacts_are_owner_only(tmp_path, monkeypatc
         assert _mode(path) == (0o700 if path.is_dir() else 0o600), path
 
 
+def test_a_first_read_also_creates_the_store_owner_only(tmp_path, monkeypatch):
+    # `rank1 pipeline` looks for stale runs before it starts one: that read must not let
+    # MLflow create the database with the umask's mode.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    umask = os.umask(0o022)
+    try:
+        assert tracking.fail_stale_runs("no-such-experiment", "ab12") == []
+    finally:
+        os.umask(umask)
+    assert _mode(tmp_path / "mlflow.db") == 0o600
+    assert _mode(tmp_path / "mlartifacts") == 0o700
+
+
 def test_a_store_the_user_made_keeps_its_modes(tmp_path, monkeypatch):
     import sqlite3
 
