@@ -245,21 +245,6 @@ def mark_complete(folder: Path, key: str, run_id: str) -> None:
     write_private_text(folder / RESUME_FILE, json.dumps(state))
 
 
-def _checkpoint_folder(checkpoint_dir: Path, method: str, members: int) -> Path:
-    """``checkpoint_dir/<method>``, owner-only: the weights are fitted to patient data.
-
-    A ``checkpoint_dir`` that already exists (the user's) keeps its mode; the folders
-    made here are 0700, a deep ensemble's member folders ``m<k>`` too.
-    """
-    if not checkpoint_dir.exists():
-        make_private_dir(checkpoint_dir)
-    folder = make_private_dir(checkpoint_dir / method)
-    if members > 1:
-        for member in range(members):
-            make_private_dir(folder / f"m{member}")  # fit_ensemble's layout
-    return folder
-
-
 @task(
     task_run_name="train-{method}",
     retries=1,
@@ -294,7 +279,9 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
     )
     folder, plan = None, None
     if params.checkpoint_dir is not None:
-        folder = _checkpoint_folder(params.checkpoint_dir, method, config.members)
+        # Owner-only (the weights are fitted to patient data); an existing folder of the
+        # user's keeps its mode. save_checkpoint makes an ensemble's m<k> folders alike.
+        folder = make_private_dir(params.checkpoint_dir / method)
         key = training_key(config, model_config, params.features_dir, params.experiment)
         for run_id in tracking.fail_stale_runs(params.experiment, key):
             logger.info("MLflow run %s was left RUNNING by a dead process: marked FAILED", run_id)
