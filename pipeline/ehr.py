@@ -78,8 +78,7 @@ def check_trained_on(run_id: str, features_dir: str | os.PathLike) -> None:
         FeatureFolderError: One line naming the folder's manifest, if the fingerprints
             differ (or the manifest is unreadable).
     """
-    from features.mimic.extract import MANIFEST_FILE
-    from features.mimic.loader import FeatureFolderError, load_manifest
+    from features.mimic.manifest import MANIFEST_FILE, FeatureFolderError, load_manifest
 
     actual = feature_fingerprint(load_manifest(features_dir))
     recorded = tracking.run_params(run_id).get(FINGERPRINT_PARAM)

@@ -64,20 +64,6 @@ from features.mimic.splits import assign_splits, check_split_fractions, split_co
 from features.mimic.tables import MimicInputError, check_table, file_fingerprint
 from features.mimic.variables import channel_names
 
-# The names a feature folder is written under; re-exported for the code that imports them
-# from here.
-__all__ = [
-    "FOLDER_FILES",
-    "GRID_FILE",
-    "MANIFEST_FILE",
-    "SCHEMA_VERSION",
-    "SOURCE_TABLES",
-    "STAYS_FILE",
-    "TASK",
-    "TRUTH_FILE",
-    "extract",
-]
-
 TRUTH_FILE = "synthetic_truth.csv"
 #: Everything a feature folder holds; a folder with anything else is never replaced.
 FOLDER_FILES = frozenset({STAYS_FILE, GRID_FILE, MANIFEST_FILE})
@@ -245,34 +231,23 @@ def _extract_into(
                 np.save(handle, grid, allow_pickle=False)
             # Timed before this last step ends, as ever: its own time is only in the total.
             timings = {**steps.timings, "total": round(time.perf_counter() - started, 3)}
-            manifest = FeatureManifest(
-                schema_version=SCHEMA_VERSION,
-                task=TASK,
-                created=datetime.now(UTC).isoformat(timespec="seconds"),
-                source=Source(
-                    dir=str(mimic_dir.resolve()),
-                    tables={name: SourceTable(**found) for name, found in sources.items()},
-                ),
-                cohort=Cohort(
-                    steps=tuple(CohortStep(**step) for step in cohort_steps),
-                    event_validation=EventValidation(**validation),
-                ),
-                stays=stays.height,
-                positives=int(stays["label"].sum()),
-                hours=HOURS,
-                split=Split(
-                    seed=seed,
-                    val_fraction=val_fraction,
-                    test_fraction=test_fraction,
-                    by="subject_id",
-                    counts=_split_counts(stays),
-                ),
-                channels=tuple(channel_names()),
-                normaliser=Normaliser(fitted_on="train", **normaliser),
-                files=FolderFiles(stays=STAYS_FILE, grid=GRID_FILE),
-                has_true_risk="true_risk" in stays.columns,
-                warnings=tuple(warnings),
-                timings_s=timings,
+            split = Split(
+                seed=seed,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                by="subject_id",
+                counts=_split_counts(stays),
+            )
+            manifest = _manifest(
+                mimic_dir,
+                stays,
+                sources=sources,
+                cohort_steps=cohort_steps,
+                validation=validation,
+                split=split,
+                normaliser=normaliser,
+                warnings=warnings,
+                timings=timings,
             )
             manifest.write(tmp)
     return manifest
@@ -319,6 +294,43 @@ def _stays_table(task: pl.DataFrame, truth: pl.DataFrame | None) -> pl.DataFrame
     if truth is not None:
         stays = stays.join(truth, on="icustay_id", how="left", maintain_order="left")
     return stays
+
+
+def _manifest(
+    mimic_dir: Path,
+    stays: pl.DataFrame,
+    *,
+    sources: dict[str, dict[str, object]],
+    cohort_steps: list[dict[str, object]],
+    validation: dict[str, int],
+    split: Split,
+    normaliser: dict[str, list],
+    warnings: list[str],
+    timings: dict[str, float],
+) -> FeatureManifest:
+    return FeatureManifest(
+        schema_version=SCHEMA_VERSION,
+        task=TASK,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        source=Source(
+            dir=str(mimic_dir.resolve()),
+            tables={name: SourceTable(**found) for name, found in sources.items()},
+        ),
+        cohort=Cohort(
+            steps=tuple(CohortStep(**step) for step in cohort_steps),
+            event_validation=EventValidation(**validation),
+        ),
+        stays=stays.height,
+        positives=int(stays["label"].sum()),
+        hours=HOURS,
+        split=split,
+        channels=tuple(channel_names()),
+        normaliser=Normaliser(fitted_on="train", **normaliser),
+        files=FolderFiles(stays=STAYS_FILE, grid=GRID_FILE),
+        has_true_risk="true_risk" in stays.columns,
+        warnings=tuple(warnings),
+        timings_s=timings,
+    )
 
 
 def _split_counts(stays: pl.DataFrame) -> SplitCounts:
