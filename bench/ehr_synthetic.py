@@ -81,10 +81,10 @@ def main() -> None:
     started = time.perf_counter()
     generate(work / "mimic", patients=args.patients, seed=args.seed)
     manifest = extract(work / "mimic", work / "features", seed=args.seed, progress=False)
-    counts = manifest["split"]["counts"]
+    counts = manifest.split.counts
     print(
         f"cohort: {args.patients} patients -> "
-        + ", ".join(f"{k} {v['stays']} ({v['positives']} deaths)" for k, v in counts.items())
+        + ", ".join(f"{k} {v.stays} ({v.positives} deaths)" for k, v in counts)
         + f"; generate + extract {time.perf_counter() - started:.1f} s"
     )
     model_config = EHRConfig(

@@ -42,7 +42,7 @@ def peak_mib():
 t0 = time.perf_counter()
 from features.mimic.extract import extract
 m = extract(sys.argv[1], sys.argv[2], progress=False)
-result = {"seconds": time.perf_counter() - t0, "stays": m["stays"]}
+result = {"seconds": time.perf_counter() - t0, "stays": m.stays}
 result["peak_mib"] = peak_mib()
 open(sys.argv[4], "w").write(json.dumps(result))
 """

@@ -130,14 +130,14 @@ def extract_command(
         )
     except (MimicInputError, OSError, ValueError) as err:
         fail(str(err))
-    typer.echo(f"wrote {out} in {manifest['timings_s']['total']:.1f} s")
+    typer.echo(f"wrote {out} in {manifest.total_seconds:.1f} s")
     typer.echo("cohort (stays / subjects):")
-    for step in manifest["cohort"]["steps"]:
-        typer.echo(f"  {step['step']:<28} {step['stays']:>8,} / {step['subjects']:,}")
-    counts = manifest["split"]["counts"]
-    parts = [f"{name} {c['stays']:,} ({c['positives']:,} deaths)" for name, c in counts.items()]
+    for step in manifest.cohort.steps:
+        typer.echo(f"  {step.step:<28} {step.stays:>8,} / {step.subjects:,}")
+    counts = manifest.split.counts
+    parts = [f"{name} {c.stays:,} ({c.positives:,} deaths)" for name, c in counts]
     typer.echo("splits: " + ", ".join(parts))
-    for warning in manifest.get("warnings", []):
+    for warning in manifest.warnings:
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
 

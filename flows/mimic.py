@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -38,6 +38,9 @@ from flows.params import (
     TrainParams,
     validate,
 )
+
+if TYPE_CHECKING:
+    from features.mimic.manifest import FeatureManifest
 
 # Bounds per task. Full MIMIC-III extraction takes minutes with polars; the paper's
 # 10k-step LSTM takes well under an hour on a CPU; the timeouts only catch hung runs.
@@ -73,40 +76,26 @@ def extraction_outdated(
 ) -> str | None:
     """Why ``out_dir`` must be (re-)extracted from ``mimic_dir``, or None if it need not.
 
-    Compares the byte size and sha256 of every source table with the ones recorded in the
-    existing feature folder's manifest (sizes first, so a changed table usually costs no
-    hashing), and the split settings.
+    The existing folder's manifest decides
+    (:meth:`features.mimic.manifest.FeatureManifest.outdated_reason`: split settings, then
+    the size and sha256 of every source table). A manifest that does not load (another
+    schema version, a missing field) is outdated too; extraction then decides whether the
+    folder may be replaced.
 
     Returns:
         A short reason, or None when re-extracting would write the same feature folder.
     """
-    import json
+    from features.mimic.manifest import MANIFEST_FILE, FeatureFolderError, load_manifest
 
-    from features.mimic.extract import MANIFEST_FILE, SOURCE_TABLES
-    from features.mimic.tables import MimicInputError, file_fingerprint, table_path
-
-    manifest_path = out_dir / MANIFEST_FILE
-    if not manifest_path.is_file():
+    if not (out_dir / MANIFEST_FILE).is_file():
         return f"no feature folder at {out_dir} yet"
-    manifest = json.loads(manifest_path.read_text())
-    split = manifest.get("split", {})
-    settings = (split.get("seed"), split.get("val_fraction"), split.get("test_fraction"))
-    if settings != (seed, val_fraction, test_fraction):
-        return "the split settings changed"
-    recorded = manifest.get("source", {}).get("tables", {})
-    if set(recorded) != set(SOURCE_TABLES):
-        return "the manifest records other source tables"
     try:
-        paths = {name: table_path(mimic_dir, name) for name in SOURCE_TABLES}
-    except MimicInputError:
-        return "a source table is missing"  # extraction reports which, properly
-    for name, path in paths.items():
-        if path.stat().st_size != recorded[name].get("bytes"):
-            return f"{name} changed size"
-    for name, path in paths.items():
-        if file_fingerprint(path)["sha256"] != recorded[name].get("sha256"):
-            return f"{name} changed content"
-    return None
+        manifest = load_manifest(out_dir)
+    except FeatureFolderError as err:
+        return f"the existing manifest does not load ({err})"
+    return manifest.outdated_reason(
+        mimic_dir, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
+    )
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
@@ -144,19 +133,20 @@ def extract_features(params: ExtractParams) -> dict[str, Any]:
         test_fraction=params.test_fraction,
         progress=False,
     )
-    for step in manifest["cohort"]["steps"]:
-        logger.info("cohort %-26s %8d stays", step["step"], step["stays"])
-    for warning in manifest.get("warnings", []):
+    for step in manifest.cohort.steps:
+        logger.info("cohort %-26s %8d stays", step.step, step.stays)
+    for warning in manifest.warnings:
         logger.warning(warning)  # cohort-level only, e.g. a variable never observed
-    logger.info("extracted %s in %.1f s", params.out_dir, manifest["timings_s"]["total"])
+    logger.info("extracted %s in %.1f s", params.out_dir, manifest.total_seconds)
     return _counts(manifest)
 
 
-def _counts(manifest: dict[str, Any]) -> dict[str, Any]:
+def _counts(manifest: FeatureManifest) -> dict[str, Any]:
+    """The flow's cohort-level counts (plain JSON for Prefect's result)."""
     return {
-        "stays": manifest["stays"],
-        "positives": manifest["positives"],
-        "splits": manifest["split"]["counts"],
+        "stays": manifest.stays,
+        "positives": manifest.positives,
+        "splits": manifest.split.counts.model_dump(),
     }
 
 
@@ -377,7 +367,7 @@ def extract_mimic(
     if not params.force and inputs_unchanged(
         params.mimic_dir, params.out_dir, params.seed, params.val_fraction, params.test_fraction
     ):
-        from features.mimic.loader import load_manifest
+        from features.mimic.manifest import load_manifest
 
         logger.info("inputs unchanged since the last extraction: keeping %s", params.out_dir)
         counts = _counts(load_manifest(params.out_dir))

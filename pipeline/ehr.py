@@ -23,9 +23,8 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +36,9 @@ from pipeline.predict import model_ensemble_size, predict_member_logits
 from pipeline.train import dist_info, fit, fit_ensemble, resolve_device, seed_everything
 from pipeline.uncertainty import referral_curve
 
+if TYPE_CHECKING:
+    from features.mimic.manifest import FeatureManifest
+
 TASK = "in-hospital-mortality"
 CALIBRATION_FILE = "calibration/temperature.json"
 #: Seed of the Monte Carlo draws at evaluation and in reports, so a report is repeatable.
@@ -45,11 +47,12 @@ EVAL_SEED = 0
 FINGERPRINT_PARAM = "data.feature_fingerprint"
 
 
-def feature_fingerprint(manifest: Mapping[str, Any]) -> str:
+def feature_fingerprint(manifest: FeatureManifest) -> str:
     """A short hash of what a model reads from a feature folder: channels, hours, normaliser.
 
     Two folders extracted the same way (same variables, same training statistics) share
-    it; another cohort, split or schema changes it.
+    it; another cohort, split or schema changes it. The hash is of those entries exactly as
+    ``manifest.json`` holds them, so fingerprints recorded by earlier runs still match.
 
     Args:
         manifest: The folder's manifest (``features.mimic.loader.load_manifest``).
@@ -57,7 +60,7 @@ def feature_fingerprint(manifest: Mapping[str, Any]) -> str:
     Returns:
         16 hex digits of the SHA-256 of those three entries as canonical JSON.
     """
-    entries = {key: manifest.get(key) for key in ("channels", "hours", "normaliser")}
+    entries = manifest.model_dump(mode="json", include={"channels", "hours", "normaliser"})
     canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
@@ -75,8 +78,7 @@ def check_trained_on(run_id: str, features_dir: str | os.PathLike) -> None:
         FeatureFolderError: One line naming the folder's manifest, if the fingerprints
             differ (or the manifest is unreadable).
     """
-    from features.mimic.extract import MANIFEST_FILE
-    from features.mimic.loader import FeatureFolderError, load_manifest
+    from features.mimic.manifest import MANIFEST_FILE, FeatureFolderError, load_manifest
 
     actual = feature_fingerprint(load_manifest(features_dir))
     recorded = tracking.run_params(run_id).get(FINGERPRINT_PARAM)
@@ -195,7 +197,7 @@ def train_ehr(
             "n_test": x_test.shape[0],
             "hours": x_train.shape[1],
             "channels": x_train.shape[2],
-            "schema_version": manifest.get("schema_version"),
+            "schema_version": manifest.schema_version,
             "feature_fingerprint": feature_fingerprint(manifest),
         },
     }

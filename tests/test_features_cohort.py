@@ -64,7 +64,7 @@ def test_event_validation_matches_the_benchmark(demo_dir, demo_root):
 
 def test_in_hospital_mortality_task_counts(demo_features):
     out, manifest = demo_features
-    steps = {s["step"]: s["stays"] for s in manifest["cohort"]["steps"]}
+    steps = {s.step: s.stays for s in manifest.cohort.steps}
     assert steps["adults"] == 114
     # mimic3-benchmarks keeps 46 + 11 = 57 stays for the task; no stay of the demo is lost
     # to missing diagnoses or to an empty first 48 h once the 48-hour rule has run.
@@ -73,8 +73,8 @@ def test_in_hospital_mortality_task_counts(demo_features):
     assert steps["events_in_first_48h"] == 57
     stays = pl.read_parquet(out / "stays.parquet")
     assert stays.height == 57 and int(stays["label"].sum()) == 17
-    assert manifest["stays"] == 57 and manifest["positives"] == 17
-    assert manifest["cohort"]["event_validation"]["n_events"] == 747_793
+    assert manifest.stays == 57 and manifest.positives == 17
+    assert manifest.cohort.event_validation.n_events == 747_793
     assert (stays["length_hours"] >= 48 - 1e-6).all()
 
 
@@ -84,10 +84,10 @@ def test_feature_folder_contract(demo_dir, demo_features):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp left
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk["schema_version"] == 1 and on_disk["task"] == "in-hospital-mortality"
-    assert load_manifest(out)["channels"] == manifest["channels"]
-    chart = manifest["source"]["tables"]["CHARTEVENTS"]
+    assert load_manifest(out) == manifest
+    chart = manifest.source.tables["CHARTEVENTS"]
     raw = (demo_dir / "CHARTEVENTS.csv.gz").read_bytes()
-    assert chart["bytes"] == len(raw) and chart["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert chart.bytes == len(raw) and chart.sha256 == hashlib.sha256(raw).hexdigest()
     stays = pl.read_parquet(out / "stays.parquet")
     for name in (
         "subject_id",
@@ -111,11 +111,11 @@ def test_feature_folder_contract(demo_dir, demo_features):
     assert (masks.sum(axis=(1, 2)) > 0).all()
     train = (stays["split"] == "train").to_numpy()
     refit = fit_normaliser(grid[train])
-    assert manifest["normaliser"]["means"] == pytest.approx(refit["means"])
-    assert manifest["normaliser"]["stds"] == pytest.approx(refit["stds"])
-    counts = manifest["split"]["counts"]
-    assert sum(c["stays"] for c in counts.values()) == 57
-    assert sum(c["positives"] for c in counts.values()) == 17
+    assert manifest.normaliser.means == pytest.approx(refit["means"])
+    assert manifest.normaliser.stds == pytest.approx(refit["stds"])
+    counts = [count for _, count in manifest.split.counts]
+    assert sum(c.stays for c in counts) == 57
+    assert sum(c.positives for c in counts) == 17
 
 
 def test_loader_splits_cover_the_folder(demo_features):
@@ -132,14 +132,14 @@ def test_loader_splits_cover_the_folder(demo_features):
     assert total == stays.height
     x, _, _ = load_split(out, "train")
     # Continuous columns are z-scored on train: mean about 0 over the training hours.
-    hr = load_manifest(out)["channels"].index("Heart Rate")
+    hr = load_manifest(out).channels.index("Heart Rate")
     assert abs(float(x[:, :, hr].mean())) < 1e-4
 
 
 def test_extraction_is_deterministic(demo_dir, demo_features, tmp_path):
     out, manifest = demo_features
     again = extract(demo_dir, tmp_path / "again", seed=0, progress=False)
-    assert again["split"] == manifest["split"]
+    assert again.split == manifest.split
     np.testing.assert_array_equal(
         np.load(out / "grid.npy"), np.load(tmp_path / "again" / "grid.npy")
     )

@@ -167,18 +167,18 @@ def test_stay_row_and_label(tiny_features):
 
 def test_channels_and_normaliser(tiny_features):
     manifest = load_manifest(tiny_features)
-    names = manifest["channels"]
-    assert len(names) == 76 and names == channel_names()
+    names = manifest.channels
+    assert len(names) == 76 and list(names) == channel_names()
     assert sum("->" not in n for n in names) == 12
     assert sum(n.startswith("mask->") for n in names) == 17
     grid = np.load(tiny_features / "grid.npy", allow_pickle=False)
     expected = fit_normaliser(grid)
-    assert manifest["normaliser"]["means"] == pytest.approx(expected["means"])
+    assert manifest.normaliser.means == pytest.approx(expected["means"])
     x, y, stays = load_split(tiny_features, "train")
     assert x.shape == (1, 48, 76) and y.tolist() == [1.0]
-    means = np.asarray(manifest["normaliser"]["means"])
-    stds = np.asarray(manifest["normaliser"]["stds"])
-    normalised = np.asarray(manifest["normaliser"]["normalised"])
+    means = np.asarray(manifest.normaliser.means)
+    stds = np.asarray(manifest.normaliser.stds)
+    normalised = np.asarray(manifest.normaliser.normalised)
     np.testing.assert_allclose(
         x.numpy()[0][:, normalised], ((grid[0] - means) / stds)[:, normalised], atol=1e-4
     )

@@ -218,7 +218,7 @@ def test_own_feature_folder_is_replaced(tmp_path, cohort):
     first = extract(cohort, out, seed=0, progress=False)
     second = extract(cohort, out, seed=1, progress=False)
     assert json.loads((out / "manifest.json").read_text())["split"]["seed"] == 1
-    assert first["split"]["seed"] == 0 and second["split"]["seed"] == 1
+    assert first.split.seed == 0 and second.split.seed == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features"]
 
 
@@ -322,11 +322,10 @@ def test_unobserved_variable_is_warned_in_manifest_and_log(tmp_path, cohort, cap
     chart.write_csv(db / "CHARTEVENTS.csv")
     with caplog.at_level(logging.WARNING, logger="features.mimic.extract"):
         manifest = extract(db, tmp_path / "f", progress=False)
-    warned = [w for w in manifest["warnings"] if "'Heart Rate'" in w]
+    warned = [w for w in manifest.warnings if "'Heart Rate'" in w]
     assert len(warned) == 1
-    assert (
-        json.loads((tmp_path / "f" / "manifest.json").read_text())["warnings"]
-        == (manifest["warnings"])
+    assert json.loads((tmp_path / "f" / "manifest.json").read_text())["warnings"] == list(
+        manifest.warnings
     )
     assert warned[0] in caplog.text
 

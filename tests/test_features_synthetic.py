@@ -87,7 +87,7 @@ def test_planted_risk_formula():
 
 def test_cohort_size_mortality_and_truth(cohort_3k):
     folder, summary, features, manifest = cohort_3k
-    assert manifest["stays"] >= 2000  # enough usable stays from 3,000 patients
+    assert manifest.stays >= 2000  # enough usable stays from 3,000 patients
     stays = pl.read_parquet(features / "stays.parquet")
     assert 0.08 <= stays["label"].mean() <= 0.16
     assert stays["true_risk"].null_count() == 0
@@ -97,8 +97,8 @@ def test_cohort_size_mortality_and_truth(cohort_3k):
     assert (joined["label"] == joined["died"]).all()
     # Calibration of the planted risk against the drawn outcomes.
     assert abs(stays["true_risk"].mean() - stays["label"].mean()) < 0.02
-    steps = [s["step"] for s in manifest["cohort"]["steps"]]
-    counts = [s["stays"] for s in manifest["cohort"]["steps"]]
+    steps = [s.step for s in manifest.cohort.steps]
+    counts = [s.stays for s in manifest.cohort.steps]
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
     assert steps[0] == "icu_stays"
 
@@ -107,7 +107,7 @@ def test_planted_risk_is_learnable_from_the_grid(cohort_3k):
     _, _, features, manifest = cohort_3k
     stays = pl.read_parquet(features / "stays.parquet")
     grid = np.load(features / "grid.npy")
-    channels = manifest["channels"]
+    channels = manifest.channels
     # A plain logistic model on the 48-hour means of the continuous channels should come
     # close to the planted risk's own AUROC: the signal is in what the grid keeps.
     columns = [i for i, name in enumerate(channels) if "->" not in name]

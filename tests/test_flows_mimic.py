@@ -73,6 +73,20 @@ def test_extraction_outdated_compares_hashes_and_settings(tmp_path, tiny_ehr_fea
     assert extraction_outdated(*args) == "PATIENTS changed size"
 
 
+def test_a_manifest_that_does_not_load_is_outdated(tmp_path, tiny_ehr_features):
+    import json
+
+    from flows.mimic import extraction_outdated
+
+    out = tmp_path / "features"
+    shutil.copytree(tiny_ehr_features, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["schema_version"] = 2  # same tables and settings, but a layout this code can't read
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    reason = extraction_outdated(tiny_ehr_features.parent / "mimic", out, 0, 0.15, 0.15)
+    assert reason.startswith("the existing manifest does not load (") and "re-extract" in reason
+
+
 def test_bad_parameters_fail_before_any_work(prefect_harness, workdir, synthetic_mimic):
     from flows.mimic import clinical_pipeline, extract_mimic
 

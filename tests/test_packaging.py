@@ -40,3 +40,36 @@ def test_pyproject_pins_torch_below_2_14_and_never_needs_torchvision():
     assert not any(d.startswith("torchvision") for d in everything)
     assert pyproject["project"]["scripts"]["rank1"] == "flows.cli:app"
     assert pyproject["project"]["requires-python"].startswith(">=3.11")
+
+
+# Import names whose distribution is called otherwise.
+DISTRIBUTION_OF = {"sklearn": "scikit-learn", "yaml": "pyyaml", "PIL": "pillow"}
+
+
+def _imported_top_level_modules(package: Path) -> set[str]:
+    import ast
+
+    found = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text("utf-8"))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found
+
+
+def test_every_third_party_import_of_the_packages_is_a_declared_dependency():
+    import sys
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = {
+        re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower()
+        for d in pyproject["project"]["dependencies"]
+    }
+    ours = {"rank1", "features", "pipeline", "flows"}
+    imported = set().union(*(_imported_top_level_modules(ROOT / name) for name in ours))
+    third_party = imported - ours - set(sys.stdlib_module_names) - {"__future__"}
+    # e.g. pydantic and httpx: imported by flows, so they must not arrive only via Prefect.
+    missing = {DISTRIBUTION_OF.get(name, name).lower() for name in third_party} - declared
+    assert not missing, f"imported but not in [project] dependencies: {sorted(missing)}"

@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -133,6 +134,16 @@ def test_train_ehr_refuses_torchrun(tiny_ehr_features, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="single process"):
         train_ehr(tiny_ehr_features, _config(), progress=False)
+
+
+def test_feature_fingerprint_is_that_of_the_entries_as_stored(tiny_ehr_features):
+    # Runs logged before the manifest was typed recorded this hash of the raw JSON entries;
+    # the typed manifest must give the same, or their reports would be refused.
+    raw = json.loads((tiny_ehr_features / "manifest.json").read_text())
+    entries = {key: raw[key] for key in ("channels", "hours", "normaliser")}
+    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    expected = hashlib.sha256(canonical).hexdigest()[:16]
+    assert feature_fingerprint(load_manifest(tiny_ehr_features)) == expected
 
 
 def test_report_refuses_a_feature_folder_the_run_was_not_trained_on(

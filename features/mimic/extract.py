@@ -13,7 +13,8 @@ owner-only folder (0700, files 0600: the files hold per-patient data):
 - ``manifest.json``: schema version, task, source tables (bytes and sha256), the count at
   every cohort step, event validation counts, split seed and fractions, the 76 channel
   names, the normaliser fitted on the training split and ``warnings`` (a list of
-  strings, e.g. a variable never observed in the cohort; each is logged too).
+  strings, e.g. a variable never observed in the cohort; each is logged too); its typed
+  model is :class:`features.mimic.manifest.FeatureManifest`.
 
 Everything that can be checked cheaply is checked before any work: the split shares, the
 output folder (it must be new, empty, or a feature folder this code wrote that holds
@@ -25,7 +26,6 @@ output, owned by this user, whose process is gone) are removed at the next run.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,20 +36,35 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from features.io import OutputFolder, create_private_file, write_private_text
+from features.io import OutputFolder, create_private_file
 from features.mimic.cohort import admissions_with_diagnoses, root_stays
 from features.mimic.events import EPS, HOURS, last_per_bin, window_events
 from features.mimic.grid import build_grid, fit_normaliser
-from features.mimic.splits import SPLITS, assign_splits, check_split_fractions, split_column
-from features.mimic.tables import EVENT_TABLES, MimicInputError, check_table, file_fingerprint
+from features.mimic.manifest import (
+    GRID_FILE,
+    MANIFEST_FILE,
+    SCHEMA_VERSION,
+    SOURCE_TABLES,
+    STAYS_FILE,
+    TASK,
+    Cohort,
+    CohortStep,
+    EventValidation,
+    FeatureManifest,
+    FolderFiles,
+    Normaliser,
+    Source,
+    SourceTable,
+    Split,
+    SplitCount,
+    SplitCounts,
+    read_header,
+)
+from features.mimic.splits import assign_splits, check_split_fractions, split_column
+from features.mimic.tables import MimicInputError, check_table, file_fingerprint
+from features.mimic.variables import channel_names
 
-SCHEMA_VERSION = 1
-TASK = "in-hospital-mortality"
-SOURCE_TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "DIAGNOSES_ICD", *EVENT_TABLES)
 TRUTH_FILE = "synthetic_truth.csv"
-STAYS_FILE = "stays.parquet"
-GRID_FILE = "grid.npy"
-MANIFEST_FILE = "manifest.json"
 #: Everything a feature folder holds; a folder with anything else is never replaced.
 FOLDER_FILES = frozenset({STAYS_FILE, GRID_FILE, MANIFEST_FILE})
 
@@ -96,16 +111,9 @@ def _is_feature_folder(folder: Path) -> bool:
     names = {entry.name for entry in folder.iterdir()}
     if MANIFEST_FILE not in names or not names <= FOLDER_FILES:
         return False
-    try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return (
-        isinstance(manifest, dict)
-        and "schema_version" in manifest
-        and manifest.get("task") == TASK
-        and manifest.get("files") == {"stays": STAYS_FILE, "grid": GRID_FILE}
-    )
+    # Any schema version: an older or newer folder of ours may be replaced too.
+    header = read_header(folder)
+    return header is not None and header.task == TASK
 
 
 def _read_truth(mimic_dir: Path) -> pl.DataFrame | None:
@@ -133,7 +141,7 @@ def extract(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     progress: bool = True,
-) -> dict:
+) -> FeatureManifest:
     """Extract the in-hospital-mortality features from raw MIMIC-III tables.
 
     Args:
@@ -147,7 +155,7 @@ def extract(
         progress: Show a progress display on the terminal.
 
     Returns:
-        The manifest that was written.
+        The manifest that was written (typed; ``manifest.json`` holds its JSON).
 
     Raises:
         MimicInputError: For missing or bad input or a refused output folder; nothing is
@@ -177,7 +185,7 @@ def _extract_into(
     val_fraction: float,
     test_fraction: float,
     progress: bool,
-) -> dict:
+) -> FeatureManifest:
     """The body of :func:`extract`: compute everything and write it to ``tmp``."""
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
@@ -217,25 +225,31 @@ def _extract_into(
             stays = _stays_table(task, _read_truth(mimic_dir))
         with steps.step("write feature folder"):
             sources = {name: future.result() for name, future in fingerprints.items()}
-            manifest = _manifest(
-                mimic_dir,
-                sources,
-                cohort_steps,
-                validation,
-                stays,
-                seed,
-                val_fraction,
-                test_fraction,
-                normaliser,
-            )
-            manifest["warnings"] = warnings
             with create_private_file(tmp / STAYS_FILE) as handle:
                 stays.write_parquet(handle)
             with create_private_file(tmp / GRID_FILE) as handle:
                 np.save(handle, grid, allow_pickle=False)
-            manifest["timings_s"] = dict(steps.timings)
-            manifest["timings_s"]["total"] = round(time.perf_counter() - started, 3)
-            write_private_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+            # Timed before this last step ends, as ever: its own time is only in the total.
+            timings = {**steps.timings, "total": round(time.perf_counter() - started, 3)}
+            split = Split(
+                seed=seed,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                by="subject_id",
+                counts=_split_counts(stays),
+            )
+            manifest = _manifest(
+                mimic_dir,
+                stays,
+                sources=sources,
+                cohort_steps=cohort_steps,
+                validation=validation,
+                split=split,
+                normaliser=normaliser,
+                warnings=warnings,
+                timings=timings,
+            )
+            manifest.write(tmp)
     return manifest
 
 
@@ -284,43 +298,48 @@ def _stays_table(task: pl.DataFrame, truth: pl.DataFrame | None) -> pl.DataFrame
 
 def _manifest(
     mimic_dir: Path,
+    stays: pl.DataFrame,
+    *,
     sources: dict[str, dict[str, object]],
     cohort_steps: list[dict[str, object]],
     validation: dict[str, int],
-    stays: pl.DataFrame,
-    seed: int,
-    val_fraction: float,
-    test_fraction: float,
-    normaliser: dict[str, list[float]],
-) -> dict:
-    from features.mimic.variables import channel_names
+    split: Split,
+    normaliser: dict[str, list],
+    warnings: list[str],
+    timings: dict[str, float],
+) -> FeatureManifest:
+    return FeatureManifest(
+        schema_version=SCHEMA_VERSION,
+        task=TASK,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        source=Source(
+            dir=str(mimic_dir.resolve()),
+            tables={name: SourceTable(**found) for name, found in sources.items()},
+        ),
+        cohort=Cohort(
+            steps=tuple(CohortStep(**step) for step in cohort_steps),
+            event_validation=EventValidation(**validation),
+        ),
+        stays=stays.height,
+        positives=int(stays["label"].sum()),
+        hours=HOURS,
+        split=split,
+        channels=tuple(channel_names()),
+        normaliser=Normaliser(fitted_on="train", **normaliser),
+        files=FolderFiles(stays=STAYS_FILE, grid=GRID_FILE),
+        has_true_risk="true_risk" in stays.columns,
+        warnings=tuple(warnings),
+        timings_s=timings,
+    )
 
-    split_counts = {}
-    for split in SPLITS:
+
+def _split_counts(stays: pl.DataFrame) -> SplitCounts:
+    def count(split: str) -> SplitCount:
         part = stays.filter(pl.col("split") == split)
-        split_counts[split] = {
-            "stays": part.height,
-            "subjects": part["subject_id"].n_unique(),
-            "positives": int(part["label"].sum()),
-        }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "task": TASK,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": {"dir": str(mimic_dir.resolve()), "tables": sources},
-        "cohort": {"steps": cohort_steps, "event_validation": validation},
-        "stays": stays.height,
-        "positives": int(stays["label"].sum()),
-        "hours": HOURS,
-        "split": {
-            "seed": seed,
-            "val_fraction": val_fraction,
-            "test_fraction": test_fraction,
-            "by": "subject_id",
-            "counts": split_counts,
-        },
-        "channels": channel_names(),
-        "normaliser": {"fitted_on": "train", **normaliser},
-        "files": {"stays": STAYS_FILE, "grid": GRID_FILE},
-        "has_true_risk": "true_risk" in stays.columns,
-    }
+        return SplitCount(
+            stays=part.height,
+            subjects=part["subject_id"].n_unique(),
+            positives=int(part["label"].sum()),
+        )
+
+    return SplitCounts(train=count("train"), val=count("val"), test=count("test"))

@@ -5,41 +5,24 @@ This is the only module of ``features`` that imports torch.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from features.mimic.extract import GRID_FILE, MANIFEST_FILE, SCHEMA_VERSION, STAYS_FILE
 from features.mimic.grid import apply_normaliser
+from features.mimic.manifest import (
+    GRID_FILE,
+    MANIFEST_FILE,
+    STAYS_FILE,
+    FeatureFolderError,
+    load_manifest,
+)
 from features.mimic.splits import SPLITS
 
-
-class FeatureFolderError(ValueError):
-    """A feature folder is missing a file or its files do not agree."""
-
-
-def load_manifest(feature_dir: str | Path) -> dict:
-    """Read and check ``manifest.json`` of a feature folder.
-
-    Raises:
-        FeatureFolderError: Naming the file if it is missing, not JSON, or of another
-            schema version.
-    """
-    path = Path(feature_dir) / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text("utf-8"))
-    except FileNotFoundError as err:
-        raise FeatureFolderError(f"{path}: manifest not found (not a feature folder?)") from err
-    except (OSError, json.JSONDecodeError) as err:
-        raise FeatureFolderError(f"{path}: cannot read the manifest: {err}") from err
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise FeatureFolderError(
-            f"{path}: schema_version {manifest.get('schema_version')!r}, "
-            f"this code reads {SCHEMA_VERSION}"
-        )
-    return manifest
+# The manifest's reader and error live in features.mimic.manifest; they are also this
+# module's public API, as the README shows.
+__all__ = ["FeatureFolderError", "load_manifest", "load_split"]
 
 
 def load_split(feature_dir: str | Path, split: str):
@@ -74,14 +57,14 @@ def load_split(feature_dir: str | Path, split: str):
         grid = np.load(grid_path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as err:
         raise FeatureFolderError(f"{grid_path}: cannot read the grid: {err}") from err
-    expected = (stays.height, manifest["hours"], len(manifest["channels"]))
+    expected = (stays.height, manifest.hours, len(manifest.channels))
     if grid.shape != expected:
         raise FeatureFolderError(
             f"{grid_path}: grid shape {grid.shape} does not match {expected} from "
             f"{stays_path.name} and {MANIFEST_FILE}"
         )
     rows = np.flatnonzero((stays["split"] == split).to_numpy())
-    x = apply_normaliser(np.asarray(grid[rows]), manifest["normaliser"])
+    x = apply_normaliser(np.asarray(grid[rows]), manifest.normaliser.model_dump())
     part = stays[rows.tolist()] if len(rows) else stays.clear()
     y = part["label"].to_numpy().astype(np.float32)
     return torch.from_numpy(x), torch.from_numpy(y), part

@@ -1,0 +1,319 @@
+"""The typed ``manifest.json`` of a feature folder: model, reader, writer, is-current check.
+
+:class:`FeatureManifest` describes exactly the JSON that :func:`features.mimic.extract.extract`
+writes (schema version 1): the source tables with their sizes and sha256 hashes, the count
+at every cohort step, the event-validation counts, the split settings and counts, the
+channel names, the normaliser fitted on the training split, warnings and timings. Every
+part is a frozen pydantic model that forbids unknown keys, so code reads typed attributes
+instead of the folder's private layout, and a manifest that does not match is refused when
+it is read, in one line naming the file and the field.
+
+Folders written before ``warnings`` was added to the manifest (same schema version) still
+load, with no warnings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from features.io import write_private_text
+from features.mimic.tables import EVENT_TABLES, MimicInputError, file_fingerprint, table_path
+
+SCHEMA_VERSION = 1
+TASK = "in-hospital-mortality"
+#: The raw tables an extraction reads, in the order the manifest lists them.
+SOURCE_TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "DIAGNOSES_ICD", *EVENT_TABLES)
+STAYS_FILE = "stays.parquet"
+GRID_FILE = "grid.npy"
+MANIFEST_FILE = "manifest.json"
+
+#: The longest schema-version value an error message quotes.
+_QUOTED_CHARS = 20
+
+
+class FeatureFolderError(ValueError):
+    """A feature folder is missing a file or its files do not agree."""
+
+
+class _Part(BaseModel):
+    """A frozen part of the manifest that refuses keys it does not know."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceTable(_Part):
+    """One raw table as it was when extracted (``features.mimic.tables.file_fingerprint``)."""
+
+    file: str
+    bytes: int
+    sha256: str
+
+
+class Source(_Part):
+    """Where the raw tables came from.
+
+    Attributes:
+        dir: The resolved input folder.
+        tables: Per table name (``SOURCE_TABLES``), its file, size and hash.
+    """
+
+    dir: str
+    tables: dict[str, SourceTable]
+
+
+class CohortStep(_Part):
+    """The cohort after one selection step (mimic3-benchmarks order)."""
+
+    step: str
+    stays: int
+    subjects: int
+
+
+class EventValidation(_Part):
+    """Event counts at each rule of the benchmark's ``validate_events``."""
+
+    n_events: int
+    empty_hadm: int
+    no_hadm_in_stay: int
+    no_icustay: int
+    recovered: int
+    icustay_missing_in_stays: int
+    kept: int
+
+
+class Cohort(_Part):
+    """The cohort steps, first to last, and the event-validation counts."""
+
+    steps: tuple[CohortStep, ...]
+    event_validation: EventValidation
+
+
+class SplitCount(_Part):
+    """Size of one split."""
+
+    stays: int
+    subjects: int
+    positives: int
+
+
+class SplitCounts(_Part):
+    """Size of each split."""
+
+    train: SplitCount
+    val: SplitCount
+    test: SplitCount
+
+
+class Split(_Part):
+    """The subject-level split: its settings and the resulting counts."""
+
+    seed: int
+    val_fraction: float
+    test_fraction: float
+    by: Literal["subject_id"]
+    counts: SplitCounts
+
+
+class Normaliser(_Part):
+    """Per-channel statistics fitted on the training split.
+
+    Columns that are not z-scored (one-hot and mask columns) have mean 0 and std 1, so
+    applying the statistics to every column is always correct.
+    """
+
+    fitted_on: Literal["train"]
+    means: tuple[float, ...]
+    stds: tuple[float, ...]
+    normalised: tuple[bool, ...]
+
+
+class FolderFiles(_Part):
+    """The data files of the folder beside the manifest."""
+
+    stays: Literal[STAYS_FILE]
+    grid: Literal[GRID_FILE]
+
+
+class ManifestHeader(BaseModel):
+    """The fields that tell a feature folder this code wrote, of any schema version.
+
+    Only these are read (everything else is ignored), so an older or newer folder of
+    ours is still recognised, e.g. to be replaced by a fresh extraction.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int
+    task: str
+    files: FolderFiles
+
+
+class FeatureManifest(_Part):
+    """The ``manifest.json`` of a feature folder, field for field.
+
+    Attributes:
+        schema_version: Layout version of the folder (:data:`SCHEMA_VERSION`).
+        task: Always :data:`TASK`.
+        created: When the folder was written (ISO 8601, UTC, seconds).
+        source: The raw tables it was extracted from.
+        cohort: Cohort steps and event-validation counts.
+        stays: Stays in the folder.
+        positives: Stays that died in hospital.
+        hours: Hours of the grid.
+        split: Split settings and counts.
+        channels: The grid's column names.
+        normaliser: Statistics applied by :func:`features.mimic.loader.load_split`.
+        files: The data files beside the manifest.
+        has_true_risk: Whether ``stays.parquet`` holds the generator's ``true_risk``.
+        warnings: Cohort-level warnings, e.g. a variable never observed.
+        timings_s: Seconds per extraction step, and ``"total"``.
+    """
+
+    schema_version: Literal[SCHEMA_VERSION]
+    task: Literal[TASK]
+    created: str
+    source: Source
+    cohort: Cohort
+    stays: int
+    positives: int
+    hours: int
+    split: Split
+    channels: tuple[str, ...]
+    normaliser: Normaliser
+    files: FolderFiles
+    has_true_risk: bool
+    # Folders written before warnings were recorded have none (same schema version).
+    warnings: tuple[str, ...] = ()
+    timings_s: dict[str, float]
+
+    @model_validator(mode="after")
+    def _one_statistic_per_channel(self) -> FeatureManifest:
+        normaliser = self.normaliser
+        lengths = {len(normaliser.means), len(normaliser.stds), len(normaliser.normalised)}
+        if lengths != {len(self.channels)}:
+            raise ValueError(
+                f"normaliser: {len(normaliser.means)} means, {len(normaliser.stds)} stds and "
+                f"{len(normaliser.normalised)} flags for {len(self.channels)} channels"
+            )
+        return self
+
+    @property
+    def total_seconds(self) -> float:
+        """Wall time of the whole extraction."""
+        return self.timings_s["total"]
+
+    def to_json(self) -> str:
+        """The manifest as ``manifest.json`` holds it (two-space indent, final newline)."""
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+    def write(self, folder: Path) -> None:
+        """Write ``manifest.json`` into ``folder`` owner-only (0600) and atomically."""
+        write_private_text(folder / MANIFEST_FILE, self.to_json())
+
+    def outdated_reason(
+        self, mimic_dir: str | Path, *, seed: int, val_fraction: float, test_fraction: float
+    ) -> str | None:
+        """Why extracting ``mimic_dir`` with these settings would write another folder.
+
+        Compares the split settings, then the byte size of every source table with the
+        recorded one (cheap, so a changed table usually costs no hashing), then its sha256.
+
+        Args:
+            mimic_dir: Folder with the MIMIC-III tables.
+            seed: Seed of the subject-level split.
+            val_fraction: Share of subjects in the validation split.
+            test_fraction: Share of subjects in the test split.
+
+        Returns:
+            A short reason, or None when re-extracting would write the same feature folder
+            (up to its creation time and timings).
+        """
+        split = self.split
+        if (split.seed, split.val_fraction, split.test_fraction) != (
+            seed,
+            val_fraction,
+            test_fraction,
+        ):
+            return "the split settings changed"
+        recorded = self.source.tables
+        if set(recorded) != set(SOURCE_TABLES):
+            return "the manifest records other source tables"
+        try:
+            paths = {name: table_path(mimic_dir, name) for name in SOURCE_TABLES}
+        except MimicInputError:
+            return "a source table is missing"  # extraction reports which, properly
+        for name, path in paths.items():
+            if path.stat().st_size != recorded[name].bytes:
+                return f"{name} changed size"
+        for name, path in paths.items():
+            if file_fingerprint(path)["sha256"] != recorded[name].sha256:
+                return f"{name} changed content"
+        return None
+
+
+def read_header(feature_dir: str | Path) -> ManifestHeader | None:
+    """The header of ``feature_dir``'s manifest, or None if it has none that parses."""
+    path = Path(feature_dir) / MANIFEST_FILE
+    try:
+        return ManifestHeader.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError):
+        return None
+
+
+def load_manifest(feature_dir: str | Path) -> FeatureManifest:
+    """Read and check ``manifest.json`` of a feature folder.
+
+    Args:
+        feature_dir: A feature folder.
+
+    Returns:
+        The typed manifest.
+
+    Raises:
+        FeatureFolderError: One line naming the file if it is missing, not JSON, of another
+            schema version (then it says to re-extract), or if a field is missing, unknown
+            or of the wrong type (then it names the field).
+    """
+    path = Path(feature_dir) / MANIFEST_FILE
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError as err:
+        raise FeatureFolderError(f"{path}: manifest not found (not a feature folder?)") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise FeatureFolderError(f"{path}: cannot read the manifest: {err}") from err
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FeatureFolderError(
+            f"{path}: line {err.lineno} column {err.colno}: not valid JSON ({err.msg})"
+        ) from err
+    if not isinstance(raw, dict):
+        raise FeatureFolderError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise FeatureFolderError(
+            f"{path}: schema_version {repr(version)[:_QUOTED_CHARS]}, this code reads "
+            f"{SCHEMA_VERSION}; re-extract the feature folder (rank1 extract)"
+        )
+    try:
+        return FeatureManifest.model_validate(raw)
+    except ValidationError as err:
+        raise FeatureFolderError(f"{path}: {_first_problem(err)}") from None
+
+
+def _first_problem(err: ValidationError) -> str:
+    """One line for a manifest's ``ValidationError``: the field and what was expected.
+
+    pydantic's own ``str(err)`` spans lines and quotes the input; this names the field and
+    the expectation only.
+    """
+    first = err.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    others = err.error_count() - 1
+    more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
+    return f"{location}: {message}{more}" if location else f"{message}{more}"
