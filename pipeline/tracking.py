@@ -349,6 +349,13 @@ def _experiment_id(mlflow, name: str) -> str:
         return experiment.experiment_id
 
 
+@_translates_mlflow_errors
+def experiment_id(name: str) -> str | None:
+    """The id of an experiment (as in its MLflow UI links), or None if there is none yet."""
+    experiment = _mlflow().MlflowClient().get_experiment_by_name(name)
+    return None if experiment is None else experiment.experiment_id
+
+
 @contextmanager
 def start_run(
     experiment: str,
