@@ -86,3 +86,6 @@ def test_training_runs_table_link_after_training(tmp_path, monkeypatch, capsys):
     # MLflow 3 opens an experiment on its GenAI "Traces" page; the runs table has its own URL.
     assert f"  runs of links-test: http://127.0.0.1:5000/#/experiments/{experiment}/runs\n" in out
     assert "never-used" not in out and f"mlflow ui --backend-store-uri {store}" in out
+    assert "Prefect UI" in out
+    print_uis(["links-test"], prefect_runs=False)  # after `rank1 train`: no flow ran
+    assert "Prefect UI" not in capsys.readouterr().out

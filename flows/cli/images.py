@@ -89,7 +89,7 @@ def train_images_command(
     typer.echo(f"run_id {run_id}")
     for key, value in summary.items():
         typer.echo(f"  {key:<20} {value:.4f}")
-    print_uis([job.experiment])
+    print_uis([job.experiment], prefect_runs=False)
 
 
 def validate_images_command(

@@ -175,7 +175,7 @@ def train_command(
     typer.echo(f"run_id {run_id}")
     for key, value in summary.items():
         typer.echo(f"  {key:<34} {value:.4f}")
-    print_uis([experiment])
+    print_uis([experiment], prefect_runs=False)
 
 
 def _config_file(config_file: Path | None):

@@ -104,7 +104,7 @@ def run_flow(flow_fn: Callable[..., Any], params_model: type, **kwargs: Any) -> 
         fail(f"{type(err).__name__}: {error_line(err)}")
 
 
-def print_uis(experiments: list[str]) -> None:
+def print_uis(experiments: list[str], *, prefect_runs: bool = True) -> None:
     """Where the MLflow store is, how to open the MLflow and Prefect UIs, and where to look.
 
     MLflow 3 opens an experiment on its GenAI "Traces" page, which is empty for these runs:
@@ -112,6 +112,7 @@ def print_uis(experiments: list[str]) -> None:
 
     Args:
         experiments: The MLflow experiments the command logged to.
+        prefect_runs: Whether the command ran Prefect flows (then the Prefect UI shows them).
     """
     from pipeline.tracking import experiment_id, tracking_uri
 
@@ -128,6 +129,8 @@ def print_uis(experiments: list[str]) -> None:
         found = experiment_id(name)
         if ui is not None and found is not None:
             typer.echo(f"  runs of {name}: {ui.rstrip('/')}/#/experiments/{found}/runs")
+    if not prefect_runs:
+        return
     typer.echo(
         "  open the Prefect UI: prefect server start --host 127.0.0.1 --port 4200 "
         "--analytics-off  ->  http://127.0.0.1:4200 (it shows these runs: same PREFECT_HOME)"
