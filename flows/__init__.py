@@ -12,7 +12,7 @@ Modules:
     demo: the end-to-end demo flow behind ``rank1 demo``.
     deployments: YAML-configured schedules served with ``rank1 serve``.
     runs: flow and task runs left RUNNING by a killed process, set Crashed on a rerun.
-    cli: the ``rank1`` typer app.
+    cli: the ``rank1`` typer app, one module per area (mimic, images, serve, demo).
 """
 
 from __future__ import annotations

@@ -23,23 +23,27 @@
   owner-only files: ``mlflow.db`` 0600 and ``mlartifacts/`` 0700 when this module creates
   them; artifacts it logs are written 0600 in 0700 folders (they include weights trained on
   patient data). A database or folder the user made is never re-permissioned.
+* MLflow's own errors (an unknown run, an unreachable server, a missing artifact) leave the
+  public functions here as one :class:`TrackingError` with a one-line message, so callers
+  catch one documented type instead of MLflow's.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from enum import Enum
 from importlib import metadata
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import unquote, urlparse
 
 from features.io import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
@@ -63,6 +67,52 @@ _READY_STORES: set[str] = set()
 _UMASK_LOCK = threading.Lock()
 _umask_users = 0
 _saved_umask = 0
+
+
+# --------------------------------------------------------------------------- errors
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class TrackingError(RuntimeError):
+    """MLflow refused a request: unknown run, unreachable server, missing artifact.
+
+    The message is one line: MLflow's first line and the store it came from.
+    """
+
+
+# ``scheme://user:password@host``: MLflow quotes such URIs in its messages.
+_URL_CREDENTIALS_RE = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _without_credentials(text: str) -> str:
+    """``text`` with the ``user:password@`` part of every URL in it removed."""
+    return _URL_CREDENTIALS_RE.sub("", text)
+
+
+@contextmanager
+def _mlflow_errors() -> Iterator[None]:
+    """Re-raise an ``MlflowException`` from the block as a one-line :class:`TrackingError`."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        message = f"{first} (MLflow store {tracking_uri()})"
+        raise TrackingError(_without_credentials(message)) from err
+
+
+def _translates_mlflow_errors(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorate a public function so that MLflow's errors leave it as :class:`TrackingError`."""
+
+    @functools.wraps(function)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with _mlflow_errors():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 # --------------------------------------------------------------------------- store
@@ -299,6 +349,13 @@ def _experiment_id(mlflow, name: str) -> str:
         return experiment.experiment_id
 
 
+@_translates_mlflow_errors
+def experiment_id(name: str) -> str | None:
+    """The id of an experiment (as in its MLflow UI links), or None if there is none yet."""
+    experiment = _mlflow().MlflowClient().get_experiment_by_name(name)
+    return None if experiment is None else experiment.experiment_id
+
+
 @contextmanager
 def start_run(
     experiment: str,
@@ -325,13 +382,15 @@ def start_run(
     check_no_patient_data(flat, "params")
     tag_values = {str(k): str(_plain(v)) for k, v in (tags or {}).items()}
     check_no_patient_data(tag_values, "tags")
-    mlflow = _mlflow()
-    with mlflow.start_run(
-        experiment_id=_experiment_id(mlflow, experiment), run_name=run_name, tags=tag_values
-    ) as run:
-        if flat:
-            mlflow.log_params({k: str(v) for k, v in flat.items()})
-        yield run
+    with _mlflow_errors():
+        mlflow = _mlflow()
+        experiment_id = _experiment_id(mlflow, experiment)
+        with mlflow.start_run(
+            experiment_id=experiment_id, run_name=run_name, tags=tag_values
+        ) as run:
+            if flat:
+                mlflow.log_params({k: str(v) for k, v in flat.items()})
+            yield run
 
 
 @contextmanager
@@ -345,11 +404,11 @@ def resume_run(run_id: str) -> Iterator[Any]:
         The ``mlflow.ActiveRun``. The run's status is set to FINISHED again at the end (or
         FAILED if the block raises).
     """
-    mlflow = _mlflow()
-    with mlflow.start_run(run_id=run_id) as run:
+    with _mlflow_errors(), _mlflow().start_run(run_id=run_id) as run:
         yield run
 
 
+@_translates_mlflow_errors
 def run_metrics(run_id: str) -> dict[str, float]:
     """The latest value of every metric of a run (e.g. to compare two runs in a plot).
 
@@ -363,6 +422,7 @@ def run_metrics(run_id: str) -> dict[str, float]:
     return dict(mlflow.MlflowClient().get_run(run_id).data.metrics)
 
 
+@_translates_mlflow_errors
 def run_params(run_id: str) -> dict[str, str]:
     """The params of a run as logged (dotted keys, string values).
 
@@ -376,6 +436,7 @@ def run_params(run_id: str) -> dict[str, str]:
     return dict(mlflow.MlflowClient().get_run(run_id).data.params)
 
 
+@_translates_mlflow_errors
 def log_params(params: Mapping[str, Any] | Any) -> None:
     """Log more params (nested config flattened to dotted keys) to the active run."""
     flat = flatten_params(params)
@@ -383,6 +444,7 @@ def log_params(params: Mapping[str, Any] | Any) -> None:
     _require_active_run().log_params({k: str(v) for k, v in flat.items()})
 
 
+@_translates_mlflow_errors
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
     """Log scalar metrics to the active run.
 
@@ -404,6 +466,7 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str
     _require_active_run().log_metrics(values, step=step)
 
 
+@_translates_mlflow_errors
 def log_figure(fig: Any, artifact_file: str) -> None:
     """Log a matplotlib figure as an artifact (e.g. 'plots/reliability.png'), owner-only."""
     mlflow = _require_active_run()
@@ -411,6 +474,7 @@ def log_figure(fig: Any, artifact_file: str) -> None:
         mlflow.log_figure(fig, artifact_file)
 
 
+@_translates_mlflow_errors
 def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
     """Copy a local file or directory into the active run's artifacts.
 
@@ -427,6 +491,7 @@ def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> N
             mlflow.log_artifact(str(path), artifact_path)
 
 
+@_translates_mlflow_errors
 def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
     """Log a JSON-serialisable mapping (e.g. the temperature scaler) as a JSON artifact."""
     mlflow = _require_active_run()
@@ -434,6 +499,7 @@ def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
         mlflow.log_text(json.dumps(data, indent=2, sort_keys=True), artifact_file)
 
 
+@_translates_mlflow_errors
 def load_dict(run_id: str, artifact_file: str) -> dict[str, Any]:
     """Read back a JSON artifact written by :func:`log_dict` (e.g. the temperature).
 
@@ -654,6 +720,7 @@ def _load_weights(path: str | os.PathLike, name: str) -> dict[str, Any]:
     return state
 
 
+@_translates_mlflow_errors
 def log_model(
     model: Any,
     name: str = "model",
@@ -730,6 +797,7 @@ def _display(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme == "file" else uri
 
 
+@_translates_mlflow_errors
 def load_stored_model(run_id: str, name: str = "model") -> StoredModel:
     """Download a logged model's weights and config and read them; nothing is unpickled.
 
@@ -886,6 +954,7 @@ def process_tags(resume_key: str) -> dict[str, str]:
     }
 
 
+@_translates_mlflow_errors
 def fail_stale_runs(experiment: str, resume_key: str) -> list[str]:
     """Mark FAILED the runs with this resume key left RUNNING by a process that is gone.
 

@@ -241,6 +241,24 @@ def test_unreadable_checkpoint_is_a_one_line_error(tmp_path, content):
     assert isinstance(info.value, ValueError)  # the flows do not retry it
 
 
+# --------------------------------------------------------------------------- MLflow
+
+
+@pytest.mark.parametrize("command", ["report", "validate-images"])
+def test_an_unknown_run_id_is_one_line(command, tmp_path, monkeypatch, tiny_ehr_features):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    unknown = "0123456789abcdef0123456789abcdef"
+    arguments = {
+        "report": ["--features", str(tiny_ehr_features), "--out", str(tmp_path / "r")],
+        "validate-images": ["--device", "cpu"],
+    }[command]
+    result = CliRunner().invoke(app, [command, "--run", unknown, *arguments])
+    line = _error_line(result)
+    assert line == f"error: Run with id={unknown} not found (MLflow store {store})"
+    assert not (tmp_path / "r").exists()
+
+
 # --------------------------------------------------------------------------- devices
 
 

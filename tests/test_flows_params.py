@@ -131,7 +131,7 @@ def test_packaged_deployments_load_when_their_data_folder_exists(tmp_path, monke
     # Relative parameters resolve against the folder `rank1 serve` runs in.
     with pytest.raises(DeploymentError, match="deployment 'nightly-clinical': .*'mimic_dir'"):
         load_config()
-    (tmp_path / "data" / "mimic-iii").mkdir(parents=True)
+    (tmp_path / "outputs" / "mimic-synthetic").mkdir(parents=True)
     config = load_config()
     by_name = {entry.name: entry for entry in config.deployments}
     assert by_name["nightly-clinical"].cron == "0 2 * * *"
@@ -242,6 +242,19 @@ def test_serve_check_lists_schedules_without_serving(tmp_path):
     assert result.exit_code == 0, result.output
     assert "weekly: train_images, cron '0 4 * * 0' Europe/Paris" in result.output
     assert "often: train_images, every 600 s (paused)" in result.output
+
+
+def test_packaged_example_checks_after_make_demo_and_lists_every_schedule(tmp_path, monkeypatch):
+    from features.synthetic import generate
+
+    monkeypatch.chdir(tmp_path)
+    generate(tmp_path / "outputs" / "mimic-synthetic", patients=3, seed=0)  # as `make demo`
+    result = CliRunner().invoke(app, ["serve", "--check"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "nightly-clinical: clinical_pipeline, cron '0 2 * * *' UTC",
+        "weekly-image-validation: image_benchmark, cron '0 4 * * 0' UTC",
+    ]
 
 
 def test_serve_with_a_bad_file_gives_one_line(tmp_path):

@@ -104,7 +104,7 @@ def test_training_key_follows_config_sizes_experiment_and_features(tmp_path):
 
 
 def test_pipeline_steps_option_keeps_checkpoints():
-    from flows.cli import _train_overrides
+    from flows.cli.mimic import _train_overrides
 
     overrides = _train_overrides(None, 200, None, None)
     assert overrides["checkpoint_every"] == 20
@@ -202,7 +202,7 @@ def _prefect_runs(prefect_home, pid):
 def test_pipeline_rerun_after_sigkill_resumes_to_the_same_weights(store, tmp_path):
     """kill -9 mid-training, rerun the same command: same weights as without the kill."""
     from features.synthetic import generate
-    from flows.cli import _train_overrides
+    from flows.cli.mimic import _train_overrides
     from flows.params import train_config
     from pipeline.ehr import train_ehr
     from pipeline.train import CHECKPOINT_FILE, load_checkpoint

@@ -361,3 +361,36 @@ def test_two_first_runs_at_once_on_a_fresh_store_both_succeed(tmp_path):
         assert proc.returncode == 0, reason[-1]
     experiment = mlflow.MlflowClient(uri).get_experiment_by_name("race")
     assert len(mlflow.MlflowClient(uri).search_runs([experiment.experiment_id])) == 2
+
+
+def test_mlflow_errors_leave_as_one_line_tracking_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    unknown = "0123456789abcdef0123456789abcdef"
+    with tracking.start_run("errors-test") as run:
+        run_id = run.info.run_id
+    calls = {
+        "run_params": lambda: tracking.run_params(unknown),
+        "run_metrics": lambda: tracking.run_metrics(unknown),
+        "load_model": lambda: tracking.load_model(unknown),
+        "load_dict": lambda: tracking.load_dict(run_id, "missing.json"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(tracking.TrackingError) as caught:  # noqa: PT012 - one call each
+            call()
+        message = str(caught.value)
+        assert "\n" not in message and f"(MLflow store sqlite:///{tmp_path}/mlflow.db)" in message
+        assert isinstance(caught.value, RuntimeError), name
+    with pytest.raises(tracking.TrackingError, match=f"Run with id={unknown} not found"):
+        with tracking.resume_run(unknown):
+            pass
+
+
+def test_tracking_error_hides_the_password_of_a_server_uri(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    with pytest.raises(tracking.TrackingError) as caught:
+        tracking.run_params("0123456789abcdef0123456789abcdef")
+    message = str(caught.value)
+    assert "\n" not in message and message.endswith("(MLflow store http://127.0.0.1:9)")
+    assert "secret" not in message

@@ -1,0 +1,304 @@
+"""``rank1`` commands of the clinical pipeline: synth, extract, train, report, pipeline.
+
+``synth`` and ``extract`` call :mod:`features.synthetic` and :mod:`features.mimic`, ``train``
+and ``report`` call :mod:`pipeline.ehr`, ``pipeline`` runs the Prefect flow
+:func:`flows.mimic.clinical_pipeline`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.cli import error_line, fail, options
+from flows.cli.running import print_uis, run_flow
+
+
+def synth_command(
+    patients: Annotated[int, typer.Option("--patients", min=1, help="Number of patients.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the MIMIC-III tables to.")],
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed; the same seed gives the same files.")
+    ] = 0,
+) -> None:
+    """Write a synthetic MIMIC-III database with a planted, known mortality risk."""
+    from rich.console import Console
+
+    from features.synthetic import generate
+
+    console = Console(stderr=True)
+    try:
+        with console.status(f"generating {patients} patients into {out}"):
+            summary = generate(out, patients=patients, seed=seed)
+    except (OSError, ValueError) as err:
+        fail(str(err))
+    rows = ", ".join(f"{name} {count:,}" for name, count in summary["rows"].items())
+    typer.echo(
+        f"wrote {out}: {summary['patients']:,} patients, {summary['icustays']:,} ICU stays, "
+        f"{summary['deaths']:,} in-hospital deaths (mean planted risk "
+        f"{summary['mean_true_risk']:.3f}); rows: {rows}"
+    )
+
+
+def extract_command(
+    mimic_dir: Annotated[Path, typer.Option("--mimic-dir", help="Folder with MIMIC-III CSV(.gz).")],
+    out: Annotated[Path, typer.Option("--out", help="Feature folder to write.")],
+    seed: options.SplitSeed = 0,
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of subjects.")
+    ] = 0.15,
+    test_fraction: Annotated[
+        float, typer.Option("--test-fraction", help="Share of subjects.")
+    ] = 0.15,
+) -> None:
+    """Extract the in-hospital-mortality features (mimic3-benchmarks definitions)."""
+    from features.mimic.extract import extract
+    from features.mimic.tables import MimicInputError
+
+    try:
+        manifest = extract(
+            mimic_dir,
+            out,
+            seed=seed,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            progress=True,
+        )
+    except (MimicInputError, OSError, ValueError) as err:
+        fail(str(err))
+    typer.echo(f"wrote {out} in {manifest.total_seconds:.1f} s")
+    typer.echo("cohort (stays / subjects):")
+    for step in manifest.cohort.steps:
+        typer.echo(f"  {step.step:<28} {step.stays:>8,} / {step.subjects:,}")
+    counts = manifest.split.counts
+    parts = [f"{name} {c.stays:,} ({c.positives:,} deaths)" for name, c in counts]
+    typer.echo("splits: " + ", ".join(parts))
+    for warning in manifest.warnings:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
+
+
+def train_command(
+    features: Annotated[Path, typer.Option("--features", help="Feature folder to train on.")],
+    method: options.Method = None,
+    posterior: options.Posterior = None,
+    steps: options.Steps = None,
+    kl_anneal: Annotated[
+        int | None,
+        typer.Option("--kl-anneal", min=0, help="KL annealing steps (default: half of --steps)."),
+    ] = None,
+    batch_size: options.EhrBatchSize = None,
+    ensemble_size: options.EnsembleSize = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Adam learning rate.")] = None,
+    seed: options.TrainingSeed = None,
+    rnn_dim: options.RnnDimOrDefault = None,
+    hidden_dim: options.HiddenDimOrDefault = None,
+    num_eval_samples: Annotated[
+        int | None, typer.Option("--num-eval-samples", min=1, help="MC samples per member.")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option("--eval-every", min=0, help="Validate every N steps.")
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option("--patience", min=0, help="Early-stopping evaluations.")
+    ] = None,
+    device: options.Device = None,
+    config_file: options.TrainConfigFile = None,
+    experiment: options.Experiment = "mimic-ihm",
+    run_name: options.RunName = None,
+    checkpoint_dir: options.CheckpointDir = None,
+    resume: options.Resume = False,
+) -> None:
+    """Train an EHR model (rank-1 BNN, deterministic or deep ensemble) and log it to MLflow."""
+    import dataclasses
+
+    from pipeline.config import ConfigError, TrainConfig, check_device
+
+    try:
+        config = _config_file(config_file)
+        changes = {}
+        for name, value in (
+            ("method", method),
+            ("posterior", posterior),
+            ("seed", seed),
+            ("device", device),
+            ("batch_size", batch_size),
+            ("ensemble_size", ensemble_size),
+            ("num_eval_samples", num_eval_samples),
+            ("eval_every", eval_every),
+            ("patience", patience),
+        ):
+            if value is not None:
+                changes[name] = value
+        schedule = config.schedule
+        if steps is not None:
+            # Keep the recipe's proportion: the KL is annealed over the first half.
+            schedule = dataclasses.replace(schedule, unit="steps", length=steps)
+            schedule.kl_anneal = steps // 2 if kl_anneal is None else kl_anneal
+        elif kl_anneal is not None:
+            schedule = dataclasses.replace(schedule, kl_anneal=kl_anneal)
+        optim = config.optim if lr is None else dataclasses.replace(config.optim, lr=lr)
+        config = TrainConfig.from_dict(
+            {
+                **config.to_dict(),
+                **changes,
+                "schedule": dataclasses.asdict(schedule),
+                "optim": dataclasses.asdict(optim),
+            }
+        )
+        # Before the data is loaded: a missing GPU is known now.
+        check_device(config.device)
+    except ConfigError as err:
+        fail(str(err))
+
+    from features.mimic.loader import FeatureFolderError
+    from pipeline.ehr import train_ehr
+    from rank1.models import EHRConfig
+
+    sizes = {"rnn_dim": rnn_dim, "hidden_dim": hidden_dim}
+    model_config = EHRConfig(**{k: v for k, v in sizes.items() if v is not None})
+    summary: dict[str, float] = {}
+    try:
+        run_id = train_ehr(
+            features,
+            config,
+            experiment=experiment,
+            model_config=model_config,
+            run_name=run_name,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            summary=summary,
+        )
+    except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
+        fail(error_line(err))
+    typer.echo(f"run_id {run_id}")
+    for key, value in summary.items():
+        typer.echo(f"  {key:<34} {value:.4f}")
+    print_uis([experiment], prefect_runs=False)
+
+
+def _config_file(config_file: Path | None):
+    """The ``TrainConfig`` of a YAML file (the defaults without one); errors name the file.
+
+    Raises:
+        pipeline.config.ConfigError: One line naming the file.
+    """
+    from pipeline.config import ConfigError, TrainConfig, read_yaml
+
+    if config_file is None:
+        return TrainConfig()
+    data = read_yaml(config_file)  # its errors name the file, line and column
+    try:
+        return TrainConfig.from_dict({} if data is None else data)
+    except ConfigError as err:
+        raise ConfigError(f"{config_file}: {err}") from None
+
+
+def report_command(
+    run: Annotated[str, typer.Option("--run", help="MLflow run id of a `rank1 train` run.")],
+    features: Annotated[Path, typer.Option("--features", help="Feature folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder (owner-only).")],
+    split: Annotated[str, typer.Option("--split", help="train | val | test.")] = "test",
+    coverage: Annotated[
+        float, typer.Option("--coverage", min=0.0, max=1.0, help="Share not referred.")
+    ] = 0.8,
+) -> None:
+    """Write the per-patient risk and uncertainty report of one split (Parquet/CSV/HTML)."""
+    from features.mimic.loader import FeatureFolderError
+    from pipeline.ehr import report_ehr
+
+    try:
+        paths = report_ehr(run, features, out, split=split, coverage=coverage)
+    except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
+        fail(error_line(err))
+    for kind, path in paths.items():
+        typer.echo(f"wrote {kind}: {path}")
+
+
+def _methods(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _train_overrides(
+    config_file: Path | None, steps: int | None, batch_size: int | None, device: str | None
+) -> dict:
+    """TrainConfig overrides from a YAML file and the shortcut options."""
+    from pipeline.config import ConfigError, read_yaml
+
+    overrides: dict = {}
+    if config_file is not None:
+        try:
+            overrides = read_yaml(config_file) or {}  # its errors name file, line, column
+        except ConfigError as err:
+            fail(str(err))
+        if not isinstance(overrides, dict):
+            fail(f"{config_file}: must hold a mapping of TrainConfig fields")
+    if steps is not None:
+        # Keep the recipe's proportion: the KL is annealed over the first half.
+        schedule = dict(overrides.get("schedule") or {})
+        schedule.update(unit="steps", length=steps, kl_anneal=steps // 2)
+        overrides["schedule"] = schedule
+        overrides.setdefault("eval_every", max(steps // 10, 1))
+        # Checkpoints as often as evaluations: a killed run resumes from the last one.
+        overrides.setdefault("checkpoint_every", max(steps // 10, 1))
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
+    if device is not None:
+        overrides["device"] = device
+    return overrides
+
+
+def pipeline_command(
+    mimic_dir: Annotated[
+        Path,
+        typer.Option(
+            "--mimic-dir", help="MIMIC-III tables: the full database, the demo or synthetic."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output root: features/ and reports/<method>/.")
+    ] = Path("outputs/mimic"),
+    methods: Annotated[
+        str, typer.Option("--methods", help="Comma-separated: rank1, deterministic, ensemble.")
+    ] = "rank1,deterministic",
+    config_file: options.TrainConfigFile = None,
+    steps: options.Steps = None,
+    batch_size: options.EhrBatchSize = None,
+    device: options.Device = None,
+    rnn_dim: options.RnnDim = 256,
+    hidden_dim: options.HiddenDim = 128,
+    experiment: options.Experiment = "mimic-ihm",
+    seed: options.SplitSeed = 0,
+    coverage: Annotated[
+        float, typer.Option("--coverage", help="Share of stays not referred in the report.")
+    ] = 0.8,
+    force_extract: Annotated[
+        bool, typer.Option("--force-extract", help="Extract even if the tables are unchanged.")
+    ] = False,
+) -> None:
+    """Run the clinical pipeline flow: extract, train, calibrate, report (Prefect + MLflow)."""
+    import sys
+
+    from flows.mimic import clinical_pipeline
+    from flows.params import ClinicalParams
+
+    result = run_flow(
+        clinical_pipeline,
+        ClinicalParams,
+        mimic_dir=mimic_dir,
+        out_dir=out,
+        methods=_methods(methods),
+        train=_train_overrides(config_file, steps, batch_size, device),
+        model={"rnn_dim": rnn_dim, "hidden_dim": hidden_dim},
+        experiment=experiment,
+        seed=seed,
+        coverage=coverage,
+        force_extract=force_extract,
+        progress=sys.stderr.isatty(),
+    )
+    state = "extracted" if result["extracted"] else "unchanged inputs, kept"
+    typer.echo(f"features: {result['features_dir']} ({state})")
+    for method, run_id in result["runs"].items():
+        typer.echo(f"{method}: MLflow run {run_id}, report {result['reports'][method]}")
+    print_uis([experiment])
