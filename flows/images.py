@@ -1,6 +1,6 @@
 """Prefect flows of the image benchmarks.
 
-* ``train_images``: train a recipe of ``pipeline.images`` (rank-1 model, deterministic
+* ``train_images``: train a recipe of ``pipeline.recipes`` (rank-1 model, deterministic
   twin, deep ensemble) into one MLflow run per method.
 * ``validate_images``: load a run's model once, evaluate it on every (corruption,
   severity) cell as parallel tasks sharing it, then log the cells, the spec section 7

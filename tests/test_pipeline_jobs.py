@@ -116,3 +116,27 @@ def test_run_training_logs_one_run_and_returns_the_evaluation(tmp_path, monkeypa
     )
     assert [m.step for m in history] == [2, 4]
     assert next(result.model.parameters()).device.type == "cpu"
+
+
+def test_cli_train_prints_the_typed_result(tiny_ehr_features, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        app,
+        [
+            "train", "--features", str(tiny_ehr_features), "--method", "deterministic",
+            "--steps", "2", "--batch-size", "8", "--rnn-dim", "4", "--hidden-dim", "4",
+            "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    run_line = next(line for line in lines if line.startswith("run_id "))
+    assert len(run_line.split()[1]) == 32
+    names = [line.split()[0] for line in lines if line.startswith("  ")]
+    assert names[:2] == ["train_seconds", "val_nll"]
+    assert "test_calibrated_ece" in names and "test_planted_auroc" in names  # synthetic data
