@@ -68,13 +68,12 @@ def main() -> None:
             experiment="bench-digits",
             **overrides,
         )
-        summary: dict[str, float] = {}
         started = time.perf_counter()
-        run_id = train_images(job, run_name=label.split()[0], progress=False, summary=summary)
+        result = train_images(job, run_name=label.split()[0], progress=False)
         trained = time.perf_counter() - started
-        metrics = validate_images(run_id, corruptions, severities, device="cpu")
+        metrics = validate_images(result.run_id, corruptions, severities, device="cpu")
         evaluated = time.perf_counter() - started - trained
-        rows[label] = {**summary, **metrics, "train_s": trained, "eval_s": evaluated}
+        rows[label] = {**result.rows(), **metrics, "train_s": trained, "eval_s": evaluated}
         print(f"{label}: trained in {trained:.0f} s, evaluated in {evaluated:.0f} s", flush=True)
 
     print()

@@ -92,17 +92,16 @@ def main() -> None:
     )
     rows = []
     for method in args.methods:
-        summary: dict[str, float] = {}
         t0 = time.perf_counter()
-        train_ehr(
+        result = train_ehr(
             work / "features",
             cpu_config(method, args.steps, args.lr, args.seed),
             experiment="bench-ehr-synthetic",
             model_config=model_config,
             run_name=f"bench-{method}",
             progress=False,
-            summary=summary,
         )
+        summary = result.rows()
         summary["job_seconds"] = time.perf_counter() - t0
         rows.append((method, summary))
         print(

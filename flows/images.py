@@ -1,10 +1,11 @@
 """Prefect flows of the image benchmarks.
 
-* ``train_images``: train a recipe of ``pipeline.images`` (rank-1 model, deterministic
+* ``train_images``: train a recipe of ``pipeline.recipes`` (rank-1 model, deterministic
   twin, deep ensemble) into one MLflow run per method.
-* ``validate_images``: load a run's model once, evaluate it on the clean test set and on
-  every (corruption, severity) cell as parallel tasks sharing it, then log the cells, the
-  spec section 7 summary and the severity plot to that run.
+* ``validate_images``: load a run's model once, evaluate it on every (corruption,
+  severity) cell as parallel tasks sharing it, then log the cells, the spec section 7
+  summary, the clean metrics (the run's test metrics: the clean set is evaluated once, at
+  training) and the severity plot to that run.
 
 Multi-GPU training does not go through Prefect's task runner: launch ``torchrun
 --nproc-per-node N -m flows.cli train-images ...`` (see the README); the trainer reads the
@@ -48,39 +49,41 @@ def train_image_model(params: ImageTrainParams, method: str, run_name: str | Non
         The MLflow run id.
     """
     from pipeline.images import train_images as train_job
+    from pipeline.jobs import describe_length
 
     logger = get_run_logger()
     job = params.job(method)
     checkpoint_dir = params.checkpoint_dir / method if params.checkpoint_dir else None
     logger.info(
-        "training %s %s on %s: %s epochs, %d unique images per step, device %s",
+        "training %s %s on %s: %s, %d unique images per step, device %s",
         method,
         job.model,
         job.dataset,
-        job.train.schedule.length,
+        describe_length(job.train),
         job.unique_batch_size,
         job.train.device,
     )
-    summary: dict[str, float] = {}
-    run_id = train_job(
+    result = train_job(
         job,
         run_name=run_name,
         checkpoint_dir=checkpoint_dir,
         # Only a retry resumes; a new run starts afresh.
         resume=checkpoint_dir is not None and task_run.get_run_count() > 1,
         progress=params.progress,
-        summary=summary,
     )
+    if result is None:
+        # A non-main torchrun process: the flow is not the way to train on several GPUs.
+        raise RuntimeError("the train-images flow runs in one process; use torchrun with the CLI")
     logger.info(
         "%s: test accuracy %.4f, NLL %.4f, ECE %.4f, %.0f s (MLflow run %s)",
         method,
-        summary["test_accuracy"],
-        summary["test_nll"],
-        summary["test_ece"],
-        summary["train_seconds"],
-        run_id,
+        result.metrics.test_accuracy,
+        result.metrics.test_nll,
+        result.metrics.test_ece,
+        result.seconds,
+        result.run_id,
     )
-    return run_id
+    return result.run_id
 
 
 @task(
@@ -103,19 +106,6 @@ def load_model(params: ImageValidateParams) -> tuple[Any, Any]:
 
     model, job = load_image_run(params.run_id)
     return model.to(resolve_device(params.device)), job
-
-
-@task(
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_transient,
-    cache_policy=NO_CACHE,
-)
-def evaluate_clean(params: ImageValidateParams, model: Any, job: Any) -> dict[str, float]:
-    """Clean test metrics of the run's model."""
-    from pipeline.images import evaluate_clean as evaluate
-
-    return _scalars(evaluate(model, job, data_dir=params.data_dir, device=params.device))
 
 
 @task(
@@ -151,15 +141,13 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def log_summary(
     params: ImageValidateParams,
-    clean: dict[str, float],
     cells: list[tuple[str, int, dict[str, float]]],
 ) -> dict[str, float]:
-    """Log every cell, the summary and the severity plot to the run."""
+    """Log every cell, the summary, the run's clean metrics and the severity plot to the run."""
     from pipeline.images import log_validation
 
     return log_validation(
         params.run_id,
-        clean,
         {(corruption, severity): metrics for corruption, severity, metrics in cells},
         compare_run_id=params.compare_run_id,
     )
@@ -230,10 +218,11 @@ def validate_images(
 ) -> dict[str, float]:
     """Evaluate a trained run on clean and corrupted test images; log to that run.
 
-    The model is loaded once (weights and config, nothing unpickled); the clean evaluation
-    and every (corruption, severity) cell then run as parallel tasks sharing it. The
-    summary (for each severity the mean over corruptions, then the mean over severities)
-    and the severity plot are logged once all cells are done.
+    The model is loaded once (weights and config, nothing unpickled); every (corruption,
+    severity) cell then runs as a parallel task sharing it. The summary (for each severity
+    the mean over corruptions, then the mean over severities), the clean metrics (the
+    run's ``test/*``, logged as ``clean/*``: one evaluation of the clean set) and the
+    severity plot are logged once all cells are done.
 
     Args:
         run_id: MLflow run written by ``train_images``.
@@ -250,11 +239,10 @@ def validate_images(
     arguments = {name: value for name, value in locals().items() if value is not None}
     params = validate("validate_images", ImageValidateParams, arguments)
     model, job = load_model(params)
-    clean = evaluate_clean.submit(params, model, job)
     grid = [(c, s) for c in params.names() for s in params.severities]
     futures = [evaluate_cell.submit(params, model, job, c, s) for c, s in grid]
     cells = [(c, s, future.result()) for (c, s), future in zip(grid, futures, strict=True)]
-    logged = log_summary(params, clean.result(), cells)
+    logged = log_summary(params, cells)
     summary = {
         key: value
         for key, value in logged.items()

@@ -255,15 +255,15 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
     """
     from pipeline import tracking
     from pipeline.ehr import train_ehr
+    from pipeline.jobs import describe_length
 
     logger = get_run_logger()
     config = params.train_config(method)
     model_config = params.ehr_config()
     logger.info(
-        "training %s: %s %s, batch %d, device %s",
+        "training %s: %s, batch %d, device %s",
         method,
-        config.schedule.length,
-        config.schedule.unit,
+        describe_length(config),
         config.batch_size,
         config.device,
     )
@@ -277,8 +277,7 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
             logger.info("MLflow run %s was left RUNNING by a dead process: marked FAILED", run_id)
         plan = plan_resume(folder, key)
         logger.info("%s: %s (%s)", method, plan.reason, folder)
-    summary: dict[str, float] = {}
-    run_id = train_ehr(
+    result = train_ehr(
         params.features_dir,
         config,
         experiment=params.experiment,
@@ -287,24 +286,24 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
         checkpoint_dir=folder,
         resume=plan is not None and plan.resume,
         progress=params.progress,
-        summary=summary,
         resume_key=plan.key if plan is not None else None,
     )
     if plan is not None:
-        mark_complete(folder, plan.key, run_id)
+        mark_complete(folder, plan.key, result.run_id)
+    metrics = result.metrics
     logger.info(
         "%s: test AUROC %.3f, NLL %.4f -> %.4f calibrated, ECE %.4f -> %.4f, T=%.3f "
         "(MLflow run %s)",
         method,
-        summary["test_auroc"],
-        summary["test_nll"],
-        summary["test_calibrated_nll"],
-        summary["test_ece"],
-        summary["test_calibrated_ece"],
-        summary["temperature"],
-        run_id,
+        metrics.test_auroc,
+        metrics.test_nll,
+        metrics.test_calibrated_nll,
+        metrics.test_ece,
+        metrics.test_calibrated_ece,
+        metrics.temperature,
+        result.run_id,
     )
-    return run_id
+    return result.run_id
 
 
 @task(

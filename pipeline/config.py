@@ -3,8 +3,9 @@
 A :class:`TrainConfig` holds everything the trainer needs besides the model and the data:
 the method (rank-1 BNN, deterministic model or deep ensemble), the optimiser, the learning
 rate and KL-annealing schedule, batch size, seed, device, precision, evaluation and
-checkpointing. Its defaults are the MIMIC-III recipe (:func:`ehr_recipe`);
-:func:`cifar_recipe` and :func:`imagenet_recipe` give the image recipes.
+checkpointing. Its defaults are the MIMIC-III recipe; :mod:`pipeline.recipes` holds every
+named recipe (EHR, CIFAR, ImageNet, digits). An :class:`ImageJobConfig` adds the data and
+model of an image job to its :class:`TrainConfig`.
 
 Configs convert to and from plain nested dicts (:meth:`TrainConfig.to_dict`,
 :meth:`TrainConfig.from_dict`) so they can be written as YAML, logged as MLflow params and
@@ -22,6 +23,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +33,8 @@ Posterior = Literal["normal", "cauchy"]
 OptimizerName = Literal["adam", "sgd"]
 Unit = Literal["steps", "epochs"]
 Device = str  # 'auto', 'cpu', 'cuda', 'cuda:1', ...
+DatasetName = Literal["digits", "cifar10", "cifar100", "imagenet"]
+ModelName = Literal["wrn28-10", "resnet50", "small-cnn"]
 _DEVICE = r"auto|cpu|cuda(:[0-9]+)?"
 
 
@@ -189,56 +193,67 @@ def to_steps(value: float, unit: Unit, steps_per_epoch: int) -> int:
     return int(round(value * steps_per_epoch)) if unit == "epochs" else int(round(value))
 
 
-def ehr_recipe(**changes: Any) -> TrainConfig:
-    """MIMIC-III (spec 5.3): Adam 3.0352e-4, clip 7.29199, 10k steps, batch 64, KL 5k steps."""
-    return TrainConfig().replace(**changes)
+@dataclass
+class ImageJobConfig:
+    """Everything an image job needs: data, model and training recipe.
 
-
-def cifar_recipe(**changes: Any) -> TrainConfig:
-    """CIFAR WRN-28-10 (spec 5.1): SGD-Nesterov 0.1, 250 epochs, x0.2 at 100/200/225.
-
-    The batch is 512 tiled rows = 128 unique images per step, as on the reference's 8 TPU
-    cores with 64 rows each.
+    Attributes:
+        preset: Name of the recipe this config came from.
+        dataset: ``"digits"``, ``"cifar10"``, ``"cifar100"`` or ``"imagenet"``.
+        model: ``"wrn28-10"``, ``"resnet50"`` or ``"small-cnn"``.
+        train: The trainer config (method, K, posterior, optimiser, schedule, seed, ...).
+            ``train.batch_size`` counts tiled rows (unique images x K for rank-1).
+        base_lr: Learning rate for ``lr_reference_batch`` unique images per step.
+        lr_reference_batch: Unique batch the base LR is quoted for.
+        prior_stddev: Prior N(1, s^2) (or Cauchy(1, s)) scale of the rank-1 factors.
+        random_sign_init: Factor-mean init (``v > 0``: +-1 signs, +1 w.p. v).
+        data_dir: Folder of the clean data (None for digits).
+        val_fraction: Share of the training images held out for model selection (None:
+            the dataset default, 0.1 for digits and 0 for CIFAR / ImageNet as in the paper).
+        image_size: Digits side length or ImageNet crop (None: the dataset default).
+        train_augment: The recipe's training augmentation (crop and flip).
+        split_seed: Seed of the train / val (/ digits test) split; fixed so that every
+            method is trained and tested on the same images.
+        corruption_seed: Seed of the on-the-fly corruptions.
+        num_workers: DataLoader worker processes.
+        experiment: MLflow experiment name.
     """
-    config = TrainConfig(
-        batch_size=512,
-        optim=OptimConfig(name="sgd", lr=0.1, weight_decay=2e-4, grad_clip_norm=None),
-        schedule=ScheduleConfig(
-            unit="epochs",
-            length=250,
-            warmup=1,
-            decay_at=[100, 200, 225],
-            decay_factor=0.2,
-            kl_anneal=200,
-        ),
-        eval_every=0,
-        checkpoint_every=390,
-    )
-    return config.replace(**changes)
 
+    preset: str
+    dataset: DatasetName
+    model: ModelName
+    train: TrainConfig
+    base_lr: float
+    lr_reference_batch: int
+    prior_stddev: float = 0.1
+    random_sign_init: float = 0.5
+    data_dir: str | None = None
+    val_fraction: float | None = None
+    image_size: int | None = None
+    train_augment: bool = True
+    split_seed: int = 0
+    corruption_seed: int = 0
+    num_workers: int = 0
+    experiment: str = "image-benchmarks"
 
-def imagenet_recipe(**changes: Any) -> TrainConfig:
-    """ImageNet ResNet-50 (spec 5.2): SGD-Nesterov 0.4, 135 epochs, x0.1 at 45/90/120.
+    @property
+    def unique_batch_size(self) -> int:
+        """Unique training images per optimiser step."""
+        return self.train.unique_batch_size
 
-    The batch is 4096 tiled rows = 1024 unique images per step (32 TPU cores x 128 rows).
-    """
-    config = TrainConfig(
-        batch_size=4096,
-        optim=OptimConfig(
-            name="sgd", lr=0.4, weight_decay=2e-4, grad_clip_norm=None, decay_norm=False
-        ),
-        schedule=ScheduleConfig(
-            unit="epochs",
-            length=135,
-            warmup=5,
-            decay_at=[45, 90, 120],
-            decay_factor=0.1,
-            kl_anneal=90,
-        ),
-        eval_every=0,
-        checkpoint_every=1251,
-    )
-    return config.replace(**changes)
+    def to_dict(self) -> dict[str, Any]:
+        """A nested dict of plain values (JSON / MLflow friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageJobConfig:
+        """Rebuild a config from :meth:`to_dict` output (the train part is validated)."""
+        values = dict(data)
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"config field {unknown[0]!r}: unknown field")
+        values["train"] = TrainConfig.from_dict(values["train"])
+        return cls(**values)
 
 
 # --------------------------------------------------------------------------- validation

@@ -1,10 +1,11 @@
 """The MIMIC-III in-hospital-mortality job: train, select, calibrate, evaluate, log, report.
 
 :func:`train_ehr` trains a rank-1 EHR LSTM, its deterministic twin or a deep ensemble on a
-feature folder (``features.mimic``), keeps the weights with the best validation NLL, fits a
-temperature on the validation split and logs everything to one MLflow run: the full config
-as params, training curves, validation and test metrics (raw and calibrated; against the
-planted risk on synthetic data), cohort-level plots, the temperature and the model.
+feature folder (``features.mimic``) with the shared runner (``pipeline.jobs``), keeps the
+weights with the best validation NLL, fits a temperature on the validation split and logs
+everything to one MLflow run: the full config as params, training curves, validation and
+test metrics (raw and calibrated; against the planted risk on synthetic data), cohort-level
+plots, the temperature and the model. It returns a typed result with :class:`EHRMetrics`.
 :func:`report_ehr` reloads a run's model and temperature and writes the per-patient report.
 
 Patient identifiers never reach MLflow: only cohort-level numbers and plots are logged
@@ -23,17 +24,20 @@ import dataclasses
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from pipeline import plots, tracking
 from pipeline.calibration import TemperatureScaler, calibrate_and_report
 from pipeline.config import TrainConfig
+from pipeline.jobs import RunSpec, TrainingResult, model_tag, run_training
 from pipeline.metrics import auroc, binary_metrics, ece_against_truth, mixture_probs
-from pipeline.predict import model_ensemble_size, predict_member_logits
-from pipeline.train import dist_info, fit, fit_ensemble, resolve_device, seed_everything
+from pipeline.predict import model_ensemble_size, predict_logits
+from pipeline.train import dist_info, resolve_device
 from pipeline.uncertainty import referral_curve
 
 if TYPE_CHECKING:
@@ -41,8 +45,6 @@ if TYPE_CHECKING:
 
 TASK = "in-hospital-mortality"
 CALIBRATION_FILE = "calibration/temperature.json"
-#: Seed of the Monte Carlo draws at evaluation and in reports, so a report is repeatable.
-EVAL_SEED = 0
 #: The run param holding :func:`feature_fingerprint` of the training feature folder.
 FINGERPRINT_PARAM = "data.feature_fingerprint"
 
@@ -115,26 +117,35 @@ def model_config_for(config: TrainConfig, base: Any = None, input_features: int 
     )
 
 
-def _predict(model, x, config: TrainConfig, device) -> torch.Tensor:
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(EVAL_SEED)
-        return predict_member_logits(
-            model,
-            x,
-            model_ensemble_size(model),
-            config.num_eval_samples,
-            batch_size=config.eval_batch_size,
-            device=device,
-            bf16=config.bf16,
-        )
+@dataclass(frozen=True)
+class EHRMetrics:
+    """The key results of an EHR run (raw unless named calibrated), as printed.
 
+    Attributes:
+        val_nll: Validation mixture NLL.
+        test_auroc: Test AUROC.
+        test_auprc: Test AUPRC.
+        test_nll: Test NLL.
+        test_ece: Test ECE.
+        test_calibrated_nll: Test NLL after temperature scaling.
+        test_calibrated_ece: Test ECE after temperature scaling.
+        temperature: The temperature fitted on the validation split.
+        test_planted_auroc: AUROC of the planted risk (synthetic data only, else None).
+        test_ece_true_risk: ECE against the planted risk (synthetic data only).
+        test_calibrated_ece_true_risk: The same after temperature scaling.
+    """
 
-def _model_tag(config: TrainConfig) -> str:
-    if config.method == "rank1":
-        return f"rank1-lstm-{config.posterior}"
-    if config.method == "ensemble":
-        return f"deep-ensemble-lstm-{config.ensemble_size}"
-    return "lstm"
+    val_nll: float
+    test_auroc: float
+    test_auprc: float
+    test_nll: float
+    test_ece: float
+    test_calibrated_nll: float
+    test_calibrated_ece: float
+    temperature: float
+    test_planted_auroc: float | None = None
+    test_ece_true_risk: float | None = None
+    test_calibrated_ece_true_risk: float | None = None
 
 
 def train_ehr(
@@ -147,9 +158,8 @@ def train_ehr(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
-    summary: dict[str, float] | None = None,
     resume_key: str | None = None,
-) -> str:
+) -> TrainingResult[EHRMetrics]:
     """Train and evaluate an EHR model on a feature folder; log one MLflow run.
 
     Args:
@@ -162,12 +172,11 @@ def train_ehr(
         checkpoint_dir: Where the trainer checkpoints (None: no checkpoint files).
         resume: Continue from the checkpoint in ``checkpoint_dir``.
         progress: Show a progress bar.
-        summary: If given, filled with the key final metrics (for a CLI to print).
         resume_key: Tags the run with this key and this process's identity, so that a
             rerun can mark it FAILED if this process dies (``tracking.fail_stale_runs``).
 
     Returns:
-        The MLflow run id.
+        The run id, the model, its fits and the key metrics (:class:`EHRMetrics`).
 
     Raises:
         ValueError: If a split is empty or the job was launched with several processes.
@@ -181,12 +190,12 @@ def train_ehr(
         raise ValueError("train_ehr runs in a single process; do not launch it with torchrun")
     manifest = load_manifest(features_dir)
     x_train, y_train, _ = load_split(features_dir, "train")
-    x_val, y_val, val_stays = load_split(features_dir, "val")
+    x_val, y_val, _ = load_split(features_dir, "val")
     x_test, y_test, test_stays = load_split(features_dir, "test")
     for name, y in (("train", y_train), ("val", y_val), ("test", y_test)):
         if y.shape[0] == 0:
             raise ValueError(f"{features_dir}: the {name} split is empty")
-    has_truth = "true_risk" in test_stays.columns
+    true_risk = test_stays["true_risk"].to_numpy() if "true_risk" in test_stays.columns else None
     model_config = model_config_for(config, model_config, x_train.shape[2])
     params = {
         "train": config.to_dict(),
@@ -203,114 +212,100 @@ def train_ehr(
     }
     tags = {
         "task": TASK,
-        "model": _model_tag(config),
-        "dataset": "synthetic-mimic-iii" if has_truth else "mimic-iii",
+        "model": model_tag(config, "lstm"),
+        "dataset": "mimic-iii" if true_risk is None else "synthetic-mimic-iii",
     }
     if resume_key is not None:
         tags.update(tracking.process_tags(resume_key))
     device = resolve_device(config.device)
+    return run_training(
+        lambda: EHRModel(model_config),
+        (x_train, y_train),
+        (x_val, y_val),
+        run=RunSpec(experiment, params, tags, run_name),
+        evaluate=lambda model: _evaluate(
+            model, config, device, (x_val, y_val), (x_test, y_test), true_risk
+        ),
+        likelihood="bernoulli",
+        n_train=x_train.shape[0],
+        config=config,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+    )
 
-    with (
-        tracking.start_run(experiment, run_name=run_name, params=params, tags=tags) as run,
-        tracking.killed_on_interrupt(),
-    ):
 
-        def on_eval(step: int, record: dict[str, float]) -> None:
-            record = dict(record)
-            member = record.pop("member", None)
-            prefix = "train/" if member is None else f"train/member_{int(member)}/"
-            tracking.log_metrics(record, step=step, prefix=prefix)
-
-        common = dict(
-            likelihood="bernoulli",
-            n_train=x_train.shape[0],
-            config=config,
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-            progress=progress,
-            on_eval=on_eval,
-        )
-        if config.method == "ensemble":
-            model, results = fit_ensemble(
-                lambda: EHRModel(model_config), (x_train, y_train), (x_val, y_val), **common
-            )
-        else:
-            seed_everything(config.seed)
-            results = [fit(EHRModel(model_config), (x_train, y_train), (x_val, y_val), **common)]
-            model = results[0].model
-        tracking.log_metrics(
-            {
-                "train_seconds": sum(r.seconds for r in results),
-                "best_step": sum(r.best_step for r in results) / len(results),
-                "steps": sum(r.steps for r in results) / len(results),
-            }
-        )
-
-        k = model_ensemble_size(model)
-        val_logits = _predict(model, x_val, config, device)
-        test_logits = _predict(model, x_test, config, device)
-        scaler, test_metrics = calibrate_and_report(
-            val_logits, y_val, test_logits, y_test, "binary", num_members=k
-        )
-        val_raw = binary_metrics(val_logits, y_val, num_members=k)
-        val_cal = binary_metrics(scaler.apply(val_logits), y_val, num_members=k)
-        tracking.log_metrics(val_raw, prefix="val/")
-        tracking.log_metrics(val_cal, prefix="val_calibrated/")
-        tracking.log_metrics(test_metrics["raw"], prefix="test/")
-        tracking.log_metrics(test_metrics["calibrated"], prefix="test_calibrated/")
-        tracking.log_metrics({"temperature": scaler.temperature}, prefix="calibration/")
-        calibrated = scaler.apply(test_logits)
-        risk = mixture_probs(calibrated)
-        truth: dict[str, float] = {}
-        if has_truth:
-            true_risk = test_stays["true_risk"].to_numpy()
-            truth = {
-                "planted_auroc": auroc(true_risk, y_test),
-                "ece_true_risk": ece_against_truth(mixture_probs(test_logits), true_risk),
-                "calibrated_ece_true_risk": ece_against_truth(risk, true_risk),
-            }
-            tracking.log_metrics(truth, prefix="test/")
-
-        figures = {
-            "plots/reliability_test_calibrated.png": plots.reliability_figure(
-                risk, y_test, title="Test reliability (calibrated)"
-            ),
-            "plots/risk_histogram_test.png": plots.risk_histogram_figure(risk, y_test),
-            "plots/referral_test.png": plots.referral_figure(referral_curve(calibrated, y_test)),
+def _evaluate(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    device: torch.device,
+    val: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    true_risk: np.ndarray | None,
+) -> EHRMetrics:
+    """Calibrate on validation, evaluate on test; log metrics, plots and the temperature."""
+    (x_val, y_val), (x_test, y_test) = val, test
+    k = model_ensemble_size(model)
+    val_logits = predict_logits(model, x_val, config, device)
+    test_logits = predict_logits(model, x_test, config, device)
+    scaler, test_metrics = calibrate_and_report(
+        val_logits, y_val, test_logits, y_test, "binary", num_members=k
+    )
+    val_raw = binary_metrics(val_logits, y_val, num_members=k)
+    val_cal = binary_metrics(scaler.apply(val_logits), y_val, num_members=k)
+    tracking.log_metrics(val_raw, prefix="val/")
+    tracking.log_metrics(val_cal, prefix="val_calibrated/")
+    tracking.log_metrics(test_metrics["raw"], prefix="test/")
+    tracking.log_metrics(test_metrics["calibrated"], prefix="test_calibrated/")
+    tracking.log_metrics({"temperature": scaler.temperature}, prefix="calibration/")
+    calibrated = scaler.apply(test_logits)
+    risk = mixture_probs(calibrated)
+    truth: dict[str, float] = {}
+    if true_risk is not None:
+        truth = {
+            "planted_auroc": auroc(true_risk, y_test),
+            "ece_true_risk": ece_against_truth(mixture_probs(test_logits), true_risk),
+            "calibrated_ece_true_risk": ece_against_truth(risk, true_risk),
         }
-        import matplotlib.pyplot as plt
+        tracking.log_metrics(truth, prefix="test/")
+    _log_figures(risk, calibrated, y_test)
+    tracking.log_dict(
+        {
+            **scaler.to_dict(),
+            "ensemble_size": k,
+            "num_eval_samples": config.num_eval_samples,
+            "fitted_on": "val",
+        },
+        CALIBRATION_FILE,
+    )
+    raw, cal = test_metrics["raw"], test_metrics["calibrated"]
+    return EHRMetrics(
+        val_nll=val_raw["nll"],
+        test_auroc=raw["auroc"],
+        test_auprc=raw["auprc"],
+        test_nll=raw["nll"],
+        test_ece=raw["ece"],
+        test_calibrated_nll=cal["nll"],
+        test_calibrated_ece=cal["ece"],
+        temperature=scaler.temperature,
+        **{f"test_{key}": value for key, value in truth.items()},
+    )
 
-        for artifact, fig in figures.items():
-            tracking.log_figure(fig, artifact)
-            plt.close(fig)
-        tracking.log_dict(
-            {
-                **scaler.to_dict(),
-                "ensemble_size": k,
-                "num_eval_samples": config.num_eval_samples,
-                "fitted_on": "val",
-            },
-            CALIBRATION_FILE,
-        )
-        tracking.log_model(model.cpu())
-        run_id = run.info.run_id
 
-    if summary is not None:
-        summary.update(
-            {
-                "train_seconds": sum(r.seconds for r in results),
-                "val_nll": val_raw["nll"],
-                "test_auroc": test_metrics["raw"]["auroc"],
-                "test_auprc": test_metrics["raw"]["auprc"],
-                "test_nll": test_metrics["raw"]["nll"],
-                "test_ece": test_metrics["raw"]["ece"],
-                "test_calibrated_nll": test_metrics["calibrated"]["nll"],
-                "test_calibrated_ece": test_metrics["calibrated"]["ece"],
-                "temperature": scaler.temperature,
-                **{f"test_{key}": value for key, value in truth.items()},
-            }
-        )
-    return run_id
+def _log_figures(risk: np.ndarray, calibrated: torch.Tensor, y_test: torch.Tensor) -> None:
+    """The cohort-level test plots: reliability, risk histogram, referral curve."""
+    import matplotlib.pyplot as plt
+
+    figures = {
+        "plots/reliability_test_calibrated.png": plots.reliability_figure(
+            risk, y_test, title="Test reliability (calibrated)"
+        ),
+        "plots/risk_histogram_test.png": plots.risk_histogram_figure(risk, y_test),
+        "plots/referral_test.png": plots.referral_figure(referral_curve(calibrated, y_test)),
+    }
+    for artifact, fig in figures.items():
+        tracking.log_figure(fig, artifact)
+        plt.close(fig)
 
 
 def report_ehr(
@@ -351,7 +346,7 @@ def report_ehr(
     config = TrainConfig(
         num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu", bf16=False
     )
-    logits = _predict(model, x, config, torch.device("cpu"))
+    logits = predict_logits(model, x, config, torch.device("cpu"))
     table = build_report_table(stays, logits, scaler, coverage=coverage)
     scored = binary_metrics(scaler.apply(logits), y, num_members=model_ensemble_size(model))
     metrics = {

@@ -9,17 +9,28 @@ A deep ensemble of K independently trained models is wrapped in
 :class:`rank1.models.DeepEnsemble`, which takes the same tiled batch as a rank-1 model
 (member k reads rows ``[k*B, (k+1)*B)``), so it is predicted, logged and reloaded exactly
 like a rank-1 model.
+
+:func:`predict_logits` is how every job evaluates (training, validation, reports): with the
+config's Monte Carlo samples, batch and precision, under the fixed :data:`EVAL_SEED`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 import rank1
+
+if TYPE_CHECKING:
+    from pipeline.config import TrainConfig
+
+#: Seed of the Monte Carlo draws at evaluation, so that evaluating a model twice (after
+#: training, in a report) gives the same numbers.
+EVAL_SEED = 0
 
 
 def model_ensemble_size(model: nn.Module) -> int:
@@ -95,3 +106,36 @@ def predict_member_logits(
     if not outs:
         raise ValueError("predict_member_logits: no data")
     return torch.cat(outs, 1)
+
+
+def predict_logits(
+    model: nn.Module,
+    data: Tensor | Iterable,
+    config: TrainConfig,
+    device: torch.device,
+) -> Tensor:
+    """Member logits with the config's eval samples, batch and precision, seeded.
+
+    The draws come from torch's global generator, seeded with :data:`EVAL_SEED` inside a
+    forked RNG state, so the caller's random stream is left as it was.
+
+    Args:
+        model: Rank-1 model, deterministic model or ``DeepEnsemble``.
+        data: As in :func:`predict_member_logits` (a tensor or a DataLoader).
+        config: Gives ``num_eval_samples``, ``eval_batch_size`` (for a tensor) and ``bf16``.
+        device: Where to run.
+
+    Returns:
+        ``(S * K, N[, C])`` float32 CPU logits, sample-major.
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(EVAL_SEED)
+        return predict_member_logits(
+            model,
+            data,
+            model_ensemble_size(model),
+            config.num_eval_samples,
+            batch_size=config.eval_batch_size,
+            device=device,
+            bf16=config.bf16,
+        )

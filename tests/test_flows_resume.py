@@ -265,5 +265,5 @@ def test_pipeline_rerun_after_sigkill_resumes_to_the_same_weights(store, tmp_pat
             assert torch.equal(a[which][name], b[which][name]), (which, name)
     assert a["history"] == b["history"]
     logged = tracking.load_model(resumed.info.run_id, map_location="cpu").state_dict()
-    expected = tracking.load_model(reference, map_location="cpu").state_dict()
+    expected = tracking.load_model(reference.run_id, map_location="cpu").state_dict()
     assert all(torch.equal(logged[name], expected[name]) for name in expected)

@@ -48,11 +48,11 @@ def _config(method="rank1"):
 def test_train_ehr_logs_run_and_reports(tiny_ehr_features, mlflow_store, tmp_path):
     import mlflow
 
-    summary = {}
-    run_id = train_ehr(
+    result = train_ehr(
         tiny_ehr_features, _config(), experiment="test-ihm", model_config=SMALL,
-        progress=False, summary=summary,
+        progress=False,
     )  # fmt: skip
+    run_id = result.run_id
     client = mlflow.MlflowClient(tracking_uri=mlflow_store)
     run = client.get_run(run_id)
     params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
@@ -62,13 +62,13 @@ def test_train_ehr_logs_run_and_reports(tiny_ehr_features, mlflow_store, tmp_pat
     fingerprint = feature_fingerprint(load_manifest(tiny_ehr_features))
     assert params["data.feature_fingerprint"] == fingerprint
     assert tags["task"] == "in-hospital-mortality"
-    assert tags["model"] == "rank1-lstm-normal" and tags["dataset"] == "synthetic-mimic-iii"
+    assert tags["model"] == "rank1-lstm-normal-k4" and tags["dataset"] == "synthetic-mimic-iii"
     for key in ("test/auroc", "test/nll", "test_calibrated/nll", "test_calibrated/ece",
                 "val/nll", "test/planted_auroc", "test/calibrated_ece_true_risk",
                 "calibration/temperature", "train/val_nll"):  # fmt: skip
         assert key in metrics, key
     assert 0.5 < metrics["test/planted_auroc"] <= 1.0
-    assert metrics["calibration/temperature"] == pytest.approx(summary["temperature"])
+    assert metrics["calibration/temperature"] == pytest.approx(result.metrics.temperature)
     history = client.get_metric_history(run_id, "train/val_nll")
     assert [m.step for m in history] == [10, 20, 30]
     # No patient identifiers anywhere in params, metrics or tags.
@@ -83,7 +83,7 @@ def test_train_ehr_logs_run_and_reports(tiny_ehr_features, mlflow_store, tmp_pat
         "plots/referral_test.png",
     }
     record = tracking.load_dict(run_id, CALIBRATION_FILE)
-    assert record["temperature"] == pytest.approx(summary["temperature"])
+    assert record["temperature"] == pytest.approx(result.metrics.temperature)
     assert record["ensemble_size"] == 4 and record["num_eval_samples"] == 2
 
     # The logged model reloads and predicts the same as a fresh copy of its weights.
@@ -116,7 +116,7 @@ def test_train_ehr_baselines(tiny_ehr_features, mlflow_store, method):
     config = _config(method).replace(ensemble_size=2)
     run_id = train_ehr(
         tiny_ehr_features, config, experiment="test-ihm", model_config=SMALL, progress=False
-    )
+    ).run_id
     run = mlflow.MlflowClient(tracking_uri=mlflow_store).get_run(run_id)
     assert run.data.params["train.method"] == method
     metrics = run.data.metrics
@@ -126,7 +126,7 @@ def test_train_ehr_baselines(tiny_ehr_features, mlflow_store, method):
         assert "train/member_1/val_nll" in metrics
         assert tracking.load_dict(run_id, CALIBRATION_FILE)["ensemble_size"] == 2
     else:
-        assert run.data.tags["model"] == "lstm"
+        assert run.data.tags["model"] == "deterministic-lstm"
         assert tracking.load_dict(run_id, CALIBRATION_FILE)["ensemble_size"] == 1
 
 

@@ -5,14 +5,9 @@ import torch
 from torch import nn
 
 import rank1
-from pipeline.config import (
-    ConfigError,
-    TrainConfig,
-    cifar_recipe,
-    ehr_recipe,
-    imagenet_recipe,
-)
+from pipeline.config import ConfigError, TrainConfig
 from pipeline.objective import kl_weight, objective, tiled_nll
+from pipeline.recipes import cifar_recipe, ehr_recipe, imagenet_recipe
 from pipeline.train import build_optimizer, lr_factor
 
 

@@ -79,15 +79,14 @@ def train_images_command(
         )
     except ConfigError as err:
         fail(str(err))
-    summary: dict[str, float] = {}
     try:
-        run_id = train_images(
-            job, run_name=run_name, checkpoint_dir=checkpoint_dir, resume=resume, summary=summary
-        )
+        result = train_images(job, run_name=run_name, checkpoint_dir=checkpoint_dir, resume=resume)
     except (OSError, ValueError, RuntimeError) as err:
         fail(error_line(err))
-    typer.echo(f"run_id {run_id}")
-    for key, value in summary.items():
+    if result is None:  # a non-main torchrun process: the main one logs and prints
+        return
+    typer.echo(f"run_id {result.run_id}")
+    for key, value in result.rows().items():
         typer.echo(f"  {key:<20} {value:.4f}")
     print_uis([job.experiment], prefect_runs=False)
 

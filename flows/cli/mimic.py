@@ -158,9 +158,8 @@ def train_command(
 
     sizes = {"rnn_dim": rnn_dim, "hidden_dim": hidden_dim}
     model_config = EHRConfig(**{k: v for k, v in sizes.items() if v is not None})
-    summary: dict[str, float] = {}
     try:
-        run_id = train_ehr(
+        result = train_ehr(
             features,
             config,
             experiment=experiment,
@@ -168,12 +167,11 @@ def train_command(
             run_name=run_name,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
-            summary=summary,
         )
     except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
         fail(error_line(err))
-    typer.echo(f"run_id {run_id}")
-    for key, value in summary.items():
+    typer.echo(f"run_id {result.run_id}")
+    for key, value in result.rows().items():
         typer.echo(f"  {key:<34} {value:.4f}")
     print_uis([experiment], prefect_runs=False)
 

@@ -1,0 +1,325 @@
+"""Every named training recipe, in one place: MIMIC-III, CIFAR, ImageNet and digits.
+
+* :func:`ehr_recipe`, :func:`cifar_recipe` and :func:`imagenet_recipe` give the paper's
+  :class:`~pipeline.config.TrainConfig` of each task (spec 5.1-5.3).
+* :func:`image_preset` gives a typed :class:`~pipeline.config.ImageJobConfig` for a named
+  image recipe (:data:`PRESETS`): the paper's WRN-28-10 CIFAR-10/100 and ResNet-50 ImageNet
+  recipes and a small CNN on the built-in digits that trains on a laptop CPU in about a
+  minute. Overrides (epochs, unique batch, method, posterior, K, seed, ...) keep the
+  recipe's shape: see :func:`image_preset`.
+
+Batch semantics of the image presets: ``batch_size`` in :func:`image_preset` counts
+**unique images per step**, the quantity the paper's learning rates are quoted for (0.1 per
+128 unique images on CIFAR, 0.4 per 1024 on ImageNet). The rank-1 model sees them tiled K
+times; a deterministic model or ensemble member sees them once. Changing it scales the
+learning rate linearly (spec pitfall 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+from typing import Any
+
+from pipeline.config import (
+    ConfigError,
+    DatasetName,
+    ImageJobConfig,
+    Method,
+    OptimConfig,
+    Posterior,
+    ScheduleConfig,
+    TrainConfig,
+)
+
+#: Eval samples per member of the Cauchy rows of the paper (Gaussian rows use 1).
+CAUCHY_EVAL_SAMPLES = 4
+
+
+def ehr_recipe(**changes: Any) -> TrainConfig:
+    """MIMIC-III (spec 5.3): Adam 3.0352e-4, clip 7.29199, 10k steps, batch 64, KL 5k steps."""
+    return TrainConfig().replace(**changes)
+
+
+def cifar_recipe(**changes: Any) -> TrainConfig:
+    """CIFAR WRN-28-10 (spec 5.1): SGD-Nesterov 0.1, 250 epochs, x0.2 at 100/200/225.
+
+    The batch is 512 tiled rows = 128 unique images per step, as on the reference's 8 TPU
+    cores with 64 rows each.
+    """
+    config = TrainConfig(
+        batch_size=512,
+        optim=OptimConfig(name="sgd", lr=0.1, weight_decay=2e-4, grad_clip_norm=None),
+        schedule=ScheduleConfig(
+            unit="epochs",
+            length=250,
+            warmup=1,
+            decay_at=[100, 200, 225],
+            decay_factor=0.2,
+            kl_anneal=200,
+        ),
+        eval_every=0,
+        checkpoint_every=390,
+    )
+    return config.replace(**changes)
+
+
+def imagenet_recipe(**changes: Any) -> TrainConfig:
+    """ImageNet ResNet-50 (spec 5.2): SGD-Nesterov 0.4, 135 epochs, x0.1 at 45/90/120.
+
+    The batch is 4096 tiled rows = 1024 unique images per step (32 TPU cores x 128 rows).
+    """
+    config = TrainConfig(
+        batch_size=4096,
+        optim=OptimConfig(
+            name="sgd", lr=0.4, weight_decay=2e-4, grad_clip_norm=None, decay_norm=False
+        ),
+        schedule=ScheduleConfig(
+            unit="epochs",
+            length=135,
+            warmup=5,
+            decay_at=[45, 90, 120],
+            decay_factor=0.1,
+            kl_anneal=90,
+        ),
+        eval_every=0,
+        checkpoint_every=1251,
+    )
+    return config.replace(**changes)
+
+
+# --------------------------------------------------------------------------- image presets
+
+
+def _wrn_cifar(dataset: DatasetName) -> ImageJobConfig:
+    # Spec 5.1: 128 unique images/step (512 tiled rows), SGD-Nesterov 0.9, LR 0.1, warm-up
+    # 1 epoch, x0.2 at [100, 200, 225] of 250, KL annealed over 200 epochs, L2 1e-4 as
+    # lambda * sum(theta^2) => weight_decay 2e-4 (BN decayed on CIFAR), fp32.
+    train = cifar_recipe(
+        method="rank1",
+        ensemble_size=4,
+        bf16=False,
+        num_eval_samples=1,
+        eval_batch_size=500,
+    )
+    return ImageJobConfig(
+        preset=f"wrn28-10-{dataset}",
+        dataset=dataset,
+        model="wrn28-10",
+        train=train,
+        base_lr=0.1,
+        lr_reference_batch=128,
+        prior_stddev=0.1,
+        random_sign_init=0.5,
+        num_workers=4,
+    )
+
+
+def _resnet50_imagenet() -> ImageJobConfig:
+    # Spec 5.2: 1024 unique images/step, LR 0.4, warm-up 5, x0.1 at 45/90/120 of 135, KL
+    # annealed over 90 epochs, prior N(1, 0.05^2), sign init 0.75. BN gamma/beta are NOT
+    # decayed: the reference's L2 filter matched "batch_norm" and ResNet-50's BN layers are
+    # named bn*, so they escaped it. We reproduce that quirk (decay_norm=False) because the
+    # published numbers were obtained with it.
+    train = imagenet_recipe(
+        method="rank1",
+        ensemble_size=4,
+        bf16=True,
+        num_eval_samples=1,
+        eval_batch_size=250,
+    )
+    return ImageJobConfig(
+        preset="resnet50-imagenet",
+        dataset="imagenet",
+        model="resnet50",
+        train=train,
+        base_lr=0.4,
+        lr_reference_batch=1024,
+        prior_stddev=0.05,
+        random_sign_init=0.75,
+        num_workers=8,
+    )
+
+
+def _cnn_digits() -> ImageJobConfig:
+    # Not from the paper: a CPU-sized recipe in the same shape (SGD-Nesterov, warm-up, step
+    # decay, KL annealed over most of the run, prior N(1, 0.1^2)), tuned on the digits
+    # validation split to train in about a minute on 2 cores.
+    train = TrainConfig(
+        method="rank1",
+        ensemble_size=4,
+        batch_size=32 * 4,
+        optim=OptimConfig(name="sgd", lr=0.05, weight_decay=2e-4, grad_clip_norm=None),
+        schedule=ScheduleConfig(
+            unit="epochs",
+            length=30,
+            warmup=1,
+            decay_at=[15, 25],
+            decay_factor=0.2,
+            kl_anneal=20,
+        ),
+        device="cpu",
+        bf16=False,
+        num_eval_samples=1,
+        eval_every=0,
+        checkpoint_every=0,
+        eval_batch_size=512,
+    )
+    return ImageJobConfig(
+        preset="cnn-digits",
+        dataset="digits",
+        model="small-cnn",
+        train=train,
+        base_lr=0.05,
+        lr_reference_batch=32,
+        prior_stddev=0.1,
+        random_sign_init=0.5,
+        num_workers=0,
+    )
+
+
+#: Recipe name -> builder.
+PRESETS = {
+    "wrn28-10-cifar10": lambda: _wrn_cifar("cifar10"),
+    "wrn28-10-cifar100": lambda: _wrn_cifar("cifar100"),
+    "resnet50-imagenet": _resnet50_imagenet,
+    "cnn-digits": _cnn_digits,
+}
+
+#: Default training length of the deterministic / ensemble baselines (spec 5.1: 200 epochs
+#: on CIFAR; 90 on ImageNet, of which the rank-1 recipe's 135 is 1.5x).
+BASELINE_EPOCHS = {"wrn28-10": 200.0, "resnet50": 90.0}
+
+#: Models each dataset can be trained with.
+DATASET_MODELS = {
+    "digits": ("small-cnn",),
+    "cifar10": ("wrn28-10", "small-cnn"),
+    "cifar100": ("wrn28-10", "small-cnn"),
+    "imagenet": ("resnet50",),
+}
+
+
+def _scaled_schedule(schedule: ScheduleConfig, epochs: float) -> ScheduleConfig:
+    """The schedule stretched to ``epochs``: decay points and KL annealing scale with it.
+
+    The warm-up keeps its length unless it would reach past the end, where it scales too.
+    """
+    ratio = epochs / schedule.length
+    warmup = schedule.warmup if schedule.warmup < epochs else schedule.warmup * ratio
+    return dataclasses.replace(
+        schedule,
+        length=epochs,
+        warmup=warmup,
+        decay_at=[b * ratio for b in schedule.decay_at],
+        kl_anneal=schedule.kl_anneal * ratio,
+    )
+
+
+def image_preset(
+    name: str,
+    *,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    method: Method | None = None,
+    posterior: Posterior | None = None,
+    ensemble_size: int | None = None,
+    seed: int | None = None,
+    dataset: DatasetName | None = None,
+    data_dir: str | os.PathLike | None = None,
+    num_eval_samples: int | None = None,
+    prior_stddev: float | None = None,
+    device: str | None = None,
+    num_workers: int | None = None,
+    experiment: str | None = None,
+) -> ImageJobConfig:
+    """A named recipe with optional overrides.
+
+    Override rules (so that a shortened or re-batched run keeps the recipe's shape):
+
+    * ``epochs``: decay points and KL annealing scale proportionally (e.g. WRN at 125
+      epochs decays at 50/100/112.5 and anneals the KL over 100). Without ``epochs``, the
+      deterministic and ensemble methods of the WRN / ResNet recipes use the baselines'
+      length (:data:`BASELINE_EPOCHS`), scaled the same way.
+    * ``batch_size``: unique images per step; the LR scales linearly from the recipe's
+      ``base_lr`` at ``lr_reference_batch``.
+    * ``posterior="cauchy"``: 4 eval samples per member (the paper's Cauchy rows) unless
+      ``num_eval_samples`` is given. The prior family follows the posterior.
+
+    Args:
+        name: A key of :data:`PRESETS`.
+        epochs: Training length in epochs.
+        batch_size: Unique training images per step.
+        method: ``"rank1"``, ``"deterministic"`` or ``"ensemble"``.
+        posterior: ``"normal"`` or ``"cauchy"`` rank-1 factors.
+        ensemble_size: K (rank-1 members or deep-ensemble size).
+        seed: Training seed.
+        dataset: Train the preset's model on another dataset (e.g. the small CNN on CIFAR).
+        data_dir: Folder of the clean data.
+        num_eval_samples: Monte Carlo passes per member at evaluation.
+        prior_stddev: Prior scale of the rank-1 factors.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        num_workers: DataLoader workers.
+        experiment: MLflow experiment name.
+
+    Returns:
+        A validated :class:`ImageJobConfig`.
+
+    Raises:
+        ConfigError: On an unknown preset or a bad override (the message names the field).
+    """
+    if name not in PRESETS:
+        raise ConfigError(f"unknown image preset {name!r}; choose from {', '.join(PRESETS)}")
+    job = PRESETS[name]()
+    train = job.train
+    changes: dict[str, Any] = {}
+    if method is not None:
+        changes["method"] = method
+    if posterior is not None:
+        changes["posterior"] = posterior
+        if num_eval_samples is None:
+            changes["num_eval_samples"] = CAUCHY_EVAL_SAMPLES if posterior == "cauchy" else 1
+    if ensemble_size is not None:
+        changes["ensemble_size"] = ensemble_size
+    if seed is not None:
+        changes["seed"] = seed
+    if num_eval_samples is not None:
+        changes["num_eval_samples"] = num_eval_samples
+    if device is not None:
+        changes["device"] = device
+    new_method = changes.get("method", train.method)
+    k = changes.get("ensemble_size", train.ensemble_size)
+    unique = train.unique_batch_size if batch_size is None else batch_size
+    if unique < 1:
+        raise ConfigError(f"config field 'batch_size': must be >= 1, got {unique}")
+    changes["batch_size"] = unique * k if new_method == "rank1" else unique
+    lr = job.base_lr * unique / job.lr_reference_batch
+    changes["optim"] = dataclasses.replace(train.optim, lr=lr)
+    if epochs is None and new_method != "rank1" and job.model in BASELINE_EPOCHS:
+        epochs = BASELINE_EPOCHS[job.model]
+    if epochs is not None:
+        if not (math.isfinite(epochs) and epochs > 0):
+            raise ConfigError(f"config field 'epochs': must be > 0, got {epochs}")
+        changes["schedule"] = _scaled_schedule(train.schedule, float(epochs))
+    job.train = train.replace(**changes)  # validates
+    if dataset is not None:
+        if dataset not in typing.get_args(DatasetName):
+            raise ConfigError(f"config field 'dataset': unknown dataset {dataset!r}")
+        if job.model not in DATASET_MODELS[dataset]:
+            raise ConfigError(
+                f"config field 'dataset': preset {name!r} trains {job.model}, which does not "
+                f"fit {dataset} (use one of the presets for {', '.join(DATASET_MODELS[dataset])})"
+            )
+        job.dataset = dataset
+    if data_dir is not None:
+        job.data_dir = str(data_dir)
+    if prior_stddev is not None:
+        if not prior_stddev > 0:
+            raise ConfigError(f"config field 'prior_stddev': must be > 0, got {prior_stddev}")
+        job.prior_stddev = prior_stddev
+    if num_workers is not None:
+        job.num_workers = num_workers
+    if experiment is not None:
+        job.experiment = experiment
+    return job
