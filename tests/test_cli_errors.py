@@ -203,6 +203,7 @@ def _feature_folder(root: Path) -> Path:
     return root / "features"
 
 
+@pytest.mark.integration  # `rank1 train` with MLflow, end to end
 def test_resume_from_a_refused_checkpoint_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     features = _feature_folder(tmp_path)

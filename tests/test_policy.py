@@ -76,6 +76,22 @@ def test_every_marker_used_in_the_tests_is_registered():
     assert used - builtin <= registered, used - builtin - registered
 
 
+def _recipe(makefile: str, target: str) -> str:
+    """The recipe lines of one Makefile target, joined."""
+    body = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n?)*)", makefile, flags=re.M)
+    assert body, f"no target {target}"
+    return body.group(1)
+
+
+def test_make_test_runs_everything_and_test_fast_only_the_unit_tests():
+    makefile = (ROOT / "Makefile").read_text()
+    # CI runs `make test`: no marker may leave anything out of it.
+    assert "$(PY) -m pytest -q;" in _recipe(makefile, "test")
+    assert " -m " not in _recipe(makefile, "test").replace("$(PY) -m pytest", "")
+    assert "$(FAST_TESTS)" in _recipe(makefile, "test-fast")
+    assert re.search(r'^FAST_TESTS := -m "not slow and not integration"$', makefile, flags=re.M)
+
+
 # --------------------------------------------------------------------------- layering
 
 
