@@ -134,6 +134,17 @@ def test_rank1_imports_without_pipeline_dependencies():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+def test_the_command_line_imports_no_heavy_library():
+    # `rank1 --help` answers at once: torch, Prefect, MLflow and polars load per command.
+    code = (
+        "import sys; from flows.cli import app\n"
+        "heavy = [m for m in ('torch', 'prefect', 'mlflow', 'polars') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
 # --------------------------------------------------------------------------- README
 
 
