@@ -333,6 +333,17 @@ def test_gaussian_factor_draws_through_linear_have_the_posterior_mean_and_std(si
     assert off_diagonal.abs().max() < 5 / _DRAWS**0.5, off_diagonal
 
 
+def test_factor_sample_has_the_posterior_mean_and_std():
+    # Off the CPU the layers draw with Rank1Factor.sample (on the CPU they pass loc, scale and
+    # noise to a fused kernel instead, as tested above): its draws follow the same posterior.
+    torch.manual_seed(0)
+    layer = _identity_layer(_LOC, _SD, *_PINNED)
+    with torch.no_grad():
+        _assert_mean_and_std(layer.r.sample(_DRAWS, "example"), _LOC, _SD)
+        member = torch.cat([layer.r.sample(1, "member") for _ in range(2_000)], dim=1)
+    _assert_mean_and_std(member, _LOC, _SD)
+
+
 def test_r_and_s_draws_are_independent():
     # For independent r and s: E[rs] = mu_r mu_s, Var[rs] = (sd_r^2 + mu_r^2)(sd_s^2 + mu_s^2)
     # - mu_r^2 mu_s^2. A sampler that reused one noise for both would give another variance.
