@@ -8,12 +8,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+# The unit tests: no Prefect, no training subprocesses, no end-to-end runs (see pyproject's
+# markers). `make test` runs everything, as CI does.
+FAST_TESTS := -m "not slow and not integration"
 
+.PHONY: install demo test test-fast lint bench clean
+
+# pip --quiet keeps CI logs short but is silent for minutes on a first install (torch, MLflow,
+# Prefect). Instead: say what happens, then name each package as pip starts on it, all on one
+# line (a terminal watches it grow; a CI log gets one line). pip's errors (stderr) pass as they are.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing the project and its dependencies into $(VENV) (the first time takes several minutes)"
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@{ $(PY) -m pip install --progress-bar off -e '.[dev]'; echo $$? > $(VENV)/.pip-status; } \
+	  | { printf 'packages:'; while read -r word name rest; do \
+	      case $$word in Collecting) printf ' %s' "$${name%%[<>=!~;[ ]*}";; \
+	      Installing) printf ' (installing)';; esac; done; echo; }; \
+	  status=$$(cat $(VENV)/.pip-status); rm -f $(VENV)/.pip-status; exit $$status
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +36,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	@# pytest exits 5 when it collected no tests: that is a failure too.
 	$(PY) -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo 'pytest ran no tests' >&2; exit 1; fi; exit $$status
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q $(FAST_TESTS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo 'pytest ran no tests' >&2; exit 1; fi; exit $$status
 
 lint: $(STAMP)

@@ -29,6 +29,24 @@ DEMO_DIR = REPO_ROOT.parent / "shared" / "data" / "mimic3-demo"
 RESOURCES_DIR = REPO_ROOT.parent / "shared" / "data" / "mimic3-benchmarks-resources"
 
 
+#: Fixtures that start a Prefect API or server: a test using one is an integration test
+#: (left out of ``make test-fast``), whichever file it is in.
+_INTEGRATION_FIXTURES = frozenset({"prefect_harness", "prefect_server"})
+#: Fixtures that cost seconds to build (a 3,000-patient synthetic cohort, about 15 s on 2
+#: cores): their tests are ``slow``.
+_SLOW_FIXTURES = frozenset({"cohort_3k"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start Prefect ``integration`` and those on costly fixtures ``slow``."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if _INTEGRATION_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.integration)
+        if _SLOW_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Keep torch on one thread even where a test (or the demo) changed it."""

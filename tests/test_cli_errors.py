@@ -141,12 +141,13 @@ def test_serve_check_imports_every_entrypoint_and_reports_every_problem(tmp_path
         "gone: nosuchpkg.mod:flow, every 60 s",
         f"plain: {not_a_flow}:job, cron '0 3 * * *' UTC",
     ]
-    assert lines[3:] == [
+    assert lines[3] == (
         f"error: {path}: deployment 'gone': cannot load flow 'nosuchpkg.mod:flow': "
-        "No module named 'nosuchpkg'",
-        f"error: {path}: deployment 'plain': cannot load flow '{not_a_flow}:job': "
-        "Function with name 'job' is not a flow. Make sure that it is decorated with '@flow'.",
-    ]
+        "No module named 'nosuchpkg'"
+    )
+    # Then Prefect's own reason, whose wording tests/test_policy.py pins.
+    prefix = f"error: {path}: deployment 'plain': cannot load flow '{not_a_flow}:job': "
+    assert len(lines) == 5 and lines[4].startswith(prefix) and len(lines[4]) > len(prefix)
 
 
 def test_serve_check_reports_every_invalid_field(tmp_path):
@@ -202,6 +203,7 @@ def _feature_folder(root: Path) -> Path:
     return root / "features"
 
 
+@pytest.mark.integration  # `rank1 train` with MLflow, end to end
 def test_resume_from_a_refused_checkpoint_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     features = _feature_folder(tmp_path)

@@ -153,6 +153,7 @@ def test_interrupt_ends_the_run_killed_and_an_error_failed(store):
     assert _client().get_run(ids["error"]).info.status == "FAILED"
 
 
+@pytest.mark.integration  # a `rank1 train` subprocess
 def test_sigterm_to_rank1_train_ends_its_mlflow_run_killed(tiny_ehr_features, store, tmp_path):
     # SIGINT is Python's KeyboardInterrupt already (see the test above); SIGTERM is turned
     # into one by the CLI. Without that, the run would stay RUNNING.
@@ -199,6 +200,7 @@ def _prefect_runs(prefect_home, pid):
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # `rank1 pipeline` subprocesses
 def test_pipeline_rerun_after_sigkill_resumes_to_the_same_weights(store, tmp_path):
     """kill -9 mid-training, rerun the same command: same weights as without the kill."""
     from features.synthetic import generate

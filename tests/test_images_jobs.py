@@ -151,6 +151,7 @@ def mlflow_store(tmp_path, monkeypatch):
     yield tmp_path
 
 
+@pytest.mark.integration  # MLflow end to end
 def test_digits_train_validate_and_reload(mlflow_store):
     import mlflow
 
@@ -203,6 +204,7 @@ def test_digits_train_validate_and_reload(mlflow_store):
     assert model(x.repeat(4, 1, 1, 1)).shape == (8, 10)
 
 
+@pytest.mark.integration  # MLflow end to end
 def test_ensemble_run_logs_members_and_counts_all_parameters(mlflow_store):
     from pipeline.images import load_image_run, train_images
 

@@ -3,11 +3,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).with_name("train_script.py")
 
 
+@pytest.mark.integration  # two training subprocesses
 def test_ddp_two_cpu_processes_keep_identical_weights_and_learn(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -45,6 +45,7 @@ def _config(method="rank1"):
     )
 
 
+@pytest.mark.integration  # MLflow end to end
 def test_train_ehr_logs_run_and_reports(tiny_ehr_features, mlflow_store, tmp_path):
     import mlflow
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import rank1
 from pipeline import metrics
 
 
@@ -138,3 +139,29 @@ def test_multiclass_metrics_keys_and_validation():
         metrics.binary_metrics(logits, labels)
     with pytest.raises(ValueError, match="labels"):
         metrics.mixture_nll(logits, labels[:-1])
+
+
+# The mixture predictive exists twice: in torch for training and prediction (rank1.ensemble)
+# and in numpy for the reports (pipeline.metrics). They must agree.
+@pytest.mark.parametrize("members", [1, 2, 4, 7])
+@pytest.mark.parametrize("classes", [None, 2, 5])  # None: a binary head, (M, N) logits
+def test_numpy_and_torch_mixtures_agree(members, classes):
+    generator = torch.Generator().manual_seed(members * 10 + (classes or 0))
+    shape = (members, 50) if classes is None else (members, 50, classes)
+    # Wide logits, some extreme, so that the log-mean-exp's stability is compared too.
+    logits = torch.randn(shape, generator=generator) * 6.0  # float32, as the models give
+    logits[0, :3] = 60.0
+    labels = torch.randint(0, classes or 2, (50,), generator=generator)
+    likelihood = "bernoulli" if classes is None else "categorical"
+    # torch computes in float32, numpy (scipy) in float64: agree to float32 precision.
+    torch_probs = rank1.mixture_probs(logits, likelihood)
+    np.testing.assert_allclose(
+        metrics.mixture_probs(logits.numpy()), torch_probs.numpy(), rtol=1e-5, atol=1e-6
+    )
+    target = labels.float() if classes is None else labels
+    torch_nll = rank1.mixture_nll(logits, target, likelihood, reduction="none")
+    numpy_nll = metrics.per_example_nll(logits.numpy(), labels.numpy())
+    np.testing.assert_allclose(numpy_nll, torch_nll.numpy(), rtol=1e-5, atol=1e-6)
+    assert metrics.mixture_nll(logits.numpy(), labels.numpy()) == pytest.approx(
+        rank1.mixture_nll(logits, target, likelihood).item(), rel=1e-5
+    )

@@ -327,6 +327,7 @@ with tracking.start_run("race"):
 """
 
 
+@pytest.mark.integration  # two MLflow-logging subprocesses
 def test_two_first_runs_at_once_on_a_fresh_store_both_succeed(tmp_path):
     import mlflow
 

@@ -44,6 +44,7 @@ def _data(n, seed):
     return x, y
 
 
+@pytest.mark.integration  # a training subprocess, killed and resumed
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
     steps = 60
     full = subprocess.run(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -73,7 +71,14 @@ def test_cauchy_kl_is_an_unbiased_monte_carlo_estimate():
     f = Rank1Factor(2, 3, posterior="cauchy", prior_stddev=0.5, random_sign_init=-0.5)
     with torch.no_grad():
         f.scale_raw.fill_(-0.5)
-    est = torch.stack([f.kl() for _ in range(20_000)]).mean().item()
+    # 20,000 one-sample estimates at once: a factor of 20,000 copies of f's components draws
+    # one independent sample per entry, so its KL / 20,000 is their mean.
+    copies = 20_000
+    many = Rank1Factor(2 * copies, 3, posterior="cauchy", prior_stddev=0.5)
+    with torch.no_grad():
+        many.loc.copy_(f.loc.repeat(copies, 1))
+        many.scale_raw.copy_(f.scale_raw.repeat(copies, 1))
+        est = many.kl().item() / copies
     q = torch.distributions.Cauchy(f.loc, f.scale)
     p = torch.distributions.Cauchy(torch.ones_like(f.loc), torch.full_like(f.loc, 0.5))
     exact = torch.distributions.kl_divergence(q, p).sum().item()
@@ -134,13 +139,3 @@ def test_short_fit_on_toy_problem_raises_the_elbo():
         probs = rank1.mixture_probs(rank1.predict(model, x, k, 2).flatten(0, 1))
     assert after < before - 0.3
     assert (probs.argmax(-1) == y).float().mean() > 0.9
-
-
-def test_rank1_imports_without_pipeline_dependencies():
-    code = (
-        "import sys, rank1, rank1.models; "
-        "bad = [m for m in ('pandas', 'polars', 'mlflow', 'prefect') if m in sys.modules]; "
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr

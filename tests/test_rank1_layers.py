@@ -277,3 +277,104 @@ def test_bf16_autocast_training_step_gives_grads_in_parameter_dtypes():
         assert p.grad is not None and p.grad.dtype == p.dtype, name
         assert torch.isfinite(p.grad).all(), name
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+
+# --------------------------------------------------------------------------- the sampler
+
+_DRAWS = 40_000  # per member: the per-entry mean is then known to about 0.5% of a stddev
+
+
+def _identity_layer(loc_r, sd_r, loc_s, sd_s, sampling="example"):
+    """A square Rank1Linear with W = I and no bias: unit input gives the rows ``r * s``."""
+    k, d = loc_r.shape
+    layer = Rank1Linear(d, d, bias=False, ensemble_size=k, sampling=sampling)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(d))
+        for factor, loc, sd in ((layer.r, loc_r, sd_r), (layer.s, loc_s, sd_s)):
+            factor.loc.copy_(loc)
+            # Invert scale = softplus(raw) + 1e-7; a (near) zero sd pins the factor at loc.
+            factor.scale_raw.copy_(torch.log(torch.expm1((sd - 1e-7).clamp_min(1e-30))))
+    return layer
+
+
+def _draws(layer, n=_DRAWS):
+    """``(K, n, d)`` outputs of ``n`` unit-input rows per member."""
+    k, d = layer.ensemble_size, layer.in_features
+    with torch.no_grad():
+        return layer(torch.ones(k * n, d)).reshape(k, n, d)
+
+
+def _assert_mean_and_std(draws, mean, std):
+    """Per (member, entry) sample mean and std within 5 standard errors of the truth."""
+    n = draws.shape[1]
+    # Standard errors of a mean and of a normal sample's std (sd / sqrt(2n)); 5 of them.
+    assert (draws.mean(1) - mean).abs().le(5 * std / n**0.5).all(), (draws.mean(1), mean)
+    assert (draws.std(1) - std).abs().le(5 * std / (2 * n) ** 0.5).all(), (draws.std(1), std)
+
+
+# Distinct per-entry locations and scales, different across members: a sampler that mixes up
+# members, entries, loc and scale, or softplus, gets some of them wrong.
+_LOC = torch.tensor([[1.0, -1.0, 0.5], [2.0, 1.0, -0.5]])
+_SD = torch.tensor([[0.1, 0.3, 0.05], [0.5, 0.2, 0.4]])
+_PINNED = (torch.ones(2, 3), torch.zeros(2, 3))  # a factor with no noise: exactly 1
+
+
+@pytest.mark.parametrize("side", ["r", "s"])
+def test_gaussian_factor_draws_through_linear_have_the_posterior_mean_and_std(side):
+    torch.manual_seed(0)
+    args = (_LOC, _SD, *_PINNED) if side == "r" else (*_PINNED, _LOC, _SD)
+    draws = _draws(_identity_layer(*args))
+    _assert_mean_and_std(draws, _LOC, _SD)
+    # Every (member, entry) has its own noise: no two of the K * d standardised draws are
+    # correlated beyond sampling error (shared noise across members or entries would be 1).
+    z = ((draws - _LOC.unsqueeze(1)) / _SD.unsqueeze(1)).transpose(0, 1).reshape(_DRAWS, -1)
+    corr = torch.corrcoef(z.T)
+    off_diagonal = corr[~torch.eye(corr.shape[0], dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 5 / _DRAWS**0.5, off_diagonal
+
+
+def test_factor_sample_has_the_posterior_mean_and_std():
+    # Off the CPU the layers draw with Rank1Factor.sample (on the CPU they pass loc, scale and
+    # noise to a fused kernel instead, as tested above): its draws follow the same posterior.
+    torch.manual_seed(0)
+    layer = _identity_layer(_LOC, _SD, *_PINNED)
+    with torch.no_grad():
+        _assert_mean_and_std(layer.r.sample(_DRAWS, "example"), _LOC, _SD)
+        member = torch.cat([layer.r.sample(1, "member") for _ in range(2_000)], dim=1)
+    _assert_mean_and_std(member, _LOC, _SD)
+
+
+def test_r_and_s_draws_are_independent():
+    # For independent r and s: E[rs] = mu_r mu_s, Var[rs] = (sd_r^2 + mu_r^2)(sd_s^2 + mu_s^2)
+    # - mu_r^2 mu_s^2. A sampler that reused one noise for both would give another variance.
+    torch.manual_seed(0)
+    loc_s, sd_s = _LOC.flip(1), _SD.flip(1)
+    draws = _draws(_identity_layer(_LOC, _SD, loc_s, sd_s))
+    mean = _LOC * loc_s
+    std = ((_SD**2 + _LOC**2) * (sd_s**2 + loc_s**2) - mean**2).sqrt()
+    n = draws.shape[1]
+    assert (draws.mean(1) - mean).abs().le(5 * std / n**0.5).all()
+    # The product is not normal: bound the variance with its own sample spread instead.
+    var_se = (draws - mean.unsqueeze(1)).square().var(1).sqrt() / n**0.5
+    assert (draws.var(1) - std**2).abs().le(5 * var_se).all(), (draws.var(1), std**2)
+
+
+def test_example_mode_draws_per_row_and_member_mode_per_member():
+    torch.manual_seed(0)
+    rows = 6
+
+    def noise(sampling):
+        # s pinned at 1: each output row is one draw of r, standardised to its noise.
+        draws = _draws(_identity_layer(_LOC, _SD, *_PINNED, sampling), rows)
+        return (draws - _LOC.unsqueeze(1)) / _SD.unsqueeze(1)
+
+    example, member = noise("example"), noise("member")
+    for k in range(2):
+        # "example": every row of one member has its own draw (no two rows equal).
+        assert len({tuple(row.tolist()) for row in example[k]}) == rows
+        # "member": the member's rows share one draw.
+        assert torch.equal(member[k], member[k, :1].expand(rows, -1))
+    # Members draw independently, and successive forwards draw afresh.
+    assert not torch.allclose(member[0, 0], member[1, 0])
+    assert not torch.allclose(example[0], example[1])
+    assert not torch.equal(member, noise("member"))

@@ -29,23 +29,46 @@ def _count(model):
     return sum(p.numel() for p in model.parameters())
 
 
+def _meta(build_model):
+    """Construct on the meta device: shapes only, no memory and no time for the weights.
+
+    The constructors and their init functions run unchanged: torch's in-place inits accept
+    meta tensors and compute nothing, so the modules and shapes are those built on the CPU.
+    """
+    with torch.device("meta"):
+        model = build_model()
+    assert all(p.is_meta for p in model.parameters())
+    return model
+
+
 def test_resnet50_parameter_counts_match_the_paper():
-    assert _count(ResNet50()) == pytest.approx(25.98e6, rel=0.005)  # K=4 rank-1
-    assert _count(ResNet50(ResNet50Config(bayesian=False))) == pytest.approx(25.56e6, rel=0.005)
+    # Spec 4.3: 25,557,032 deterministic (torchvision's count) plus, per member,
+    # 2 * 52,139 factor entries, and 3 extra copies of the 1,000 head biases for K = 4.
+    assert _count(_meta(lambda: ResNet50(ResNet50Config(bayesian=False)))) == 25_557_032
+    assert 25_557_032 + 4 * 2 * 52_139 + 3 * 1_000 == 25_977_144
+    assert _count(_meta(ResNet50)) == 25_977_144  # K=4 rank-1, the paper's 26.0M
 
 
 def test_wrn_28_10_parameter_counts_match_the_paper():
-    assert _count(WideResNet()) == pytest.approx(36.6e6, rel=0.005)  # K=4 rank-1
-    assert _count(WideResNet(WideResNetConfig(bayesian=False))) == pytest.approx(36.5e6, rel=0.005)
+    assert _count(_meta(lambda: WideResNet(WideResNetConfig(bayesian=False)))) == 36_479_194
+    assert 36_479_194 + 4 * 2 * 19_581 + 3 * 10 == 36_635_872
+    assert _count(_meta(WideResNet)) == 36_635_872  # K=4 rank-1, the paper's 36.6M
 
 
 def test_wrn_rank1_overhead_is_two_k_times_fan_sums():
-    det = WideResNet(WideResNetConfig(bayesian=False))
-    r1 = WideResNet()
+    det = _meta(lambda: WideResNet(WideResNetConfig(bayesian=False)))
+    r1 = _meta(WideResNet)
     fan_sum = sum(f.features for f in rank1.rank1_factors(r1))  # sum of d_in + d_out
     head_bias_extra = 3 * 10  # per-member head bias replaces one bias
     assert _count(r1) - _count(det) == 2 * 4 * fan_sum + head_bias_extra
     assert fan_sum == 19581  # the spec's sum over the 29 layers
+
+
+def test_resnet50_has_the_specs_54_rank1_layers():
+    r1 = _meta(ResNet50)
+    factors = list(rank1.rank1_factors(r1))
+    assert len(factors) == 2 * 54
+    assert sum(f.features for f in factors) == 52_139
 
 
 def test_small_wrn_and_resnet_forward_shapes_and_recipes():
