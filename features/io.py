@@ -123,7 +123,8 @@ class OutputFolderError(ValueError):
     """An output folder cannot be written, or holds something that is not ours to replace."""
 
 
-def _process_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine (anyone's)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -254,6 +255,6 @@ class OutputFolder:
             found = pattern.fullmatch(entry.name)
             if found is None or entry.is_symlink() or not entry.is_dir():
                 continue
-            if entry.stat().st_uid != os.getuid() or _process_alive(int(found.group(1))):
+            if entry.stat().st_uid != os.getuid() or pid_alive(int(found.group(1))):
                 continue
             shutil.rmtree(entry, ignore_errors=True)

@@ -58,7 +58,7 @@ from features.mimic.manifest import (
     Split,
     SplitCount,
     SplitCounts,
-    read_header,
+    read_manifest_header,
 )
 from features.mimic.splits import assign_splits, check_split_fractions, split_column
 from features.mimic.tables import MimicInputError, check_table, file_fingerprint
@@ -112,7 +112,7 @@ def _is_feature_folder(folder: Path) -> bool:
     if MANIFEST_FILE not in names or not names <= FOLDER_FILES:
         return False
     # Any schema version: an older or newer folder of ours may be replaced too.
-    header = read_header(folder)
+    header = read_manifest_header(folder)
     return header is not None and header.task == TASK
 
 

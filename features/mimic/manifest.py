@@ -255,7 +255,7 @@ class FeatureManifest(_Part):
         return None
 
 
-def read_header(feature_dir: str | Path) -> ManifestHeader | None:
+def read_manifest_header(feature_dir: str | Path) -> ManifestHeader | None:
     """The header of ``feature_dir``'s manifest, or None if it has none that parses."""
     path = Path(feature_dir) / MANIFEST_FILE
     try:

@@ -218,8 +218,11 @@ def check_gzip_complete(path: str | Path) -> None:
         ) from None
 
 
-def _column_map(path: Path, table: str, columns: list[str]) -> dict[str, str]:
+def _column_map(path: Path, table: str, columns: list[str]) -> tuple[dict[str, str], list[str]]:
     """Map each wanted lowercase column to its name in the file's header.
+
+    Returns:
+        ``(names, header)``: the wanted columns' names as written, and the whole header.
 
     Raises:
         MimicInputError: If a column is missing, or a name appears twice (letter case
@@ -238,7 +241,7 @@ def _column_map(path: Path, table: str, columns: list[str]) -> dict[str, str]:
             f"{path}: table {table} lacks column(s) {', '.join(missing)} "
             f"(header has: {', '.join(header)})"
         )
-    return {c: lower[c] for c in columns}
+    return {c: lower[c] for c in columns}, header
 
 
 def check_table(mimic_dir: str | Path, table: str) -> Path:
@@ -288,8 +291,7 @@ def scan_table(
     """
     path = table_path(mimic_dir, table)
     schema = TABLES[table]
-    names = _column_map(path, table, list(schema))
-    header = read_header(path)
+    names, header = _column_map(path, table, list(schema))
     # Every column is given a dtype so polars never guesses one from the first rows
     # (it would guess wrong on MIMIC's sparse text columns); unused ones stay text.
     overrides = {name: pl.String for name in header}

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from features.io import pid_alive
 from pipeline.tracking.errors import _translates_mlflow_errors
 from pipeline.tracking.store import _mlflow
 
@@ -59,12 +60,8 @@ def process_alive(process: ProcessId) -> bool | None:
     """
     if process.host != this_process().host:
         return None
-    try:
-        os.kill(process.pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(process.pid):
         return False
-    except PermissionError:
-        pass  # exists, owned by another user
     return not process.start or _process_start(process.pid) in ("", process.start)
 
 
