@@ -19,9 +19,6 @@ import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-#: Seed of the Monte Carlo draws, so served predictions are repeatable.
-SEED = 0
-
 
 class Rank1PyfuncModel(PythonModel):
     """Mixture probabilities of a rank-1 model, deterministic model or deep ensemble."""
@@ -51,12 +48,12 @@ class Rank1PyfuncModel(PythonModel):
         import torch
 
         import rank1
-        from pipeline.predict import model_ensemble_size
+        from pipeline.predict import EVAL_SEED, model_ensemble_size
 
         x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
         samples = int((params or {}).get("num_samples", 1))
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(SEED)
+            torch.manual_seed(EVAL_SEED)  # the project's one evaluation seed: repeatable
             paths = rank1.predict(self.model, x, model_ensemble_size(self.model), samples)
         logits = paths.flatten(0, 1)  # (S * K, N[, C])
         likelihood = "bernoulli" if logits.dim() == 2 else "categorical"
