@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 import rank1
-from rank1 import Rank1Conv2d, Rank1Linear, Rank1LSTM
+from rank1 import Rank1Config, Rank1Conv2d, Rank1Linear, Rank1LSTM
 
 K = 4
 
@@ -22,7 +22,9 @@ def _draw(layer, names, n, clip=True):
 @pytest.mark.parametrize("sampling", ["example", "member"])
 def test_linear_matches_per_example_effective_weight(posterior, sampling):
     torch.manual_seed(0)
-    layer = Rank1Linear(6, 5, ensemble_size=K, posterior=posterior, sampling=sampling)
+    layer = Rank1Linear(
+        6, 5, rank1=Rank1Config(ensemble_size=K, posterior=posterior, sampling=sampling)
+    )
     with torch.no_grad():
         layer.bias.normal_()
     n = 3
@@ -42,7 +44,7 @@ def test_linear_matches_per_example_effective_weight(posterior, sampling):
 
 def test_linear_accepts_middle_dims_sharing_one_draw_per_row():
     torch.manual_seed(0)
-    layer = Rank1Linear(4, 3, ensemble_size=2)
+    layer = Rank1Linear(4, 3, rank1=Rank1Config(ensemble_size=2))
     x = torch.randn(2 * 3, 7, 4)
     torch.manual_seed(5)
     out = layer(x)
@@ -61,7 +63,9 @@ def test_linear_accepts_middle_dims_sharing_one_draw_per_row():
 @pytest.mark.parametrize("posterior", ["normal", "cauchy"])
 def test_conv_matches_per_example_effective_kernel(posterior):
     torch.manual_seed(0)
-    layer = Rank1Conv2d(3, 4, 3, stride=2, padding=1, ensemble_size=K, posterior=posterior)
+    layer = Rank1Conv2d(
+        3, 4, 3, stride=2, padding=1, rank1=Rank1Config(ensemble_size=K, posterior=posterior)
+    )
     with torch.no_grad():
         layer.bias.normal_()
     n = 2
@@ -105,7 +109,9 @@ def _lstm_reference(layer, x, lengths, draws):
 @pytest.mark.parametrize("posterior", ["normal", "cauchy"])
 def test_lstm_matches_per_example_loop_with_lengths(posterior):
     torch.manual_seed(0)
-    layer = Rank1LSTM(3, 4, batch_first=True, ensemble_size=2, posterior=posterior)
+    layer = Rank1LSTM(
+        3, 4, batch_first=True, rank1=Rank1Config(ensemble_size=2, posterior=posterior)
+    )
     n = 3
     x = torch.randn(2 * n, 5, 3)
     lengths = torch.tensor([5, 2, 4])
@@ -120,7 +126,7 @@ def test_lstm_matches_per_example_loop_with_lengths(posterior):
 
 def test_lstm_mask_equals_lengths_and_time_major_equals_batch_first():
     torch.manual_seed(0)
-    layer = Rank1LSTM(3, 4, num_layers=2, ensemble_size=2, sampling="mean")
+    layer = Rank1LSTM(3, 4, num_layers=2, rank1=Rank1Config(ensemble_size=2, sampling="mean"))
     x = torch.randn(6, 6, 3)  # (T, K*B, D)
     lengths = torch.tensor([6, 3, 1])
     mask = torch.arange(6)[None, :] < lengths[:, None]
@@ -138,13 +144,16 @@ def test_gradcheck_float64_all_layers():
     torch.manual_seed(0)
     d = torch.float64
     layers = [
-        (Rank1Linear(3, 2, ensemble_size=2, dtype=d), torch.randn(4, 3, dtype=d)),
         (
-            Rank1Conv2d(2, 2, 3, padding=1, ensemble_size=2, dtype=d),
+            Rank1Linear(3, 2, dtype=d, rank1=Rank1Config(ensemble_size=2)),
+            torch.randn(4, 3, dtype=d),
+        ),
+        (
+            Rank1Conv2d(2, 2, 3, padding=1, dtype=d, rank1=Rank1Config(ensemble_size=2)),
             torch.randn(2, 2, 4, 4, dtype=d),
         ),
         (
-            Rank1LSTM(2, 3, batch_first=True, ensemble_size=2, dtype=d),
+            Rank1LSTM(2, 3, batch_first=True, dtype=d, rank1=Rank1Config(ensemble_size=2)),
             torch.randn(4, 3, 2, dtype=d),
         ),
     ]
@@ -172,17 +181,17 @@ def _fixed_at_one(layer):
 def test_k1_with_unit_factors_equals_plain_layers():
     torch.manual_seed(0)
     lin = nn.Linear(5, 3)
-    r1 = _fixed_at_one(Rank1Linear.from_linear(lin, ensemble_size=1))
+    r1 = _fixed_at_one(Rank1Linear.from_linear(lin, rank1=Rank1Config(ensemble_size=1)))
     x = torch.randn(4, 5)
     torch.testing.assert_close(r1(x), lin(x))
 
     conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
-    rc = _fixed_at_one(Rank1Conv2d.from_conv2d(conv, ensemble_size=1))
+    rc = _fixed_at_one(Rank1Conv2d.from_conv2d(conv, rank1=Rank1Config(ensemble_size=1)))
     xi = torch.randn(2, 3, 9, 9)
     torch.testing.assert_close(rc(xi), conv(xi))
 
     lstm = nn.LSTM(3, 5, batch_first=True)
-    rl = _fixed_at_one(Rank1LSTM(3, 5, batch_first=True, ensemble_size=1))
+    rl = _fixed_at_one(Rank1LSTM(3, 5, batch_first=True, rank1=Rank1Config(ensemble_size=1)))
     with torch.no_grad():
         rl.weight_ih_l0.copy_(lstm.weight_ih_l0)
         rl.weight_hh_l0.copy_(lstm.weight_hh_l0)
@@ -207,7 +216,7 @@ def test_posterior_means_are_repeatable_and_sampling_is_not():
 
 def test_cauchy_path_is_finite_and_clipped():
     torch.manual_seed(0)
-    layer = Rank1Linear(16, 16, posterior="cauchy", ensemble_size=4)
+    layer = Rank1Linear(16, 16, rank1=Rank1Config(posterior="cauchy", ensemble_size=4))
     with torch.no_grad():
         layer.r.scale_raw.fill_(3.0)  # a heavy-tailed, wide posterior
     x = torch.randn(4 * 256, 16, requires_grad=True)
@@ -222,13 +231,13 @@ def test_cauchy_path_is_finite_and_clipped():
 
 
 def test_batch_not_divisible_by_k_raises():
-    layer = Rank1Linear(3, 2, ensemble_size=4)
+    layer = Rank1Linear(3, 2, rank1=Rank1Config(ensemble_size=4))
     with pytest.raises(ValueError, match="not divisible by ensemble_size=4"):
         layer(torch.randn(6, 3))
     with pytest.raises(ValueError, match="not divisible"):
-        Rank1Conv2d(1, 1, 1, ensemble_size=4)(torch.randn(5, 1, 2, 2))
+        Rank1Conv2d(1, 1, 1, rank1=Rank1Config(ensemble_size=4))(torch.randn(5, 1, 2, 2))
     with pytest.raises(ValueError, match="not divisible"):
-        Rank1LSTM(1, 1, ensemble_size=4)(torch.randn(3, 5, 1))
+        Rank1LSTM(1, 1, rank1=Rank1Config(ensemble_size=4))(torch.randn(3, 5, 1))
     with pytest.raises(ValueError, match="not divisible"):
         rank1.untile(torch.randn(7, 2), 2)
 
@@ -236,10 +245,10 @@ def test_batch_not_divisible_by_k_raises():
 def test_factor_parameter_overhead_is_exact():
     d_in, d_out = 7, 5
     for k in (1, 4):
-        layer = Rank1Linear(d_in, d_out, ensemble_size=k)
+        layer = Rank1Linear(d_in, d_out, rank1=Rank1Config(ensemble_size=k))
         n_params = sum(p.numel() for p in layer.parameters())
         assert n_params == d_in * d_out + 2 * k * (d_in + d_out) + k * d_out
-        conv = Rank1Conv2d(d_in, d_out, 3, bias=False, ensemble_size=k)
+        conv = Rank1Conv2d(d_in, d_out, 3, bias=False, rank1=Rank1Config(ensemble_size=k))
         assert sum(p.numel() for p in conv.parameters()) == d_in * d_out * 9 + 2 * k * (
             d_in + d_out
         )
@@ -254,7 +263,7 @@ def test_initialisation_follows_the_spec():
     assert 0.025 < scale.min() and scale.max() < 0.039  # dropout rate 1e-3 -> ~0.0316
     g = rank1.Rank1Factor(4, 10000, random_sign_init=-0.5)
     assert abs(g.loc.mean().item() - 1.0) < 0.02 and abs(g.loc.std().item() - 0.5) < 0.02
-    lstm = Rank1LSTM(3, 4, ensemble_size=2)
+    lstm = Rank1LSTM(3, 4, rank1=Rank1Config(ensemble_size=2))
     assert torch.equal(lstm.bias_l0[:, 4:8], torch.ones(2, 4))  # unit forget bias per member
     assert torch.equal(lstm.bias_l0[:, :4], torch.zeros(2, 4))
 
@@ -263,11 +272,11 @@ def test_bf16_autocast_training_step_gives_grads_in_parameter_dtypes():
     # The fused kernels' backward must cope with the bf16 compute dtype of autocast.
     torch.manual_seed(0)
     model = nn.Sequential(
-        Rank1Conv2d(3, 4, 3, padding=1, bias=False, ensemble_size=2),
+        Rank1Conv2d(3, 4, 3, padding=1, bias=False, rank1=Rank1Config(ensemble_size=2)),
         nn.BatchNorm2d(4),
         nn.ReLU(),
         nn.Flatten(),
-        Rank1Linear(4 * 6 * 6, 3, ensemble_size=2),
+        Rank1Linear(4 * 6 * 6, 3, rank1=Rank1Config(ensemble_size=2)),
     )
     x = torch.randn(4, 3, 6, 6, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -287,7 +296,7 @@ _DRAWS = 40_000  # per member: the per-entry mean is then known to about 0.5% of
 def _identity_layer(loc_r, sd_r, loc_s, sd_s, sampling="example"):
     """A square Rank1Linear with W = I and no bias: unit input gives the rows ``r * s``."""
     k, d = loc_r.shape
-    layer = Rank1Linear(d, d, bias=False, ensemble_size=k, sampling=sampling)
+    layer = Rank1Linear(d, d, bias=False, rank1=Rank1Config(ensemble_size=k, sampling=sampling))
     with torch.no_grad():
         layer.weight.copy_(torch.eye(d))
         for factor, loc, sd in ((layer.r, loc_r, sd_r), (layer.s, loc_s, sd_s)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -150,8 +151,11 @@ def test_deep_ensemble_of_mixed_members_round_trips():
 def test_model_spec_copies_the_config():
     model = build("ehr", EHRConfig(rnn_dim=6))
     spec = model_spec(model)
-    model.config.rank1.prior_stddev = 9.0
-    assert spec.config.rank1.prior_stddev == 1.0
+    model.config.rnn_dim = 9
+    assert spec.config.rnn_dim == 6
+    # The factor settings cannot be edited in place at all: the layers were built from them.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.config.rank1.prior_stddev = 9.0
 
 
 @pytest.mark.parametrize(
@@ -168,6 +172,10 @@ def test_model_spec_copies_the_config():
             r"model\.config\.rank1\.posterior: expected one of \['normal', 'cauchy'\]",
         ),
         (lambda d: d["config"].update(rank1=[]), r"model\.config\.rank1: expected an object"),
+        (
+            lambda d: d["config"]["rank1"].update(prior_stddev=0),
+            r"model\.config\.rank1: prior_stddev must be > 0, got 0\.0",
+        ),
     ],
 )
 def test_model_spec_refuses_foreign_json_with_one_line(edit, match):

@@ -62,13 +62,13 @@ class EHRModel(nn.Module):
         super().__init__()
         self.config = config = config or EHRConfig()
         if config.bayesian:
-            kw = config.rank1.layer_kwargs()
-            self.projection = Rank1Linear(config.input_features, config.projection_dim, **kw)
-            self.lstm = Rank1LSTM(config.projection_dim, config.rnn_dim, batch_first=True, **kw)
+            rc = config.rank1
+            self.projection = Rank1Linear(config.input_features, config.projection_dim, rank1=rc)
+            self.lstm = Rank1LSTM(config.projection_dim, config.rnn_dim, batch_first=True, rank1=rc)
             self.hidden = Rank1Linear(
-                config.rnn_dim, config.hidden_dim, weight_init="he_normal", **kw
+                config.rnn_dim, config.hidden_dim, rank1=rc, weight_init="he_normal"
             )
-            self.output = Rank1Linear(config.hidden_dim, 1, **kw)
+            self.output = Rank1Linear(config.hidden_dim, 1, rank1=rc)
         else:
             self.projection = nn.Linear(config.input_features, config.projection_dim)
             self.lstm = nn.LSTM(config.projection_dim, config.rnn_dim, batch_first=True)
