@@ -205,28 +205,20 @@ class Rank1Linear(_Rank1Mixin, nn.Module):
         n = check_divisible(input.shape[0], k, "Rank1Linear input batch")
         x = input.reshape(k, n, -1, self.in_features)  # (K, n, M, d_in), M = middle dims
         bias = None if self.bias is None else self.bias[:, None, None, :]
-        if x.device.type != "cpu":
-            # On GPUs the elementwise passes are cheap next to kernel launches, and autocast
-            # handles the plain ops' matmul; they measured faster there than the CPU kernel.
-            r = self.r.sample(n, self.sampling).unsqueeze(2)  # (K, n or 1, 1, d_in)
-            s = self.s.sample(n, self.sampling).unsqueeze(2)
-            h = F.linear(x * r, self.weight)
-            out = h * s if bias is None else torch.addcmul(bias, h, s)
-        else:
-            r_scale, eps_r, clip_r = self.r.reparameterization(n, self.sampling)
-            s_scale, eps_s, clip_s = self.s.reparameterization(n, self.sampling)
-            out = rank1_linear(
-                x,
-                self.weight,
-                bias,
-                self.r.loc,
-                r_scale,
-                eps_r.unsqueeze(2),
-                self.s.loc,
-                s_scale,
-                eps_s.unsqueeze(2),
-                (clip_r, clip_s),
-            )
+        r_scale, eps_r, clip_r = self.r.reparameterization(n, self.sampling)
+        s_scale, eps_s, clip_s = self.s.reparameterization(n, self.sampling)
+        out = rank1_linear(
+            x,
+            self.weight,
+            bias,
+            self.r.loc,
+            r_scale,
+            eps_r.unsqueeze(2),
+            self.s.loc,
+            s_scale,
+            eps_s.unsqueeze(2),
+            (clip_r, clip_s),
+        )
         return out.reshape(*input.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from torch import nn
 from torch.func import functional_call
 
 import rank1
-from rank1 import Rank1Config, Rank1Conv2d, Rank1Linear, Rank1LSTM
+from rank1 import Rank1Config, Rank1Conv2d, Rank1Linear, Rank1LSTM, _fused
 
 K = 4
 
@@ -343,8 +345,8 @@ def test_gaussian_factor_draws_through_linear_have_the_posterior_mean_and_std(si
 
 
 def test_factor_sample_has_the_posterior_mean_and_std():
-    # Off the CPU the layers draw with Rank1Factor.sample (on the CPU they pass loc, scale and
-    # noise to a fused kernel instead, as tested above): its draws follow the same posterior.
+    # Conv2d and the LSTM draw with Rank1Factor.sample (Rank1Linear passes loc, scale and
+    # noise to its core instead, as tested above): its draws follow the same posterior.
     torch.manual_seed(0)
     layer = _identity_layer(_LOC, _SD, *_PINNED)
     with torch.no_grad():
@@ -387,3 +389,118 @@ def test_example_mode_draws_per_row_and_member_mode_per_member():
     assert not torch.allclose(member[0, 0], member[1, 0])
     assert not torch.allclose(example[0], example[1])
     assert not torch.equal(member, noise("member"))
+
+
+# --------------------------------------------------------------------------- fused vs plain
+
+_FUSED_FUNCTIONS = {
+    "linear": _fused._Rank1Linear,
+    "conv2d": _fused._Rank1Conv2d,
+    "lstm": _fused._Rank1LSTMRecurrence,
+}
+
+
+def test_use_fused_chooses_by_kernel_and_device_and_plain_kernels_forces_plain():
+    cpu, meta = torch.zeros(1), torch.zeros(1, device="meta")  # meta stands in for a GPU
+    for kernel in _FUSED_FUNCTIONS:
+        assert rank1.use_fused(cpu, kernel)
+    assert not rank1.use_fused(meta, "linear") and not rank1.use_fused(meta, "conv2d")
+    assert rank1.use_fused(meta, "lstm")  # the hand-written BPTT serves every device
+    with rank1.plain_kernels():
+        with rank1.plain_kernels():  # nesting
+            assert not rank1.use_fused(cpu, "lstm")
+        assert not any(rank1.use_fused(cpu, kernel) for kernel in _FUSED_FUNCTIONS)
+    with pytest.raises(RuntimeError), rank1.plain_kernels():
+        raise RuntimeError  # leaving the block by an exception restores the default too
+    assert all(rank1.use_fused(cpu, kernel) for kernel in _FUSED_FUNCTIONS)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        rank1.use_fused(cpu, "gru")
+
+
+def _flat(out):
+    """All of a layer's outputs (the LSTM's ``out, (h_n, c_n)`` too) as one vector."""
+    if isinstance(out, tuple):
+        return torch.cat([_flat(o) for o in out])
+    return out.reshape(-1)
+
+
+def _forward_backward(layer, x, kernel, plain, monkeypatch, **kwargs):
+    """Outputs and gradients of a seeded forward and backward through one implementation."""
+    function = _FUSED_FUNCTIONS[kernel]
+    calls = []
+    apply = function.apply
+    monkeypatch.setattr(function, "apply", lambda *a: calls.append(1) or apply(*a))
+    layer.zero_grad()
+    x = x.detach().clone().requires_grad_(True)
+    torch.manual_seed(11)  # the same factor draws through both implementations
+    with rank1.plain_kernels() if plain else contextlib.nullcontext():
+        out = _flat(layer(x, **kwargs))
+    # A different weight on every output, so each output's gradient path counts.
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    (out * weights).sum().backward()
+    monkeypatch.undo()
+    assert bool(calls) != plain  # the implementation asked for is the one that ran
+    grads = {"input": x.grad, **{n: p.grad for n, p in layer.named_parameters()}}
+    return out.detach(), grads
+
+
+def _assert_fused_equals_plain(layer, x, kernel, monkeypatch, **kwargs):
+    out_fused, grads_fused = _forward_backward(layer, x, kernel, False, monkeypatch, **kwargs)
+    out_plain, grads_plain = _forward_backward(layer, x, kernel, True, monkeypatch, **kwargs)
+    torch.testing.assert_close(out_fused, out_plain, rtol=1e-5, atol=1e-6)
+    assert grads_fused.keys() == grads_plain.keys()
+    for name, grad in grads_fused.items():
+        # Posterior scales get no gradient in "mean" mode (they are not used); only there.
+        if grad is None or grads_plain[name] is None:
+            assert grad is None and grads_plain[name] is None, name
+            assert name.endswith("scale_raw") and "mean" in repr(layer), name
+            continue
+        torch.testing.assert_close(grad, grads_plain[name], msg=name)
+
+
+@pytest.mark.parametrize("sampling", ["example", "member", "mean"])
+@pytest.mark.parametrize("posterior", ["normal", "cauchy"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_fused_and_plain_give_the_same_outputs_and_gradients(
+    sampling, posterior, bias, monkeypatch
+):
+    torch.manual_seed(0)
+    config = Rank1Config(ensemble_size=3, posterior=posterior, sampling=sampling)
+    layer = Rank1Linear(6, 5, bias, rank1=config)
+    with torch.no_grad():
+        if bias:
+            layer.bias.normal_()
+        if posterior == "cauchy":
+            layer.r.scale_raw.fill_(1.0)  # wide enough that some draws hit the [-10, 10] clip
+    x = torch.randn(3 * 4, 2, 6)  # a middle dimension shares each row's draw
+    _assert_fused_equals_plain(layer, x, "linear", monkeypatch)
+
+
+@pytest.mark.parametrize("sampling", ["example", "member", "mean"])
+@pytest.mark.parametrize(
+    "conv_args",
+    [
+        {"stride": 2, "padding": 1, "bias": True},
+        {"padding": "same", "dilation": 2, "groups": 2, "bias": False},
+        {"padding": 1, "padding_mode": "reflect", "bias": True},
+    ],
+)
+def test_conv2d_fused_and_plain_give_the_same_outputs_and_gradients(
+    sampling, conv_args, monkeypatch
+):
+    torch.manual_seed(0)
+    layer = Rank1Conv2d(4, 6, 3, **conv_args, rank1=Rank1Config(ensemble_size=2, sampling=sampling))
+    if layer.bias is not None:
+        with torch.no_grad():
+            layer.bias.normal_()
+    _assert_fused_equals_plain(layer, torch.randn(2 * 3, 4, 7, 7), "conv2d", monkeypatch)
+
+
+@pytest.mark.parametrize("sampling", ["example", "member", "mean"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_lstm_fused_and_plain_give_the_same_outputs_and_gradients(sampling, masked, monkeypatch):
+    torch.manual_seed(0)
+    config = Rank1Config(ensemble_size=2, sampling=sampling)
+    layer = Rank1LSTM(3, 4, num_layers=2, batch_first=True, rank1=config)
+    kwargs = {"lengths": torch.tensor([5, 2, 4])} if masked else {}
+    _assert_fused_equals_plain(layer, torch.randn(2 * 3, 5, 3), "lstm", monkeypatch, **kwargs)
