@@ -150,6 +150,9 @@ def rank1_linear(
 ) -> Tensor:
     """Rank-1 dense layer core: ``((x * r) W^T) * s + bias`` with ``r = loc + scale * eps``.
 
+    Fused kernel or plain autograd ops, as :func:`use_fused` says; both give the same values
+    and gradients.
+
     Args:
         x: ``(K, n, M, d_in)`` member-major inputs (M: flattened middle dimensions).
         weight: ``(d_out, d_in)`` shared weight.
@@ -246,6 +249,9 @@ class _Rank1Conv2d(torch.autograd.Function):
 
 def rank1_conv2d(x, weight, bias, r, s, n_per_member, stride, padding, dilation, groups) -> Tensor:
     """Rank-1 conv core ``conv(x * r) * s + bias``.
+
+    Fused kernel or plain autograd ops, as :func:`use_fused` says; both give the same values
+    and gradients.
 
     Args:
         x: ``(K*n, C_in, H, W)`` member-major inputs.
@@ -398,6 +404,9 @@ def rank1_lstm_recurrence(
     mask: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run ``z_t = proj_t * s_x + bias + ((h_{t-1} * r) W_hh^T) * s`` through LSTM gates.
+
+    Fused kernel or plain autograd ops, as :func:`use_fused` says; both give the same values
+    and gradients.
 
     Args:
         proj: ``(T, B, 4H)`` input projections ``(x_t * r_x) W_ih^T``.
