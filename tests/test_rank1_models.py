@@ -106,6 +106,23 @@ def test_ehr_model_rank1_and_deterministic_twin():
     assert det.ensemble_size == 1 and model.ensemble_size == 4
 
 
+@pytest.mark.parametrize("bayesian", [True, False])
+def test_ehr_output_layer_has_the_references_he_normal_kernel(bayesian):
+    # records-research Rank1BayesianRNN: DenseRank1(1, kernel_initializer="he_normal"); the
+    # deterministic twin mirrors it. Keras he_normal is a normal truncated at 2 std with std
+    # sqrt(2 / fan_in) / 0.8796: it reaches past every glorot_uniform value (limit
+    # sqrt(6 / (fan_in + 1))) and stops at its truncation bound.
+    torch.manual_seed(0)
+    fan_in = 512
+    model = EHRModel(EHRConfig(rnn_dim=4, hidden_dim=fan_in, bayesian=bayesian))
+    w = model.output.weight.detach()
+    assert w.shape == (1, fan_in)
+    std = (2 / fan_in) ** 0.5 / 0.87962566103423978
+    assert w.abs().max() <= 2 * std
+    assert w.abs().max() > (6 / (fan_in + 1)) ** 0.5
+    assert abs(w.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.15
+
+
 # --------------------------------------------------------------------------- specs
 
 _SMALL_SPECS = [
