@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -288,6 +289,65 @@ def test_bf16_autocast_training_step_gives_grads_in_parameter_dtypes():
         assert p.grad is not None and p.grad.dtype == p.dtype, name
         assert torch.isfinite(p.grad).all(), name
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"ensemble_size": 0}, "ensemble_size must be an int >= 1"),
+        ({"ensemble_size": True}, "ensemble_size must be an int >= 1"),
+        ({"posterior": "laplace"}, "posterior must be one of"),
+        ({"prior": "laplace"}, "prior must be None or one of"),
+        ({"prior_stddev": 0.0}, "prior_stddev must be > 0"),
+        ({"dropout_rate": 1.0}, r"dropout_rate must be in \(0, 1\)"),
+        ({"sampling": "per-row"}, "sampling must be one of"),
+    ],
+)
+def test_rank1_config_checks_every_setting_once(change, match):
+    with pytest.raises(ValueError, match=match):
+        Rank1Config(**change)
+    with pytest.raises(ValueError, match=match):  # derived copies are checked too
+        dataclasses.replace(Rank1Config(), **change)
+
+
+def test_layers_take_one_rank1_config_and_keep_nn_names():
+    config = Rank1Config(ensemble_size=3, posterior="cauchy", prior_stddev=0.5)
+    layers = [
+        Rank1Linear(4, 2, rank1=config),
+        Rank1Conv2d(4, 2, 3, rank1=config),
+        Rank1LSTM(4, 2, rank1=config),
+    ]
+    for layer in layers:
+        assert layer.rank1 is config and layer.ensemble_size == 3
+        for factor in rank1.rank1_factors(layer):
+            assert (factor.ensemble_size, factor.posterior, factor.prior) == (3, "cauchy", "cauchy")
+            assert factor.prior_stddev == 0.5
+    # Saved weights load by these names: they are nn.Linear's / nn.LSTM's plus the factors.
+    factors = {f"{side}.{p}" for side in "rs" for p in ("loc", "scale_raw")}
+    assert set(layers[0].state_dict()) == {"weight", "bias", *factors}
+    assert set(layers[1].state_dict()) == {"weight", "bias", *factors}
+    lstm_factors = {
+        f"{f}_l0.{p}" for f in ("r_ih", "s_ih", "r_hh", "s_hh") for p in ("loc", "scale_raw")
+    }
+    assert set(layers[2].state_dict()) == {"weight_ih_l0", "weight_hh_l0", "bias_l0", *lstm_factors}
+    assert Rank1Linear(4, 2).rank1 == Rank1Config()  # None means the defaults
+    with pytest.raises(TypeError, match="rank1 must be a Rank1Config"):
+        Rank1Linear(4, 2, rank1={"ensemble_size": 2})
+    with pytest.raises(TypeError, match="ensemble_size"):  # the settings come only as rank1=
+        Rank1Linear(4, 2, ensemble_size=2)
+
+
+def test_setting_sampling_replaces_the_config_with_a_checked_copy():
+    layer = Rank1Linear(3, 2, rank1=Rank1Config(ensemble_size=2))
+    model = nn.Sequential(layer)
+    rank1.set_sampling(model, "mean")
+    assert layer.sampling == "mean" and layer.rank1 == Rank1Config(ensemble_size=2, sampling="mean")
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        layer.sampling = "per-row"
+    assert layer.sampling == "mean"
 
 
 # --------------------------------------------------------------------------- the sampler

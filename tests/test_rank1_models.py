@@ -153,6 +153,36 @@ def test_model_spec_json_round_trip_is_exact_and_rebuilds(kind, config):
     assert model_spec(build(kind, spec.to_dict()["config"])) == spec
 
 
+def test_model_json_written_before_rank1_config_was_frozen_still_loads():
+    # The model.json form of an EHR model as stored before the layers took one Rank1Config:
+    # the format did not change, so stored models still rebuild and load.
+    stored = {
+        "kind": "ehr",
+        "config": {
+            "input_features": 5,
+            "projection_dim": 4,
+            "rnn_dim": 6,
+            "hidden_dim": 3,
+            "bayesian": True,
+            "rank1": {
+                "ensemble_size": 4,
+                "posterior": "normal",
+                "prior": None,
+                "prior_mean": 1.0,
+                "prior_stddev": 1.0,
+                "random_sign_init": 0.5,
+                "dropout_rate": 0.001,
+                "sampling": "example",
+            },
+        },
+    }
+    spec = ModelSpec.from_dict(stored)
+    assert spec.to_dict() == stored
+    model = spec.build()
+    assert model.lstm.rank1 == Rank1Config(prior_stddev=1.0) == model.output.rank1
+    model.load_state_dict(build("ehr", spec.config).state_dict(), strict=True)
+
+
 def test_deep_ensemble_of_mixed_members_round_trips():
     members = [build(kind, config) for kind, config in _SMALL_SPECS[:2]]
     ensemble = DeepEnsemble(members)
