@@ -113,7 +113,9 @@ class _Rank1Mixin:
             )
             self.add_module(name + suffix, factor)
 
-    def _init_shared(self, weight_shape: tuple, d_in: int, d_out: int, bias: bool, factory):
+    def _init_shared(
+        self, weight_shape: tuple[int, ...], d_in: int, d_out: int, bias: bool, factory: dict
+    ) -> None:
         """The Linear/Conv parameters: shared ``weight``, per-member ``bias``, ``r`` and ``s``."""
         self.weight = nn.Parameter(torch.empty(*weight_shape, **factory))
         self.bias = self._member_bias(d_out, bias, factory)
@@ -125,7 +127,7 @@ class _Rank1Mixin:
         self.r.reset_parameters()
         self.s.reset_parameters()
 
-    def _copy_from(self, module: nn.Module):
+    def _copy_from(self, module: nn.Module) -> _Rank1Mixin:
         """Copy ``module``'s weight into the shared weight and its bias into every member's."""
         with torch.no_grad():
             self.weight.copy_(module.weight)
