@@ -47,14 +47,16 @@ def cases(device: str):
     yield (
         "Linear 512->512, B=128 (per-example noise)",
         plain,
-        rank1.Rank1Linear(512, 512, ensemble_size=K, device=device),
+        rank1.Rank1Linear(512, 512, device=device, rank1=rank1.Rank1Config(ensemble_size=K)),
         x,
         False,
     )
     yield (
         "Linear 512->512, B=128 (one sample per member)",
         plain,
-        rank1.Rank1Linear(512, 512, ensemble_size=K, sampling="member", device=device),
+        rank1.Rank1Linear(
+            512, 512, device=device, rank1=rank1.Rank1Config(ensemble_size=K, sampling="member")
+        ),
         x,
         False,
     )
@@ -64,7 +66,9 @@ def cases(device: str):
     yield (
         "Conv2d 64->64 3x3, 32x32, B=32 (per-example noise)",
         plain,
-        rank1.Rank1Conv2d(64, 64, 3, padding=1, ensemble_size=K, device=device),
+        rank1.Rank1Conv2d(
+            64, 64, 3, padding=1, device=device, rank1=rank1.Rank1Config(ensemble_size=K)
+        ),
         x,
         False,
     )
@@ -74,7 +78,9 @@ def cases(device: str):
     yield (
         "LSTM 76->128, 48 steps, B=64 (per-example noise)",
         plain,
-        rank1.Rank1LSTM(76, 128, batch_first=True, ensemble_size=K, device=device),
+        rank1.Rank1LSTM(
+            76, 128, batch_first=True, device=device, rank1=rank1.Rank1Config(ensemble_size=K)
+        ),
         x,
         True,
     )

@@ -3,6 +3,7 @@
 The model library: torch only. It imports without pandas, polars, MLflow or Prefect.
 """
 
+from rank1._fused import plain_kernels, use_fused
 from rank1.config import Rank1Config
 from rank1.ensemble import (
     check_divisible,
@@ -35,10 +36,12 @@ __all__ = [
     "mixture_nll",
     "mixture_probs",
     "param_groups",
+    "plain_kernels",
     "predict",
     "rank1_factors",
     "scale_from_dropout_rate",
     "set_sampling",
     "tile",
     "untile",
+    "use_fused",
 ]

@@ -1,12 +1,78 @@
-"""Hand-written forward/backward kernels of the rank-1 dense and LSTM layers."""
+"""Hand-written forward/backward kernels of the rank-1 layers, and their plain twins.
+
+Each core (``rank1_linear``, ``rank1_conv2d``, ``rank1_lstm_recurrence``) has two
+implementations of the same maths: a fused ``torch.autograd.Function`` with a hand-written
+backward, and plain autograd ops. :func:`use_fused` alone picks one; :func:`plain_kernels`
+forces the plain ones, so both run (and are compared) on a CPU.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from rank1.factors import CLIP
+
+Kernel = Literal["linear", "conv2d", "lstm"]
+#: Depth of nested :func:`plain_kernels` blocks; > 0 forces the plain implementations.
+_plain_depth = 0
+
+
+@contextlib.contextmanager
+def plain_kernels() -> Iterator[None]:
+    """Run every rank-1 layer core with plain autograd ops inside this block.
+
+    The fused kernels compute the same values and gradients (to float rounding); the plain
+    path is the readable reference, and tests compare the two on a CPU. Nesting is allowed;
+    the switch is process-wide (not per thread), as the layers read it at each forward.
+
+    Example:
+        >>> with rank1.plain_kernels():
+        ...     loss = model(x).sum()
+        ...     loss.backward()
+    """
+    global _plain_depth
+    _plain_depth += 1
+    try:
+        yield
+    finally:
+        _plain_depth -= 1
+
+
+def use_fused(x: Tensor, kernel: Kernel) -> bool:
+    """Whether the ``kernel`` core runs its fused implementation for input ``x``.
+
+    The one place that chooses (measurements in BENCHMARKS.md):
+
+    - Linear and Conv2d are fused on the CPU only: there the hand-written backward saves
+      activation-sized passes; on a GPU those passes are cheap next to kernel launches, and
+      the plain ops (which autocast also handles) measured faster.
+    - The LSTM recurrence is fused on every device: autograd over its Python time loop
+      records ~15 small ops per step and cost 2.8x the plain ``nn.LSTM`` on the CPU; the
+      fused loop also issues fewer ops per step, which is what a launch-bound GPU counts
+      (the plain loop was not measured on a GPU).
+
+    Inside :func:`plain_kernels` the answer is always False.
+
+    Args:
+        x: The core's input (its device decides).
+        kernel: ``"linear"``, ``"conv2d"`` or ``"lstm"``.
+
+    Returns:
+        True for the fused ``autograd.Function``, False for plain autograd ops.
+    """
+    if _plain_depth:
+        return False
+    if kernel == "lstm":
+        return True
+    if kernel in ("linear", "conv2d"):
+        return x.device.type == "cpu"
+    raise ValueError(f"unknown kernel {kernel!r}; expected 'linear', 'conv2d' or 'lstm'")
 
 
 def _reduce_to(t: Tensor, shape: torch.Size) -> Tensor:
@@ -84,6 +150,9 @@ def rank1_linear(
 ) -> Tensor:
     """Rank-1 dense layer core: ``((x * r) W^T) * s + bias`` with ``r = loc + scale * eps``.
 
+    Fused kernel or plain autograd ops, as :func:`use_fused` says; both give the same values
+    and gradients.
+
     Args:
         x: ``(K, n, M, d_in)`` member-major inputs (M: flattened middle dimensions).
         weight: ``(d_out, d_in)`` shared weight.
@@ -99,7 +168,16 @@ def rank1_linear(
     Returns:
         ``(K, n, M, d_out)``.
     """
-    return _Rank1Linear.apply(x, weight, bias, r_loc, r_scale, eps_r, s_loc, s_scale, eps_s, clip)
+    if use_fused(x, "linear"):
+        return _Rank1Linear.apply(
+            x, weight, bias, r_loc, r_scale, eps_r, s_loc, s_scale, eps_s, clip
+        )
+    r = torch.addcmul(r_loc[:, None, None], r_scale[:, None, None], eps_r)
+    s = torch.addcmul(s_loc[:, None, None], s_scale[:, None, None], eps_s)
+    r = r.clamp(-CLIP, CLIP) if clip[0] else r
+    s = s.clamp(-CLIP, CLIP) if clip[1] else s
+    h = F.linear(x * r, weight)
+    return h * s if bias is None else torch.addcmul(bias, h, s)
 
 
 def _channel_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -172,6 +250,9 @@ class _Rank1Conv2d(torch.autograd.Function):
 def rank1_conv2d(x, weight, bias, r, s, n_per_member, stride, padding, dilation, groups) -> Tensor:
     """Rank-1 conv core ``conv(x * r) * s + bias``.
 
+    Fused kernel or plain autograd ops, as :func:`use_fused` says; both give the same values
+    and gradients.
+
     Args:
         x: ``(K*n, C_in, H, W)`` member-major inputs.
         weight: ``(C_out, C_in / groups, kh, kw)`` shared kernel.
@@ -187,9 +268,7 @@ def rank1_conv2d(x, weight, bias, r, s, n_per_member, stride, padding, dilation,
     Returns:
         ``(K*n, C_out, H_out, W_out)``.
     """
-    if x.device.type != "cpu":
-        # Plain autograd ops on GPUs: the elementwise passes are cheap there next to kernel
-        # launches, and they measured faster than this kernel (BENCHMARKS.md).
+    if not use_fused(x, "conv2d"):
         h = F.conv2d(x * r[:, :, None, None], weight, None, stride, padding, dilation, groups)
         if bias is None:
             return h * s[:, :, None, None]
@@ -326,6 +405,9 @@ def rank1_lstm_recurrence(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run ``z_t = proj_t * s_x + bias + ((h_{t-1} * r) W_hh^T) * s`` through LSTM gates.
 
+    Fused kernel or plain autograd ops, as :func:`use_fused` says; both give the same values
+    and gradients.
+
     Args:
         proj: ``(T, B, 4H)`` input projections ``(x_t * r_x) W_ih^T``.
         s_x: ``(B, 4H)`` input-kernel output-side factors (one draw per example).
@@ -340,4 +422,22 @@ def rank1_lstm_recurrence(
     Returns:
         ``(outputs (T, B, H), h_n (B, H), c_n (B, H))``.
     """
-    return _Rank1LSTMRecurrence.apply(proj, s_x, bias, r, s, weight_hh, h0, c0, mask)
+    if use_fused(proj, "lstm"):
+        return _Rank1LSTMRecurrence.apply(proj, s_x, bias, r, s, weight_hh, h0, c0, mask)
+    # Plain autograd over the time loop. Unlike the fused kernel it does not force float32
+    # under CUDA autocast: its matmuls run in the autocast dtype.
+    acts = proj * s_x if bias is None else torch.addcmul(bias, proj, s_x)
+    h, c = h0, c0
+    outs = []
+    for t in range(proj.shape[0]):
+        z = acts[t] + F.linear(h * r, weight_hh) * s
+        z_i, z_f, z_g, z_o = z.chunk(4, dim=-1)
+        c_new = torch.sigmoid(z_f) * c + torch.sigmoid(z_i) * torch.tanh(z_g)
+        h_new = torch.sigmoid(z_o) * torch.tanh(c_new)
+        if mask is not None:
+            # A padded step carries the state unchanged (Keras masking).
+            c_new = torch.where(mask[t], c_new, c)
+            h_new = torch.where(mask[t], h_new, h)
+        h, c = h_new, c_new
+        outs.append(h)
+    return torch.stack(outs), h, c

@@ -14,6 +14,7 @@ Factors", ICML 2020.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -22,10 +23,9 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from rank1._fused import rank1_conv2d, rank1_linear, rank1_lstm_recurrence
+from rank1.config import Rank1Config
 from rank1.ensemble import check_divisible
-from rank1.factors import Family, Rank1Factor, Sampling
-
-_SAMPLING = ("example", "member", "mean")
+from rank1.factors import Rank1Factor, Sampling
 
 
 def he_normal_(weight: Tensor, fan_in: int) -> Tensor:
@@ -60,44 +60,80 @@ def init_dense_weight_(weight: Tensor, scheme: str | float) -> Tensor:
 
 
 class _Rank1Mixin:
-    """Shared construction of the r/s factors and the sampling switch."""
+    """Shared construction of the settings, per-member biases and r/s factors.
 
-    ensemble_size: int
-    sampling: Sampling
+    A layer keeps the :class:`Rank1Config` it was built with as ``rank1``; ``ensemble_size``
+    and ``sampling`` read it, and setting ``sampling`` (as :func:`rank1.set_sampling` does)
+    replaces it with a checked copy.
+    """
 
-    def _make_factors(
-        self,
-        d_in: int,
-        d_out: int,
-        *,
-        ensemble_size: int,
-        posterior: Family,
-        prior: Family | None,
-        prior_mean: float,
-        prior_stddev: float,
-        random_sign_init: float,
-        dropout_rate: float,
-        sampling: Sampling,
-        factory: dict,
-        suffix: str = "",
+    rank1: Rank1Config
+
+    @property
+    def ensemble_size(self) -> int:
+        """K, the number of members."""
+        return self.rank1.ensemble_size
+
+    @property
+    def sampling(self) -> Sampling:
+        """How the factors are drawn: ``"example"``, ``"member"`` or ``"mean"``."""
+        return self.rank1.sampling
+
+    @sampling.setter
+    def sampling(self, mode: Sampling) -> None:
+        self.rank1 = dataclasses.replace(self.rank1, sampling=mode)
+
+    def _set_config(self, config: Rank1Config | None) -> None:
+        if config is None:
+            config = Rank1Config()
+        elif not isinstance(config, Rank1Config):
+            raise TypeError(f"rank1 must be a Rank1Config or None, got {type(config).__name__}")
+        self.rank1 = config
+
+    def _member_bias(self, features: int, bias: bool, factory: dict) -> nn.Parameter | None:
+        """A ``(K, features)`` per-member bias parameter, or None."""
+        if not bias:
+            return None
+        return nn.Parameter(torch.empty(self.ensemble_size, features, **factory))
+
+    def _make_factors(self, d_in: int, d_out: int, factory: dict, suffix: str = "") -> None:
+        """Add the ``r{suffix}`` (K, d_in) and ``s{suffix}`` (K, d_out) factor posteriors."""
+        c = self.rank1
+        for name, features in (("r", d_in), ("s", d_out)):
+            factor = Rank1Factor(
+                c.ensemble_size,
+                features,
+                posterior=c.posterior,
+                prior=c.prior,
+                prior_mean=c.prior_mean,
+                prior_stddev=c.prior_stddev,
+                random_sign_init=c.random_sign_init,
+                dropout_rate=c.dropout_rate,
+                **factory,
+            )
+            self.add_module(name + suffix, factor)
+
+    def _init_shared(
+        self, weight_shape: tuple[int, ...], d_in: int, d_out: int, bias: bool, factory: dict
     ) -> None:
-        if ensemble_size < 1:
-            raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
-        if sampling not in _SAMPLING:
-            raise ValueError(f"sampling must be one of {_SAMPLING}, got {sampling!r}")
-        self.ensemble_size = ensemble_size
-        self.sampling = sampling
-        kw = dict(
-            posterior=posterior,
-            prior=prior,
-            prior_mean=prior_mean,
-            prior_stddev=prior_stddev,
-            random_sign_init=random_sign_init,
-            dropout_rate=dropout_rate,
-            **factory,
-        )
-        self.add_module("r" + suffix, Rank1Factor(ensemble_size, d_in, **kw))
-        self.add_module("s" + suffix, Rank1Factor(ensemble_size, d_out, **kw))
+        """The Linear/Conv parameters: shared ``weight``, per-member ``bias``, ``r`` and ``s``."""
+        self.weight = nn.Parameter(torch.empty(*weight_shape, **factory))
+        self.bias = self._member_bias(d_out, bias, factory)
+        self._make_factors(d_in, d_out, factory)
+
+    def _reset_bias_and_factors(self) -> None:
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        self.r.reset_parameters()
+        self.s.reset_parameters()
+
+    def _copy_from(self, module: nn.Module) -> _Rank1Mixin:
+        """Copy ``module``'s weight into the shared weight and its bias into every member's."""
+        with torch.no_grad():
+            self.weight.copy_(module.weight)
+            if module.bias is not None:
+                self.bias.copy_(module.bias.expand_as(self.bias))
+        return self
 
 
 class Rank1Linear(_Rank1Mixin, nn.Module):
@@ -109,17 +145,8 @@ class Rank1Linear(_Rank1Mixin, nn.Module):
         bias: Add a learnable per-member bias ``(K, out_features)``, zeros at init.
         device: Factory keyword.
         dtype: Factory keyword.
-        ensemble_size: K, the number of mixture components (members).
-        posterior: ``"normal"`` or ``"cauchy"`` factor posteriors.
-        prior: Prior family (defaults to ``posterior``), centred at ``prior_mean``.
-        prior_mean: Prior location (1.0).
-        prior_stddev: Prior stddev (normal) or scale (Cauchy); 0.1 is the CIFAR recipe.
-        random_sign_init: Factor-mean init: ``v > 0`` random signs (+1 w.p. v), ``v < 0``
-            N(1, v^2).
-        dropout_rate: Sets the initial posterior stddev to ``sqrt(p/(1-p))``.
-        sampling: ``"example"`` (an independent draw per example: the paper's way),
-            ``"member"`` (one draw per member per forward: cheaper, more correlated) or
-            ``"mean"`` (posterior means: deterministic).
+        rank1: The factor settings (K, posterior, prior, init, sampling); ``None`` means
+            ``Rank1Config()``, the CIFAR recipe's defaults.
         weight_init: ``"glorot_uniform"`` (edward2 default), ``"he_normal"`` or a float
             stddev for a plain normal init (the ResNet-50 head uses 0.01).
 
@@ -133,6 +160,7 @@ class Rank1Linear(_Rank1Mixin, nn.Module):
         bias: ``(K, out_features)`` per-member bias, or ``None``.
         r: Input-side factor posterior, ``(K, in_features)``.
         s: Output-side factor posterior, ``(K, out_features)``.
+        rank1: The :class:`Rank1Config` in force (``sampling`` follows ``set_sampling``).
     """
 
     def __init__(
@@ -143,50 +171,25 @@ class Rank1Linear(_Rank1Mixin, nn.Module):
         device=None,
         dtype=None,
         *,
-        ensemble_size: int = 4,
-        posterior: Family = "normal",
-        prior: Family | None = None,
-        prior_mean: float = 1.0,
-        prior_stddev: float = 0.1,
-        random_sign_init: float = 0.5,
-        dropout_rate: float = 1e-3,
-        sampling: Sampling = "example",
+        rank1: Rank1Config | None = None,
         weight_init: str | float = "glorot_uniform",
     ) -> None:
         super().__init__()
-        factory = {"device": device, "dtype": dtype}
+        self._set_config(rank1)
         self.in_features = in_features
         self.out_features = out_features
         self.weight_init = weight_init
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
-        self.bias = (
-            nn.Parameter(torch.empty(ensemble_size, out_features, **factory)) if bias else None
-        )
-        self._make_factors(
-            in_features,
-            out_features,
-            ensemble_size=ensemble_size,
-            posterior=posterior,
-            prior=prior,
-            prior_mean=prior_mean,
-            prior_stddev=prior_stddev,
-            random_sign_init=random_sign_init,
-            dropout_rate=dropout_rate,
-            sampling=sampling,
-            factory=factory,
-        )
+        factory = {"device": device, "dtype": dtype}
+        self._init_shared((out_features, in_features), in_features, out_features, bias, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Initialise W (as ``weight_init`` says), zero biases and the factors."""
         init_dense_weight_(self.weight, self.weight_init)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-        self.r.reset_parameters()
-        self.s.reset_parameters()
+        self._reset_bias_and_factors()
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, **rank1_kwargs) -> Rank1Linear:
+    def from_linear(cls, linear: nn.Linear, *, rank1: Rank1Config | None = None) -> Rank1Linear:
         """Build a rank-1 layer whose shared weight (and every member's bias) copy ``linear``."""
         layer = cls(
             linear.in_features,
@@ -194,13 +197,9 @@ class Rank1Linear(_Rank1Mixin, nn.Module):
             linear.bias is not None,
             device=linear.weight.device,
             dtype=linear.weight.dtype,
-            **rank1_kwargs,
+            rank1=rank1,
         )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias.expand_as(layer.bias))
-        return layer
+        return layer._copy_from(linear)
 
     def forward(self, input: Tensor) -> Tensor:
         """Apply the layer to a member-major tiled batch ``(K * B, *, in_features)``."""
@@ -208,28 +207,20 @@ class Rank1Linear(_Rank1Mixin, nn.Module):
         n = check_divisible(input.shape[0], k, "Rank1Linear input batch")
         x = input.reshape(k, n, -1, self.in_features)  # (K, n, M, d_in), M = middle dims
         bias = None if self.bias is None else self.bias[:, None, None, :]
-        if x.device.type != "cpu":
-            # On GPUs the elementwise passes are cheap next to kernel launches, and autocast
-            # handles the plain ops' matmul; they measured faster there than the CPU kernel.
-            r = self.r.sample(n, self.sampling).unsqueeze(2)  # (K, n or 1, 1, d_in)
-            s = self.s.sample(n, self.sampling).unsqueeze(2)
-            h = F.linear(x * r, self.weight)
-            out = h * s if bias is None else torch.addcmul(bias, h, s)
-        else:
-            r_scale, eps_r, clip_r = self.r.reparameterization(n, self.sampling)
-            s_scale, eps_s, clip_s = self.s.reparameterization(n, self.sampling)
-            out = rank1_linear(
-                x,
-                self.weight,
-                bias,
-                self.r.loc,
-                r_scale,
-                eps_r.unsqueeze(2),
-                self.s.loc,
-                s_scale,
-                eps_s.unsqueeze(2),
-                (clip_r, clip_s),
-            )
+        r_scale, eps_r, clip_r = self.r.reparameterization(n, self.sampling)
+        s_scale, eps_s, clip_s = self.s.reparameterization(n, self.sampling)
+        out = rank1_linear(
+            x,
+            self.weight,
+            bias,
+            self.r.loc,
+            r_scale,
+            eps_r.unsqueeze(2),
+            self.s.loc,
+            s_scale,
+            eps_s.unsqueeze(2),
+            (clip_r, clip_s),
+        )
         return out.reshape(*input.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -257,14 +248,7 @@ class Rank1Conv2d(_Rank1Mixin, nn.Module):
         padding_mode: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"``.
         device: Factory keyword.
         dtype: Factory keyword.
-        ensemble_size: K.
-        posterior: ``"normal"`` or ``"cauchy"``.
-        prior: Prior family (defaults to ``posterior``).
-        prior_mean: Prior location.
-        prior_stddev: Prior stddev / scale.
-        random_sign_init: Factor-mean init (see :class:`Rank1Linear`).
-        dropout_rate: Initial posterior stddev ``sqrt(p/(1-p))``.
-        sampling: ``"example"``, ``"member"`` or ``"mean"``.
+        rank1: The factor settings; ``None`` means ``Rank1Config()``.
 
     Shape:
         - Input: ``(K * B, C_in, H, W)``, member-major.
@@ -274,6 +258,7 @@ class Rank1Conv2d(_Rank1Mixin, nn.Module):
         weight: Shared ``(C_out, C_in / groups, kh, kw)`` kernel (Keras ``he_normal`` init).
         bias: ``(K, C_out)`` or ``None``.
         r: ``(K, C_in)`` factor posterior; s: ``(K, C_out)``.
+        rank1: The :class:`Rank1Config` in force.
     """
 
     def __init__(
@@ -290,14 +275,7 @@ class Rank1Conv2d(_Rank1Mixin, nn.Module):
         device=None,
         dtype=None,
         *,
-        ensemble_size: int = 4,
-        posterior: Family = "normal",
-        prior: Family | None = None,
-        prior_mean: float = 1.0,
-        prior_stddev: float = 0.1,
-        random_sign_init: float = 0.5,
-        dropout_rate: float = 1e-3,
-        sampling: Sampling = "example",
+        rank1: Rank1Config | None = None,
     ) -> None:
         super().__init__()
         if in_channels % groups or out_channels % groups:
@@ -306,7 +284,7 @@ class Rank1Conv2d(_Rank1Mixin, nn.Module):
             raise ValueError(f"unknown padding_mode {padding_mode!r}")
         if padding_mode != "zeros" and isinstance(padding, str):
             raise ValueError("string padding is only supported with padding_mode='zeros'")
-        factory = {"device": device, "dtype": dtype}
+        self._set_config(rank1)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size)
@@ -315,38 +293,19 @@ class Rank1Conv2d(_Rank1Mixin, nn.Module):
         self.dilation = _pair(dilation)
         self.groups = groups
         self.padding_mode = padding_mode
-        self.weight = nn.Parameter(
-            torch.empty(out_channels, in_channels // groups, *self.kernel_size, **factory)
-        )
-        self.bias = (
-            nn.Parameter(torch.empty(ensemble_size, out_channels, **factory)) if bias else None
-        )
-        self._make_factors(
-            in_channels,
-            out_channels,
-            ensemble_size=ensemble_size,
-            posterior=posterior,
-            prior=prior,
-            prior_mean=prior_mean,
-            prior_stddev=prior_stddev,
-            random_sign_init=random_sign_init,
-            dropout_rate=dropout_rate,
-            sampling=sampling,
-            factory=factory,
-        )
+        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        factory = {"device": device, "dtype": dtype}
+        self._init_shared(shape, in_channels, out_channels, bias, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Initialise W with Keras ``he_normal``, zero biases, and the factors."""
         fan_in = self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1]
         he_normal_(self.weight, fan_in)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-        self.r.reset_parameters()
-        self.s.reset_parameters()
+        self._reset_bias_and_factors()
 
     @classmethod
-    def from_conv2d(cls, conv: nn.Conv2d, **rank1_kwargs) -> Rank1Conv2d:
+    def from_conv2d(cls, conv: nn.Conv2d, *, rank1: Rank1Config | None = None) -> Rank1Conv2d:
         """Build a rank-1 conv whose shared kernel (and every member's bias) copy ``conv``."""
         layer = cls(
             conv.in_channels,
@@ -360,13 +319,9 @@ class Rank1Conv2d(_Rank1Mixin, nn.Module):
             conv.padding_mode,
             device=conv.weight.device,
             dtype=conv.weight.dtype,
-            **rank1_kwargs,
+            rank1=rank1,
         )
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias.expand_as(layer.bias))
-        return layer
+        return layer._copy_from(conv)
 
     def forward(self, input: Tensor) -> Tensor:
         """Apply the layer to a member-major tiled batch ``(K * B, C_in, H, W)``."""
@@ -420,14 +375,8 @@ class Rank1LSTM(_Rank1Mixin, nn.Module):
         batch_first: Input and output are ``(batch, seq, feature)`` when True.
         device: Factory keyword.
         dtype: Factory keyword.
-        ensemble_size: K.
-        posterior: ``"normal"`` or ``"cauchy"``.
-        prior: Prior family (defaults to ``posterior``).
-        prior_mean: Prior location.
-        prior_stddev: Prior stddev / scale.
-        random_sign_init: Factor-mean init (see :class:`Rank1Linear`).
-        dropout_rate: Initial posterior stddev ``sqrt(p/(1-p))``.
-        sampling: ``"example"``, ``"member"`` or ``"mean"``.
+        rank1: The factor settings (shared by all four factors of every layer); ``None``
+            means ``Rank1Config()``.
 
     Shape:
         - input: ``(K * B, T, input_size)`` if ``batch_first`` else ``(T, K * B, input_size)``.
@@ -448,18 +397,12 @@ class Rank1LSTM(_Rank1Mixin, nn.Module):
         device=None,
         dtype=None,
         *,
-        ensemble_size: int = 4,
-        posterior: Family = "normal",
-        prior: Family | None = None,
-        prior_mean: float = 1.0,
-        prior_stddev: float = 0.1,
-        random_sign_init: float = 0.5,
-        dropout_rate: float = 1e-3,
-        sampling: Sampling = "example",
+        rank1: Rank1Config | None = None,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self._set_config(rank1)
         factory = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -475,26 +418,10 @@ class Rank1LSTM(_Rank1Mixin, nn.Module):
             self.register_parameter(
                 "weight_hh" + sfx, nn.Parameter(torch.empty(g, hidden_size, **factory))
             )
-            self.register_parameter(
-                "bias" + sfx,
-                nn.Parameter(torch.empty(ensemble_size, g, **factory)) if bias else None,
-            )
+            self.register_parameter("bias" + sfx, self._member_bias(g, bias, factory))
             # r_ih/s_ih on the input kernel, r_hh/s_hh on the recurrent one.
             for kernel, kernel_in in (("_ih", d_in), ("_hh", hidden_size)):
-                self._make_factors(
-                    kernel_in,
-                    g,
-                    ensemble_size=ensemble_size,
-                    posterior=posterior,
-                    prior=prior,
-                    prior_mean=prior_mean,
-                    prior_stddev=prior_stddev,
-                    random_sign_init=random_sign_init,
-                    dropout_rate=dropout_rate,
-                    sampling=sampling,
-                    factory=factory,
-                    suffix=kernel + sfx,
-                )
+                self._make_factors(kernel_in, g, factory, suffix=kernel + sfx)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

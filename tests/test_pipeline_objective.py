@@ -55,8 +55,16 @@ def _reference_kl(model, prior_mean=1.0):
 def test_project_kl_matches_torch_distributions(prior_stddev):
     torch.manual_seed(0)
     model = nn.Sequential(
-        rank1.Rank1Linear(3, 4, ensemble_size=2, prior_stddev=prior_stddev),
-        rank1.Rank1Linear(4, 2, ensemble_size=2, prior_stddev=prior_stddev, random_sign_init=-0.5),
+        rank1.Rank1Linear(
+            3, 4, rank1=rank1.Rank1Config(ensemble_size=2, prior_stddev=prior_stddev)
+        ),
+        rank1.Rank1Linear(
+            4,
+            2,
+            rank1=rank1.Rank1Config(
+                ensemble_size=2, prior_stddev=prior_stddev, random_sign_init=-0.5
+            ),
+        ),
     )
     with torch.no_grad():  # posteriors away from their init, so every term of the KL counts
         for f in rank1.rank1_factors(model):
@@ -70,7 +78,7 @@ def test_project_kl_matches_torch_distributions(prior_stddev):
 
 def test_objective_adds_annealed_kl_over_n_and_elbo_has_no_beta():
     torch.manual_seed(0)
-    layer = rank1.Rank1Linear(3, 1, ensemble_size=2, prior_stddev=1.0)
+    layer = rank1.Rank1Linear(3, 1, rank1=rank1.Rank1Config(ensemble_size=2, prior_stddev=1.0))
     x = rank1.tile(torch.randn(5, 3), 2)
     y = torch.randint(0, 2, (5,)).float()
     logits = layer(x).squeeze(-1)
@@ -89,8 +97,8 @@ def test_objective_adds_annealed_kl_over_n_and_elbo_has_no_beta():
 
 
 def test_kl_is_summed_over_components():
-    one = rank1.Rank1Linear(3, 2, ensemble_size=1, random_sign_init=0.0)
-    four = rank1.Rank1Linear(3, 2, ensemble_size=4, random_sign_init=0.0)
+    one = rank1.Rank1Linear(3, 2, rank1=rank1.Rank1Config(ensemble_size=1, random_sign_init=0.0))
+    four = rank1.Rank1Linear(3, 2, rank1=rank1.Rank1Config(ensemble_size=4, random_sign_init=0.0))
     with torch.no_grad():
         for f in (*rank1.rank1_factors(one), *rank1.rank1_factors(four)):
             f.scale_raw.fill_(-3.0)
@@ -110,7 +118,9 @@ def test_deterministic_model_has_zero_kl():
 
 
 def test_optimizer_groups_decay_shared_weights_not_factors():
-    model = nn.Sequential(rank1.Rank1Linear(3, 4, ensemble_size=2), nn.Linear(4, 1))
+    model = nn.Sequential(
+        rank1.Rank1Linear(3, 4, rank1=rank1.Rank1Config(ensemble_size=2)), nn.Linear(4, 1)
+    )
     config = cifar_recipe()
     opt = build_optimizer(model, config)
     assert isinstance(opt, torch.optim.SGD)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import rank1
-from rank1 import Rank1Factor, Rank1Linear
+from rank1 import Rank1Config, Rank1Factor, Rank1Linear
 
 
 def test_tile_untile_member_major_layout():
@@ -45,7 +45,7 @@ def test_bernoulli_mixture_matches_hand_computation():
 
 def test_predict_stacks_samples_and_members():
     torch.manual_seed(0)
-    model = nn.Sequential(Rank1Linear(3, 2, ensemble_size=4))
+    model = nn.Sequential(Rank1Linear(3, 2, rank1=Rank1Config(ensemble_size=4)))
     out = rank1.predict(model, torch.randn(5, 3), ensemble_size=4, num_samples=3)
     assert out.shape == (3, 4, 5, 2)
     assert not torch.allclose(out[0], out[1])  # fresh draws per sample
@@ -87,7 +87,9 @@ def test_cauchy_kl_is_an_unbiased_monte_carlo_estimate():
 
 def test_kl_divergence_sums_over_layers_and_members():
     torch.manual_seed(0)
-    model = nn.Sequential(Rank1Linear(3, 4, ensemble_size=2), nn.ReLU(), Rank1Linear(4, 1))
+    model = nn.Sequential(
+        Rank1Linear(3, 4, rank1=Rank1Config(ensemble_size=2)), nn.ReLU(), Rank1Linear(4, 1)
+    )
     manual = sum(f.kl() for f in rank1.rank1_factors(model))
     assert rank1.kl_divergence(model).item() == pytest.approx(manual.item())
     assert len(list(rank1.rank1_factors(model))) == 4
@@ -119,7 +121,9 @@ def test_short_fit_on_toy_problem_raises_the_elbo():
     x = torch.randn(n_train, 2)
     y = ((x[:, 0] * x[:, 1]) > 0).long()  # XOR-like: needs the hidden layer
     model = nn.Sequential(
-        Rank1Linear(2, 32, ensemble_size=k), nn.ReLU(), Rank1Linear(32, 2, ensemble_size=k)
+        Rank1Linear(2, 32, rank1=Rank1Config(ensemble_size=k)),
+        nn.ReLU(),
+        Rank1Linear(32, 2, rank1=Rank1Config(ensemble_size=k)),
     )
     opt = torch.optim.Adam(rank1.param_groups(model, 0.0), lr=1e-2)
 

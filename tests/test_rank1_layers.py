@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 import rank1
-from rank1 import Rank1Conv2d, Rank1Linear, Rank1LSTM
+from rank1 import Rank1Config, Rank1Conv2d, Rank1Linear, Rank1LSTM, _fused
 
 K = 4
 
@@ -22,7 +25,9 @@ def _draw(layer, names, n, clip=True):
 @pytest.mark.parametrize("sampling", ["example", "member"])
 def test_linear_matches_per_example_effective_weight(posterior, sampling):
     torch.manual_seed(0)
-    layer = Rank1Linear(6, 5, ensemble_size=K, posterior=posterior, sampling=sampling)
+    layer = Rank1Linear(
+        6, 5, rank1=Rank1Config(ensemble_size=K, posterior=posterior, sampling=sampling)
+    )
     with torch.no_grad():
         layer.bias.normal_()
     n = 3
@@ -42,7 +47,7 @@ def test_linear_matches_per_example_effective_weight(posterior, sampling):
 
 def test_linear_accepts_middle_dims_sharing_one_draw_per_row():
     torch.manual_seed(0)
-    layer = Rank1Linear(4, 3, ensemble_size=2)
+    layer = Rank1Linear(4, 3, rank1=Rank1Config(ensemble_size=2))
     x = torch.randn(2 * 3, 7, 4)
     torch.manual_seed(5)
     out = layer(x)
@@ -61,7 +66,9 @@ def test_linear_accepts_middle_dims_sharing_one_draw_per_row():
 @pytest.mark.parametrize("posterior", ["normal", "cauchy"])
 def test_conv_matches_per_example_effective_kernel(posterior):
     torch.manual_seed(0)
-    layer = Rank1Conv2d(3, 4, 3, stride=2, padding=1, ensemble_size=K, posterior=posterior)
+    layer = Rank1Conv2d(
+        3, 4, 3, stride=2, padding=1, rank1=Rank1Config(ensemble_size=K, posterior=posterior)
+    )
     with torch.no_grad():
         layer.bias.normal_()
     n = 2
@@ -105,7 +112,9 @@ def _lstm_reference(layer, x, lengths, draws):
 @pytest.mark.parametrize("posterior", ["normal", "cauchy"])
 def test_lstm_matches_per_example_loop_with_lengths(posterior):
     torch.manual_seed(0)
-    layer = Rank1LSTM(3, 4, batch_first=True, ensemble_size=2, posterior=posterior)
+    layer = Rank1LSTM(
+        3, 4, batch_first=True, rank1=Rank1Config(ensemble_size=2, posterior=posterior)
+    )
     n = 3
     x = torch.randn(2 * n, 5, 3)
     lengths = torch.tensor([5, 2, 4])
@@ -120,7 +129,7 @@ def test_lstm_matches_per_example_loop_with_lengths(posterior):
 
 def test_lstm_mask_equals_lengths_and_time_major_equals_batch_first():
     torch.manual_seed(0)
-    layer = Rank1LSTM(3, 4, num_layers=2, ensemble_size=2, sampling="mean")
+    layer = Rank1LSTM(3, 4, num_layers=2, rank1=Rank1Config(ensemble_size=2, sampling="mean"))
     x = torch.randn(6, 6, 3)  # (T, K*B, D)
     lengths = torch.tensor([6, 3, 1])
     mask = torch.arange(6)[None, :] < lengths[:, None]
@@ -138,13 +147,16 @@ def test_gradcheck_float64_all_layers():
     torch.manual_seed(0)
     d = torch.float64
     layers = [
-        (Rank1Linear(3, 2, ensemble_size=2, dtype=d), torch.randn(4, 3, dtype=d)),
         (
-            Rank1Conv2d(2, 2, 3, padding=1, ensemble_size=2, dtype=d),
+            Rank1Linear(3, 2, dtype=d, rank1=Rank1Config(ensemble_size=2)),
+            torch.randn(4, 3, dtype=d),
+        ),
+        (
+            Rank1Conv2d(2, 2, 3, padding=1, dtype=d, rank1=Rank1Config(ensemble_size=2)),
             torch.randn(2, 2, 4, 4, dtype=d),
         ),
         (
-            Rank1LSTM(2, 3, batch_first=True, ensemble_size=2, dtype=d),
+            Rank1LSTM(2, 3, batch_first=True, dtype=d, rank1=Rank1Config(ensemble_size=2)),
             torch.randn(4, 3, 2, dtype=d),
         ),
     ]
@@ -172,17 +184,17 @@ def _fixed_at_one(layer):
 def test_k1_with_unit_factors_equals_plain_layers():
     torch.manual_seed(0)
     lin = nn.Linear(5, 3)
-    r1 = _fixed_at_one(Rank1Linear.from_linear(lin, ensemble_size=1))
+    r1 = _fixed_at_one(Rank1Linear.from_linear(lin, rank1=Rank1Config(ensemble_size=1)))
     x = torch.randn(4, 5)
     torch.testing.assert_close(r1(x), lin(x))
 
     conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
-    rc = _fixed_at_one(Rank1Conv2d.from_conv2d(conv, ensemble_size=1))
+    rc = _fixed_at_one(Rank1Conv2d.from_conv2d(conv, rank1=Rank1Config(ensemble_size=1)))
     xi = torch.randn(2, 3, 9, 9)
     torch.testing.assert_close(rc(xi), conv(xi))
 
     lstm = nn.LSTM(3, 5, batch_first=True)
-    rl = _fixed_at_one(Rank1LSTM(3, 5, batch_first=True, ensemble_size=1))
+    rl = _fixed_at_one(Rank1LSTM(3, 5, batch_first=True, rank1=Rank1Config(ensemble_size=1)))
     with torch.no_grad():
         rl.weight_ih_l0.copy_(lstm.weight_ih_l0)
         rl.weight_hh_l0.copy_(lstm.weight_hh_l0)
@@ -207,7 +219,7 @@ def test_posterior_means_are_repeatable_and_sampling_is_not():
 
 def test_cauchy_path_is_finite_and_clipped():
     torch.manual_seed(0)
-    layer = Rank1Linear(16, 16, posterior="cauchy", ensemble_size=4)
+    layer = Rank1Linear(16, 16, rank1=Rank1Config(posterior="cauchy", ensemble_size=4))
     with torch.no_grad():
         layer.r.scale_raw.fill_(3.0)  # a heavy-tailed, wide posterior
     x = torch.randn(4 * 256, 16, requires_grad=True)
@@ -222,13 +234,13 @@ def test_cauchy_path_is_finite_and_clipped():
 
 
 def test_batch_not_divisible_by_k_raises():
-    layer = Rank1Linear(3, 2, ensemble_size=4)
+    layer = Rank1Linear(3, 2, rank1=Rank1Config(ensemble_size=4))
     with pytest.raises(ValueError, match="not divisible by ensemble_size=4"):
         layer(torch.randn(6, 3))
     with pytest.raises(ValueError, match="not divisible"):
-        Rank1Conv2d(1, 1, 1, ensemble_size=4)(torch.randn(5, 1, 2, 2))
+        Rank1Conv2d(1, 1, 1, rank1=Rank1Config(ensemble_size=4))(torch.randn(5, 1, 2, 2))
     with pytest.raises(ValueError, match="not divisible"):
-        Rank1LSTM(1, 1, ensemble_size=4)(torch.randn(3, 5, 1))
+        Rank1LSTM(1, 1, rank1=Rank1Config(ensemble_size=4))(torch.randn(3, 5, 1))
     with pytest.raises(ValueError, match="not divisible"):
         rank1.untile(torch.randn(7, 2), 2)
 
@@ -236,10 +248,10 @@ def test_batch_not_divisible_by_k_raises():
 def test_factor_parameter_overhead_is_exact():
     d_in, d_out = 7, 5
     for k in (1, 4):
-        layer = Rank1Linear(d_in, d_out, ensemble_size=k)
+        layer = Rank1Linear(d_in, d_out, rank1=Rank1Config(ensemble_size=k))
         n_params = sum(p.numel() for p in layer.parameters())
         assert n_params == d_in * d_out + 2 * k * (d_in + d_out) + k * d_out
-        conv = Rank1Conv2d(d_in, d_out, 3, bias=False, ensemble_size=k)
+        conv = Rank1Conv2d(d_in, d_out, 3, bias=False, rank1=Rank1Config(ensemble_size=k))
         assert sum(p.numel() for p in conv.parameters()) == d_in * d_out * 9 + 2 * k * (
             d_in + d_out
         )
@@ -254,7 +266,7 @@ def test_initialisation_follows_the_spec():
     assert 0.025 < scale.min() and scale.max() < 0.039  # dropout rate 1e-3 -> ~0.0316
     g = rank1.Rank1Factor(4, 10000, random_sign_init=-0.5)
     assert abs(g.loc.mean().item() - 1.0) < 0.02 and abs(g.loc.std().item() - 0.5) < 0.02
-    lstm = Rank1LSTM(3, 4, ensemble_size=2)
+    lstm = Rank1LSTM(3, 4, rank1=Rank1Config(ensemble_size=2))
     assert torch.equal(lstm.bias_l0[:, 4:8], torch.ones(2, 4))  # unit forget bias per member
     assert torch.equal(lstm.bias_l0[:, :4], torch.zeros(2, 4))
 
@@ -263,11 +275,11 @@ def test_bf16_autocast_training_step_gives_grads_in_parameter_dtypes():
     # The fused kernels' backward must cope with the bf16 compute dtype of autocast.
     torch.manual_seed(0)
     model = nn.Sequential(
-        Rank1Conv2d(3, 4, 3, padding=1, bias=False, ensemble_size=2),
+        Rank1Conv2d(3, 4, 3, padding=1, bias=False, rank1=Rank1Config(ensemble_size=2)),
         nn.BatchNorm2d(4),
         nn.ReLU(),
         nn.Flatten(),
-        Rank1Linear(4 * 6 * 6, 3, ensemble_size=2),
+        Rank1Linear(4 * 6 * 6, 3, rank1=Rank1Config(ensemble_size=2)),
     )
     x = torch.randn(4, 3, 6, 6, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -279,6 +291,65 @@ def test_bf16_autocast_training_step_gives_grads_in_parameter_dtypes():
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
 
 
+# --------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"ensemble_size": 0}, "ensemble_size must be an int >= 1"),
+        ({"ensemble_size": True}, "ensemble_size must be an int >= 1"),
+        ({"posterior": "laplace"}, "posterior must be one of"),
+        ({"prior": "laplace"}, "prior must be None or one of"),
+        ({"prior_stddev": 0.0}, "prior_stddev must be > 0"),
+        ({"dropout_rate": 1.0}, r"dropout_rate must be in \(0, 1\)"),
+        ({"sampling": "per-row"}, "sampling must be one of"),
+    ],
+)
+def test_rank1_config_checks_every_setting_once(change, match):
+    with pytest.raises(ValueError, match=match):
+        Rank1Config(**change)
+    with pytest.raises(ValueError, match=match):  # derived copies are checked too
+        dataclasses.replace(Rank1Config(), **change)
+
+
+def test_layers_take_one_rank1_config_and_keep_nn_names():
+    config = Rank1Config(ensemble_size=3, posterior="cauchy", prior_stddev=0.5)
+    layers = [
+        Rank1Linear(4, 2, rank1=config),
+        Rank1Conv2d(4, 2, 3, rank1=config),
+        Rank1LSTM(4, 2, rank1=config),
+    ]
+    for layer in layers:
+        assert layer.rank1 is config and layer.ensemble_size == 3
+        for factor in rank1.rank1_factors(layer):
+            assert (factor.ensemble_size, factor.posterior, factor.prior) == (3, "cauchy", "cauchy")
+            assert factor.prior_stddev == 0.5
+    # Saved weights load by these names: they are nn.Linear's / nn.LSTM's plus the factors.
+    factors = {f"{side}.{p}" for side in "rs" for p in ("loc", "scale_raw")}
+    assert set(layers[0].state_dict()) == {"weight", "bias", *factors}
+    assert set(layers[1].state_dict()) == {"weight", "bias", *factors}
+    lstm_factors = {
+        f"{f}_l0.{p}" for f in ("r_ih", "s_ih", "r_hh", "s_hh") for p in ("loc", "scale_raw")
+    }
+    assert set(layers[2].state_dict()) == {"weight_ih_l0", "weight_hh_l0", "bias_l0", *lstm_factors}
+    assert Rank1Linear(4, 2).rank1 == Rank1Config()  # None means the defaults
+    with pytest.raises(TypeError, match="rank1 must be a Rank1Config"):
+        Rank1Linear(4, 2, rank1={"ensemble_size": 2})
+    with pytest.raises(TypeError, match="ensemble_size"):  # the settings come only as rank1=
+        Rank1Linear(4, 2, ensemble_size=2)
+
+
+def test_setting_sampling_replaces_the_config_with_a_checked_copy():
+    layer = Rank1Linear(3, 2, rank1=Rank1Config(ensemble_size=2))
+    model = nn.Sequential(layer)
+    rank1.set_sampling(model, "mean")
+    assert layer.sampling == "mean" and layer.rank1 == Rank1Config(ensemble_size=2, sampling="mean")
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        layer.sampling = "per-row"
+    assert layer.sampling == "mean"
+
+
 # --------------------------------------------------------------------------- the sampler
 
 _DRAWS = 40_000  # per member: the per-entry mean is then known to about 0.5% of a stddev
@@ -287,7 +358,7 @@ _DRAWS = 40_000  # per member: the per-entry mean is then known to about 0.5% of
 def _identity_layer(loc_r, sd_r, loc_s, sd_s, sampling="example"):
     """A square Rank1Linear with W = I and no bias: unit input gives the rows ``r * s``."""
     k, d = loc_r.shape
-    layer = Rank1Linear(d, d, bias=False, ensemble_size=k, sampling=sampling)
+    layer = Rank1Linear(d, d, bias=False, rank1=Rank1Config(ensemble_size=k, sampling=sampling))
     with torch.no_grad():
         layer.weight.copy_(torch.eye(d))
         for factor, loc, sd in ((layer.r, loc_r, sd_r), (layer.s, loc_s, sd_s)):
@@ -334,8 +405,8 @@ def test_gaussian_factor_draws_through_linear_have_the_posterior_mean_and_std(si
 
 
 def test_factor_sample_has_the_posterior_mean_and_std():
-    # Off the CPU the layers draw with Rank1Factor.sample (on the CPU they pass loc, scale and
-    # noise to a fused kernel instead, as tested above): its draws follow the same posterior.
+    # Conv2d and the LSTM draw with Rank1Factor.sample (Rank1Linear passes loc, scale and
+    # noise to its core instead, as tested above): its draws follow the same posterior.
     torch.manual_seed(0)
     layer = _identity_layer(_LOC, _SD, *_PINNED)
     with torch.no_grad():
@@ -378,3 +449,118 @@ def test_example_mode_draws_per_row_and_member_mode_per_member():
     assert not torch.allclose(member[0, 0], member[1, 0])
     assert not torch.allclose(example[0], example[1])
     assert not torch.equal(member, noise("member"))
+
+
+# --------------------------------------------------------------------------- fused vs plain
+
+_FUSED_FUNCTIONS = {
+    "linear": _fused._Rank1Linear,
+    "conv2d": _fused._Rank1Conv2d,
+    "lstm": _fused._Rank1LSTMRecurrence,
+}
+
+
+def test_use_fused_chooses_by_kernel_and_device_and_plain_kernels_forces_plain():
+    cpu, meta = torch.zeros(1), torch.zeros(1, device="meta")  # meta stands in for a GPU
+    for kernel in _FUSED_FUNCTIONS:
+        assert rank1.use_fused(cpu, kernel)
+    assert not rank1.use_fused(meta, "linear") and not rank1.use_fused(meta, "conv2d")
+    assert rank1.use_fused(meta, "lstm")  # the hand-written BPTT serves every device
+    with rank1.plain_kernels():
+        with rank1.plain_kernels():  # nesting
+            assert not rank1.use_fused(cpu, "lstm")
+        assert not any(rank1.use_fused(cpu, kernel) for kernel in _FUSED_FUNCTIONS)
+    with pytest.raises(RuntimeError), rank1.plain_kernels():
+        raise RuntimeError  # leaving the block by an exception restores the default too
+    assert all(rank1.use_fused(cpu, kernel) for kernel in _FUSED_FUNCTIONS)
+    with pytest.raises(ValueError, match="unknown kernel"):
+        rank1.use_fused(cpu, "gru")
+
+
+def _flat(out):
+    """All of a layer's outputs (the LSTM's ``out, (h_n, c_n)`` too) as one vector."""
+    if isinstance(out, tuple):
+        return torch.cat([_flat(o) for o in out])
+    return out.reshape(-1)
+
+
+def _forward_backward(layer, x, kernel, plain, monkeypatch, **kwargs):
+    """Outputs and gradients of a seeded forward and backward through one implementation."""
+    function = _FUSED_FUNCTIONS[kernel]
+    calls = []
+    apply = function.apply
+    monkeypatch.setattr(function, "apply", lambda *a: calls.append(1) or apply(*a))
+    layer.zero_grad()
+    x = x.detach().clone().requires_grad_(True)
+    torch.manual_seed(11)  # the same factor draws through both implementations
+    with rank1.plain_kernels() if plain else contextlib.nullcontext():
+        out = _flat(layer(x, **kwargs))
+    # A different weight on every output, so each output's gradient path counts.
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
+    (out * weights).sum().backward()
+    monkeypatch.undo()
+    assert bool(calls) != plain  # the implementation asked for is the one that ran
+    grads = {"input": x.grad, **{n: p.grad for n, p in layer.named_parameters()}}
+    return out.detach(), grads
+
+
+def _assert_fused_equals_plain(layer, x, kernel, monkeypatch, **kwargs):
+    out_fused, grads_fused = _forward_backward(layer, x, kernel, False, monkeypatch, **kwargs)
+    out_plain, grads_plain = _forward_backward(layer, x, kernel, True, monkeypatch, **kwargs)
+    torch.testing.assert_close(out_fused, out_plain, rtol=1e-5, atol=1e-6)
+    assert grads_fused.keys() == grads_plain.keys()
+    for name, grad in grads_fused.items():
+        # Posterior scales get no gradient in "mean" mode (they are not used); only there.
+        if grad is None or grads_plain[name] is None:
+            assert grad is None and grads_plain[name] is None, name
+            assert name.endswith("scale_raw") and "mean" in repr(layer), name
+            continue
+        torch.testing.assert_close(grad, grads_plain[name], msg=name)
+
+
+@pytest.mark.parametrize("sampling", ["example", "member", "mean"])
+@pytest.mark.parametrize("posterior", ["normal", "cauchy"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_fused_and_plain_give_the_same_outputs_and_gradients(
+    sampling, posterior, bias, monkeypatch
+):
+    torch.manual_seed(0)
+    config = Rank1Config(ensemble_size=3, posterior=posterior, sampling=sampling)
+    layer = Rank1Linear(6, 5, bias, rank1=config)
+    with torch.no_grad():
+        if bias:
+            layer.bias.normal_()
+        if posterior == "cauchy":
+            layer.r.scale_raw.fill_(1.0)  # wide enough that some draws hit the [-10, 10] clip
+    x = torch.randn(3 * 4, 2, 6)  # a middle dimension shares each row's draw
+    _assert_fused_equals_plain(layer, x, "linear", monkeypatch)
+
+
+@pytest.mark.parametrize("sampling", ["example", "member", "mean"])
+@pytest.mark.parametrize(
+    "conv_args",
+    [
+        {"stride": 2, "padding": 1, "bias": True},
+        {"padding": "same", "dilation": 2, "groups": 2, "bias": False},
+        {"padding": 1, "padding_mode": "reflect", "bias": True},
+    ],
+)
+def test_conv2d_fused_and_plain_give_the_same_outputs_and_gradients(
+    sampling, conv_args, monkeypatch
+):
+    torch.manual_seed(0)
+    layer = Rank1Conv2d(4, 6, 3, **conv_args, rank1=Rank1Config(ensemble_size=2, sampling=sampling))
+    if layer.bias is not None:
+        with torch.no_grad():
+            layer.bias.normal_()
+    _assert_fused_equals_plain(layer, torch.randn(2 * 3, 4, 7, 7), "conv2d", monkeypatch)
+
+
+@pytest.mark.parametrize("sampling", ["example", "member", "mean"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_lstm_fused_and_plain_give_the_same_outputs_and_gradients(sampling, masked, monkeypatch):
+    torch.manual_seed(0)
+    config = Rank1Config(ensemble_size=2, sampling=sampling)
+    layer = Rank1LSTM(3, 4, num_layers=2, batch_first=True, rank1=config)
+    kwargs = {"lengths": torch.tensor([5, 2, 4])} if masked else {}
+    _assert_fused_equals_plain(layer, torch.randn(2 * 3, 5, 3), "lstm", monkeypatch, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -105,6 +106,23 @@ def test_ehr_model_rank1_and_deterministic_twin():
     assert det.ensemble_size == 1 and model.ensemble_size == 4
 
 
+@pytest.mark.parametrize("bayesian", [True, False])
+def test_ehr_output_layer_has_the_references_he_normal_kernel(bayesian):
+    # records-research Rank1BayesianRNN: DenseRank1(1, kernel_initializer="he_normal"); the
+    # deterministic twin mirrors it. Keras he_normal is a normal truncated at 2 std with std
+    # sqrt(2 / fan_in) / 0.8796: it reaches past every glorot_uniform value (limit
+    # sqrt(6 / (fan_in + 1))) and stops at its truncation bound.
+    torch.manual_seed(0)
+    fan_in = 512
+    model = EHRModel(EHRConfig(rnn_dim=4, hidden_dim=fan_in, bayesian=bayesian))
+    w = model.output.weight.detach()
+    assert w.shape == (1, fan_in)
+    std = (2 / fan_in) ** 0.5 / 0.87962566103423978
+    assert w.abs().max() <= 2 * std
+    assert w.abs().max() > (6 / (fan_in + 1)) ** 0.5
+    assert abs(w.std().item() / (2 / fan_in) ** 0.5 - 1) < 0.15
+
+
 # --------------------------------------------------------------------------- specs
 
 _SMALL_SPECS = [
@@ -135,6 +153,36 @@ def test_model_spec_json_round_trip_is_exact_and_rebuilds(kind, config):
     assert model_spec(build(kind, spec.to_dict()["config"])) == spec
 
 
+def test_model_json_written_before_rank1_config_was_frozen_still_loads():
+    # The model.json form of an EHR model as stored before the layers took one Rank1Config:
+    # the format did not change, so stored models still rebuild and load.
+    stored = {
+        "kind": "ehr",
+        "config": {
+            "input_features": 5,
+            "projection_dim": 4,
+            "rnn_dim": 6,
+            "hidden_dim": 3,
+            "bayesian": True,
+            "rank1": {
+                "ensemble_size": 4,
+                "posterior": "normal",
+                "prior": None,
+                "prior_mean": 1.0,
+                "prior_stddev": 1.0,
+                "random_sign_init": 0.5,
+                "dropout_rate": 0.001,
+                "sampling": "example",
+            },
+        },
+    }
+    spec = ModelSpec.from_dict(stored)
+    assert spec.to_dict() == stored
+    model = spec.build()
+    assert model.lstm.rank1 == Rank1Config(prior_stddev=1.0) == model.output.rank1
+    model.load_state_dict(build("ehr", spec.config).state_dict(), strict=True)
+
+
 def test_deep_ensemble_of_mixed_members_round_trips():
     members = [build(kind, config) for kind, config in _SMALL_SPECS[:2]]
     ensemble = DeepEnsemble(members)
@@ -150,8 +198,11 @@ def test_deep_ensemble_of_mixed_members_round_trips():
 def test_model_spec_copies_the_config():
     model = build("ehr", EHRConfig(rnn_dim=6))
     spec = model_spec(model)
-    model.config.rank1.prior_stddev = 9.0
-    assert spec.config.rank1.prior_stddev == 1.0
+    model.config.rnn_dim = 9
+    assert spec.config.rnn_dim == 6
+    # The factor settings cannot be edited in place at all: the layers were built from them.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.config.rank1.prior_stddev = 9.0
 
 
 @pytest.mark.parametrize(
@@ -168,6 +219,10 @@ def test_model_spec_copies_the_config():
             r"model\.config\.rank1\.posterior: expected one of \['normal', 'cauchy'\]",
         ),
         (lambda d: d["config"].update(rank1=[]), r"model\.config\.rank1: expected an object"),
+        (
+            lambda d: d["config"]["rank1"].update(prior_stddev=0),
+            r"model\.config\.rank1: prior_stddev must be > 0, got 0\.0",
+        ),
     ],
 )
 def test_model_spec_refuses_foreign_json_with_one_line(edit, match):

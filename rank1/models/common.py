@@ -18,9 +18,7 @@ def conv_layer(
 ) -> nn.Module:
     """A bias-free conv with Keras ``he_normal`` init (every conv of the paper's models)."""
     if rank1_config is not None:
-        return Rank1Conv2d(
-            c_in, c_out, k, stride, padding, bias=False, **rank1_config.layer_kwargs()
-        )
+        return Rank1Conv2d(c_in, c_out, k, stride, padding, bias=False, rank1=rank1_config)
     conv = nn.Conv2d(c_in, c_out, k, stride, padding, bias=False)
     he_normal_(conv.weight, c_in * k * k)
     return conv
@@ -34,7 +32,7 @@ def dense_layer(
 ) -> nn.Module:
     """A dense layer with a (per-member) zero bias; ``weight_init`` as in ``Rank1Linear``."""
     if rank1_config is not None:
-        return Rank1Linear(d_in, d_out, weight_init=weight_init, **rank1_config.layer_kwargs())
+        return Rank1Linear(d_in, d_out, rank1=rank1_config, weight_init=weight_init)
     layer = nn.Linear(d_in, d_out)
     init_dense_weight_(layer.weight, weight_init)
     nn.init.zeros_(layer.bias)

@@ -61,14 +61,17 @@ class EHRModel(nn.Module):
     def __init__(self, config: EHRConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or EHRConfig()
+        # The reference's hidden and output DenseRank1 layers both set he_normal kernels
+        # (records-research Rank1BayesianRNN); the projection stands in for the unreleased
+        # embedding and keeps the library default, glorot_uniform.
         if config.bayesian:
-            kw = config.rank1.layer_kwargs()
-            self.projection = Rank1Linear(config.input_features, config.projection_dim, **kw)
-            self.lstm = Rank1LSTM(config.projection_dim, config.rnn_dim, batch_first=True, **kw)
+            rc = config.rank1
+            self.projection = Rank1Linear(config.input_features, config.projection_dim, rank1=rc)
+            self.lstm = Rank1LSTM(config.projection_dim, config.rnn_dim, batch_first=True, rank1=rc)
             self.hidden = Rank1Linear(
-                config.rnn_dim, config.hidden_dim, weight_init="he_normal", **kw
+                config.rnn_dim, config.hidden_dim, rank1=rc, weight_init="he_normal"
             )
-            self.output = Rank1Linear(config.hidden_dim, 1, **kw)
+            self.output = Rank1Linear(config.hidden_dim, 1, rank1=rc, weight_init="he_normal")
         else:
             self.projection = nn.Linear(config.input_features, config.projection_dim)
             self.lstm = nn.LSTM(config.projection_dim, config.rnn_dim, batch_first=True)
@@ -77,7 +80,7 @@ class EHRModel(nn.Module):
             # Same initialisers as the rank-1 twin, so baselines differ only in the factors.
             for layer, scheme in (
                 (self.projection, "glorot_uniform"),
-                (self.output, "glorot_uniform"),
+                (self.output, "he_normal"),
                 (self.hidden, "he_normal"),
             ):
                 init_dense_weight_(layer.weight, scheme)

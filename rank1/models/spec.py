@@ -213,7 +213,10 @@ def _from_plain(hint: Any, value: Any, where: str) -> Any:
         _check_keys(value, set(names), where)
         hints = typing.get_type_hints(hint)
         fields = {name: _from_plain(hints[name], value[name], f"{where}.{name}") for name in names}
-        return hint(**fields)
+        try:
+            return hint(**fields)
+        except ValueError as err:  # a config's own check, e.g. Rank1Config's prior_stddev > 0
+            raise ModelSpecError(f"{where}: {err}") from None
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
         if value not in args or not isinstance(value, str):
