@@ -30,7 +30,7 @@ batches), ``trainer`` (one run's state and its step/evaluation/resume/save), ``l
 
 from __future__ import annotations
 
-from pipeline.train.batches import Data
+from pipeline.train.batches import Data, EpochShuffleSampler
 from pipeline.train.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -48,6 +48,7 @@ __all__ = [
     "CheckpointError",
     "Data",
     "DistInfo",
+    "EpochShuffleSampler",
     "FitResult",
     "build_optimizer",
     "build_scheduler",
