@@ -18,6 +18,7 @@ from rank1.factors import (
     kl_divergence,
     param_groups,
     rank1_factors,
+    scale_factor_grads_,
     scale_from_dropout_rate,
     set_sampling,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "param_groups",
     "predict",
     "rank1_factors",
+    "scale_factor_grads_",
     "scale_from_dropout_rate",
     "set_sampling",
     "tile",

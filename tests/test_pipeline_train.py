@@ -345,3 +345,33 @@ def _labels(batches, start, count):
 
 def _same(a, b):
     return len(a) == len(b) and all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+# --------------------------------------------------------------------------- fast weights
+
+
+def _one_sgd_step(multiplier, clip):
+    seed_everything(0)
+    model = _tiny(True).double()  # float64: the deltas p_new - p_old keep their ratio
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = _data(32, 0)
+    optim = OptimConfig(
+        name="sgd", lr=0.5, momentum=0.0, nesterov=False, grad_clip_norm=clip,
+        fast_weight_lr_multiplier=multiplier,
+    )  # fmt: skip
+    fit(model, (x.double(), y.double()), None, likelihood="bernoulli", n_train=32,
+        config=_config(optim=optim, schedule=ScheduleConfig(length=1, kl_anneal=1)),
+        progress=False)  # fmt: skip
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_fast_weight_multiplier_multiplies_the_factor_gradients_after_the_clip(clip):
+    base, scaled = _one_sgd_step(1.0, clip), _one_sgd_step(3.0, clip)
+    factors = {n for n in base if n.endswith((".loc", ".scale_raw"))}
+    assert factors and len(factors) < len(base)
+    for name in base:
+        if name in factors:  # plain SGD: the factors move 3 times as far
+            assert torch.allclose(scaled[name], 3.0 * base[name], rtol=1e-6, atol=0), name
+        else:  # the clip saw the same gradients, so every other update is unchanged
+            assert torch.equal(scaled[name], base[name]), name

@@ -13,10 +13,13 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     """Adam or SGD over ``rank1.param_groups`` (no decay on the factor posteriors).
 
     With ``config.optim.decay_norm`` False, normalisation-layer parameters move from the
-    decayed group to an undecayed one (the ImageNet recipe, spec 1.7).
+    decayed group to an undecayed one (the ImageNet recipe, spec 1.7). Every group trains
+    at ``config.optim.lr``: ``fast_weight_lr_multiplier`` scales the factors' gradients in
+    the training step (:func:`rank1.scale_factor_grads_`), as the reference does, not
+    their learning rate.
     """
     o = config.optim
-    groups = rank1.param_groups(model, o.weight_decay, o.fast_weight_lr_multiplier, lr=o.lr)
+    groups = rank1.param_groups(model, o.weight_decay)
     if not o.decay_norm:
         norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
         norm_ids = {

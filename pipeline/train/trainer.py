@@ -172,6 +172,12 @@ class Trainer:
         clip = self.config.optim.grad_clip_norm
         if clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        # The reference's fast-weight multiplier acts on the factors' gradients. UB's CIFAR
+        # script does not clip, so there the order is ours to choose; the EHR reference
+        # (records-research bayesian_rnn_eager_main.py), the recipe that clips, scales
+        # after tf.clip_by_global_norm, so we do too: the clip norm is measured on the
+        # same gradients as there, and the multiplier is not undone by the clip.
+        rank1.scale_factor_grads_(self.model, self.config.optim.fast_weight_lr_multiplier)
         self.optimizer.step()
         self.scheduler.step()
         self.state.step += 1
