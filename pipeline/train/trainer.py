@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,7 @@ class Trainer:
     total: int
     batches: TensorBatches | LoaderBatches
     autocast: AbstractContextManager
-    val: tuple[Tensor | object, Tensor] | None
+    val: tuple[Tensor | Iterable, Tensor] | None
     checkpoint_path: Path | None
     state: TrainerState = field(default_factory=TrainerState)
 
