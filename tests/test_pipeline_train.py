@@ -178,6 +178,10 @@ def test_deep_ensemble_members_are_independent():
         lambda: _tiny(False), (x, y), None, likelihood="bernoulli", n_train=128,
         config=config, progress=False,
     )  # fmt: skip
+    assert (
+        config.to_dict()
+        == _config(method="ensemble", ensemble_size=3, schedule=ScheduleConfig(length=10)).to_dict()
+    )  # each member's seed comes from config.replace; the config is never changed
     assert isinstance(ensemble, DeepEnsemble) and ensemble.ensemble_size == 3
     assert len(results) == 3
     w = [m.output.weight for m in ensemble.members]
