@@ -13,8 +13,10 @@ from pipeline.train.distributed import DistInfo
 Data = tuple[Tensor, Tensor] | Iterable
 
 
-#: Seeds up to 2**64 reach the generator as given (torch wraps a negative seed modulo 2**64
-#: too), so the order of a seed is the same as when this was ``seed * 1_000_003 + epoch``.
+#: The tensor batches passed ``seed * 1_000_003 + epoch`` to the generator as is (torch
+#: reduces it modulo 2**64, a negative one too) and the image sampler reduced it modulo
+#: 2**63: the two agree for seeds below 9.2e12. Modulo 2**64 keeps the tensor order of
+#: every seed, and the image order of every seed below that bound.
 _SEED_MODULUS = 2**64
 
 
