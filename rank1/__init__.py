@@ -19,6 +19,7 @@ from rank1.factors import (
     kl_divergence,
     param_groups,
     rank1_factors,
+    scale_factor_grads_,
     scale_from_dropout_rate,
     set_sampling,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "plain_kernels",
     "predict",
     "rank1_factors",
+    "scale_factor_grads_",
     "scale_from_dropout_rate",
     "set_sampling",
     "tile",

@@ -272,20 +272,15 @@ def set_sampling(model: nn.Module, mode: Sampling) -> None:
             m.sampling = mode
 
 
-def param_groups(
-    model: nn.Module,
-    weight_decay: float,
-    fast_weight_lr_multiplier: float = 1.0,
-    *,
-    lr: float | None = None,
-) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Optimizer parameter groups that decay everything except the factor posteriors.
 
     Shared weights, biases (including per-member biases) and normalisation layers get
     ``weight_decay``; the rank-1 posterior locations and scales get none (they are
-    regularised by the KL only) and may train at a multiple of the learning rate
-    (``fast_weight_lr_multiplier``, spec 1.7). Groups are chosen by module type, not by
-    parameter names, so renaming cannot silently change them.
+    regularised by the KL only). Groups are chosen by module type, not by parameter names,
+    so renaming cannot silently change them. Every group trains at the optimiser's learning
+    rate: the reference's ``fast_weight_lr_multiplier`` scales the factors' gradients
+    instead (:func:`scale_factor_grads_`).
 
     Note: the paper's L2 is ``lambda * sum(theta^2)``; its SGD equivalent is
     ``weight_decay = 2 * lambda``.
@@ -293,21 +288,36 @@ def param_groups(
     Args:
         model: The model.
         weight_decay: Decay for shared weights, biases and norm layers.
-        fast_weight_lr_multiplier: LR multiplier for the factor posteriors.
-        lr: Base learning rate; required when the multiplier is not 1.
 
     Returns:
-        A list of one or two param-group dicts for a ``torch.optim`` optimizer.
+        A list of one or two param-group dicts for a ``torch.optim`` optimizer: ``"shared"``
+        and, when the model has rank-1 factors, ``"rank1_factors"``.
     """
     factor_ids = {id(p) for f in rank1_factors(model) for p in f.parameters()}
     decayed = [p for p in model.parameters() if id(p) not in factor_ids and p.requires_grad]
     fast = [p for p in model.parameters() if id(p) in factor_ids and p.requires_grad]
     groups: list[dict] = [{"params": decayed, "weight_decay": weight_decay, "name": "shared"}]
     if fast:
-        group = {"params": fast, "weight_decay": 0.0, "name": "rank1_factors"}
-        if fast_weight_lr_multiplier != 1.0:
-            if lr is None:
-                raise ValueError("param_groups: pass lr= when fast_weight_lr_multiplier != 1")
-            group["lr"] = lr * fast_weight_lr_multiplier
-        groups.append(group)
+        groups.append({"params": fast, "weight_decay": 0.0, "name": "rank1_factors"})
     return groups
+
+
+def scale_factor_grads_(model: nn.Module, multiplier: float) -> None:
+    """Multiply the gradients of every factor posterior (``loc``, ``scale_raw``) in place.
+
+    This is the reference's ``fast_weight_lr_multiplier`` (spec 1.7): its training steps
+    multiply the fast weights' gradients before ``apply_gradients``. Under plain SGD that
+    equals an m-times learning rate for the factors; under Adam, which is invariant to the
+    scale of a parameter's gradients, it is nearly a no-op (only ``eps`` sees it).
+
+    Args:
+        model: Any module; call it after ``backward()`` and before ``optimizer.step()``.
+        multiplier: The factor; 1.0 leaves every gradient untouched (not even rewritten).
+    """
+    if multiplier == 1.0:
+        return
+    with torch.no_grad():
+        for factor in rank1_factors(model):
+            for p in factor.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(multiplier)

@@ -178,6 +178,10 @@ def test_deep_ensemble_members_are_independent():
         lambda: _tiny(False), (x, y), None, likelihood="bernoulli", n_train=128,
         config=config, progress=False,
     )  # fmt: skip
+    assert (
+        config.to_dict()
+        == _config(method="ensemble", ensemble_size=3, schedule=ScheduleConfig(length=10)).to_dict()
+    )  # each member's seed comes from config.replace; the config is never changed
     assert isinstance(ensemble, DeepEnsemble) and ensemble.ensemble_size == 3
     assert len(results) == 3
     w = [m.output.weight for m in ensemble.members]
@@ -245,3 +249,133 @@ def test_checkpoint_folder_is_created_owner_only(tmp_path):
         os.umask(previous)
     assert (tmp_path / "ck" / CHECKPOINT_FILE).stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "ck").stat().st_mode & 0o777 == 0o700
+
+
+# --------------------------------------------------------------------------- epoch order
+
+
+def _legacy_rows(n, batch, seed, epoch, step_in_epoch, rank, world):
+    # The order tensors had before the trainer and the image sampler shared one class.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return order[step_in_epoch * batch : (step_in_epoch + 1) * batch][rank::world]
+
+
+def test_image_loader_and_tensor_batches_share_one_epoch_order():
+    from pipeline.images import image_preset
+    from pipeline.images.data import train_loader
+    from pipeline.train import EpochShuffleSampler
+    from pipeline.train.batches import training_batches
+    from pipeline.train.distributed import DistInfo
+
+    job = image_preset("cnn-digits", method="deterministic", num_workers=0)
+    unique = job.unique_batch_size
+    n = 3 * unique + 5  # a partial last batch, dropped
+    x, y = torch.arange(n).float().unsqueeze(1), torch.arange(n)
+    loader = train_loader(torch.utils.data.TensorDataset(x, y), job, torch.device("cpu"))
+    assert type(loader.sampler) is EpochShuffleSampler
+    tensors = training_batches((x, y), unique, 11, DistInfo())
+    assert type(tensors.order) is EpochShuffleSampler
+    images = training_batches(loader, unique, 11, DistInfo())  # gives the sampler seed 11
+    torch.manual_seed(999)  # the global seed no longer matters once the trainer set one
+    a, b = tensors.from_step(0), images.from_step(0)
+    for step in range(7):  # more than two epochs of 3 steps
+        (xa, ya), (xb, yb) = next(a), next(b)
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+        epoch, i = divmod(step, 3)
+        assert torch.equal(ya, _legacy_rows(n, unique, 11, epoch, i, 0, 1))
+    tail = [yb for _, yb in _take(images.from_step(4), 3)]  # resumed inside epoch 1
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(tail, [yb for _, yb in _take(tensors.from_step(4), 3)], strict=True)
+    )
+
+
+def test_image_loaders_of_two_processes_take_disjoint_shares_of_one_order():
+    # fit seeds torch with seed + 7919 * rank (per-process noise); the loader's order must
+    # still be the run's, or the two processes would draw overlapping images.
+    from pipeline.train import EpochShuffleSampler
+    from pipeline.train.batches import LoaderBatches, TensorBatches
+    from pipeline.train.distributed import DistInfo
+
+    n, batch = 20, 8
+    x, y = torch.randn(n, 2), torch.arange(n)
+    shares = []
+    for rank in (0, 1):
+        sampler = EpochShuffleSampler(n, batch, world_size=2, rank=rank)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, y), batch_size=batch // 2, sampler=sampler
+        )
+        batches = LoaderBatches(loader, seed=3)
+        torch.manual_seed(3 + 7919 * rank)
+        got = [yb for _, yb in _take(batches.from_step(0), 4)]
+        want = [
+            yb for _, yb in _take(TensorBatches(x, y, batch, 3, DistInfo(rank, 2)).from_step(0), 4)
+        ]
+        assert all(torch.equal(p, q) for p, q in zip(got, want, strict=True))
+        shares.append(got)
+    for a, b in zip(*shares, strict=True):
+        assert not set(a.tolist()) & set(b.tolist())
+
+
+def test_epoch_order_shards_are_disjoint_and_resume_at_any_step():
+    from pipeline.train.batches import TensorBatches
+    from pipeline.train.distributed import DistInfo
+
+    n, batch, world = 23, 6, 2
+    x, y = torch.randn(n, 2), torch.arange(n)
+    ranks = [TensorBatches(x, y, batch, 4, DistInfo(rank=r, world_size=world)) for r in (0, 1)]
+    single = TensorBatches(x, y, batch, 4, DistInfo())
+    full = [[yb for _, yb in _take(b.from_step(0), 9)] for b in ranks]
+    whole = [yb for _, yb in _take(single.from_step(0), 9)]
+    for step in range(9):
+        epoch, i = divmod(step, 3)
+        for r in (0, 1):
+            assert torch.equal(full[r][step], _legacy_rows(n, batch, 4, epoch, i, r, world))
+        shares = torch.cat([full[0][step], full[1][step]])
+        assert len(set(shares.tolist())) == batch
+        assert set(shares.tolist()) == set(whole[step].tolist())
+    for start in (1, 3, 5):  # inside an epoch and at its boundary
+        resumed = [yb for _, yb in _take(ranks[1].from_step(start), 9 - start)]
+        assert all(torch.equal(p, q) for p, q in zip(resumed, full[1][start:], strict=True))
+
+
+def _take(iterator, count):
+    return [next(iterator) for _ in range(count)]
+
+
+def _labels(batches, start, count):
+    return [yb for _, yb in _take(batches.from_step(start), count)]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+# --------------------------------------------------------------------------- fast weights
+
+
+def _one_sgd_step(multiplier, clip):
+    seed_everything(0)
+    model = _tiny(True).double()  # float64: the deltas p_new - p_old keep their ratio
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x, y = _data(32, 0)
+    optim = OptimConfig(
+        name="sgd", lr=0.5, momentum=0.0, nesterov=False, grad_clip_norm=clip,
+        fast_weight_lr_multiplier=multiplier,
+    )  # fmt: skip
+    fit(model, (x.double(), y.double()), None, likelihood="bernoulli", n_train=32,
+        config=_config(optim=optim, schedule=ScheduleConfig(length=1, kl_anneal=1)),
+        progress=False)  # fmt: skip
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_fast_weight_multiplier_multiplies_the_factor_gradients_after_the_clip(clip):
+    base, scaled = _one_sgd_step(1.0, clip), _one_sgd_step(3.0, clip)
+    factors = {n for n in base if n.endswith((".loc", ".scale_raw"))}
+    assert factors and len(factors) < len(base)
+    for name in base:
+        if name in factors:  # plain SGD: the factors move 3 times as far
+            assert torch.allclose(scaled[name], 3.0 * base[name], rtol=1e-6, atol=0), name
+        else:  # the clip saw the same gradients, so every other update is unchanged
+            assert torch.equal(scaled[name], base[name]), name

@@ -100,19 +100,52 @@ def test_param_groups_never_decay_factor_posteriors():
     model = nn.Sequential(
         rank1.Rank1Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.Flatten(), Rank1Linear(4, 2)
     )
-    groups = rank1.param_groups(model, weight_decay=2e-4, fast_weight_lr_multiplier=0.5, lr=0.1)
+    groups = rank1.param_groups(model, weight_decay=2e-4)
     shared, fast = groups
     factor_ids = {id(p) for f in rank1.rank1_factors(model) for p in f.parameters()}
     assert {id(p) for p in fast["params"]} == factor_ids
-    assert fast["weight_decay"] == 0.0 and fast["lr"] == pytest.approx(0.05)
+    # No per-group learning rate: the fast-weight multiplier scales gradients instead.
+    assert fast["weight_decay"] == 0.0 and "lr" not in fast and "lr" not in shared
     shared_ids = {id(p) for p in shared["params"]}
     assert id(model[0].weight) in shared_ids and id(model[1].weight) in shared_ids
     assert id(model[3].bias) in shared_ids and shared["weight_decay"] == 2e-4
     assert len(shared_ids) + len(factor_ids) == len(list(model.parameters()))
     opt = torch.optim.SGD(groups, lr=0.1)  # the groups drive a real optimiser
     assert len(opt.param_groups) == 2
-    with pytest.raises(ValueError, match="lr="):
-        rank1.param_groups(model, 1e-4, fast_weight_lr_multiplier=2.0)
+
+
+def _sgd_step_deltas(multiplier):
+    torch.manual_seed(0)
+    model = nn.Sequential(Rank1Linear(3, 4, ensemble_size=2), nn.Tanh(), nn.Linear(4, 1))
+    model.double()  # float64: the deltas p_new - p_old keep their ratio to 1e-9
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(rank1.param_groups(model, 0.0), lr=0.1)  # no momentum
+    torch.manual_seed(1)
+    model(torch.randn(6, 3, dtype=torch.float64)).square().mean().backward()
+    rank1.scale_factor_grads_(model, multiplier)
+    opt.step()
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}
+
+
+def test_fast_weight_multiplier_scales_the_factor_updates_of_plain_sgd():
+    base, tripled = _sgd_step_deltas(1.0), _sgd_step_deltas(3.0)
+    factors = {n for n in base if n.endswith((".loc", ".scale_raw"))}
+    assert len(factors) == 4  # r and s of the rank-1 layer, loc and raw scale each
+    for name in base:
+        if name in factors:
+            assert base[name].abs().sum() > 0
+            assert torch.allclose(tripled[name], 3.0 * base[name], rtol=1e-9, atol=0), name
+        else:
+            assert torch.equal(tripled[name], base[name]), name
+
+
+def test_fast_weight_multiplier_one_leaves_the_gradients_untouched():
+    model = Rank1Linear(3, 2, ensemble_size=2)
+    model(torch.randn(4, 3)).sum().backward()
+    grads = {n: (p.grad, p.grad.clone()) for n, p in model.named_parameters()}
+    rank1.scale_factor_grads_(model, 1.0)
+    for name, p in model.named_parameters():
+        assert p.grad is grads[name][0] and torch.equal(p.grad, grads[name][1])
 
 
 def test_short_fit_on_toy_problem_raises_the_elbo():

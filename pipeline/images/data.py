@@ -1,4 +1,4 @@
-"""Image data of the jobs: the resumable training sampler, loaders, and seeded evaluation.
+"""Image data of the jobs: the training loader (on the trainer's sampler), and seeded evaluation.
 
 Batch semantics: a step draws ``job.unique_batch_size`` **unique images** (all processes
 together); the rank-1 model sees them tiled K times, a deterministic model or ensemble
@@ -7,58 +7,31 @@ member sees them once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
 from pipeline.config import ImageJobConfig
 from pipeline.metrics import multiclass_metrics
 from pipeline.predict import model_ensemble_size, predict_logits
-from pipeline.train import dist_info
+from pipeline.train import EpochShuffleSampler, dist_info
 
-
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
-    """A per-epoch shuffle, sharded over data-parallel processes, that restarts exactly.
-
-    The order of epoch e is a permutation seeded by ``(torch.initial_seed(), e)``: the
-    trainer seeds torch with the run's (or the ensemble member's) seed before the first
-    batch, so each ensemble member sees its own order and a resumed run the same one.
-    Each of W processes takes every W-th index of the first ``len // (W * batch) * W *
-    batch`` ones, so every process runs the same number of steps.
-
-    Args:
-        n: Dataset length.
-        batch_size: Unique images per step, all processes together.
-        world_size: Data-parallel processes.
-        rank: This process.
-    """
-
-    def __init__(self, n: int, batch_size: int, world_size: int = 1, rank: int = 0) -> None:
-        if batch_size % world_size:
-            raise ValueError(f"batch {batch_size} cannot be split over {world_size} processes")
-        self.steps = n // batch_size
-        if self.steps < 1:
-            raise ValueError(f"{n} training images are fewer than one batch of {batch_size}")
-        self.n, self.batch_size, self.world_size, self.rank = n, batch_size, world_size, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order :meth:`__iter__` yields (called by the trainer)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps * self.batch_size // self.world_size
-
-    def __iter__(self) -> Iterator[int]:
-        seed = (torch.initial_seed() * 1_000_003 + self.epoch) % (2**63)
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
-        order = order[: self.steps * self.batch_size]
-        return iter(order[self.rank :: self.world_size].tolist())
+__all__ = [
+    "EpochShuffleSampler",
+    "eval_loader",
+    "evaluate_on",
+    "has_val_split",
+    "load_split",
+    "train_loader",
+]
 
 
 def train_loader(dataset, job: ImageJobConfig, device: torch.device):
-    """The shuffled training DataLoader: this process's share of each step's unique images."""
+    """The shuffled training DataLoader: this process's share of each step's unique images.
+
+    Its sampler is the trainer's :class:`~pipeline.train.EpochShuffleSampler`, the same
+    seeded, resumable order as tensor data; :func:`~pipeline.train.fit` gives it the run's
+    (or ensemble member's) seed.
+    """
     info = dist_info()
     unique = job.unique_batch_size
     sampler = EpochShuffleSampler(len(dataset), unique, info.world_size, info.rank)
