@@ -116,7 +116,9 @@ def test_param_groups_never_decay_factor_posteriors():
 
 def _sgd_step_deltas(multiplier):
     torch.manual_seed(0)
-    model = nn.Sequential(Rank1Linear(3, 4, ensemble_size=2), nn.Tanh(), nn.Linear(4, 1))
+    model = nn.Sequential(
+        Rank1Linear(3, 4, rank1=Rank1Config(ensemble_size=2)), nn.Tanh(), nn.Linear(4, 1)
+    )
     model.double()  # float64: the deltas p_new - p_old keep their ratio to 1e-9
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(rank1.param_groups(model, 0.0), lr=0.1)  # no momentum
@@ -140,7 +142,7 @@ def test_fast_weight_multiplier_scales_the_factor_updates_of_plain_sgd():
 
 
 def test_fast_weight_multiplier_one_leaves_the_gradients_untouched():
-    model = Rank1Linear(3, 2, ensemble_size=2)
+    model = Rank1Linear(3, 2, rank1=Rank1Config(ensemble_size=2))
     model(torch.randn(4, 3)).sum().backward()
     grads = {n: (p.grad, p.grad.clone()) for n, p in model.named_parameters()}
     rank1.scale_factor_grads_(model, 1.0)
