@@ -13,9 +13,11 @@ Named shifts
 levels, risks and outcomes are the base cohort's for the same seed; what changes is how
 they are recorded:
 
-- vitals (and the other flowsheet items) every ~3 h (interval 3 h plus up to 2 h delay)
-  instead of hourly, the lab panel every 12 h instead of 8 h, fingerstick glucose every
-  12 h instead of 6 h: a ward-like nursing ratio, the usual reason charting is sparser;
+- the hourly vitals (heart rate, blood pressures, respiratory rate, SpO2) and the other
+  hourly flowsheet items every ~3 h (interval 3 h plus up to 2 h delay), the lab panel
+  every 12 h instead of 8 h, fingerstick glucose every 12 h instead of 6 h: a step-down
+  unit's nursing ratio, the usual reason charting is sparser. Temperature, GCS and FiO2
+  keep their 4-hourly round, urine output stays hourly;
 - mean blood pressure is never charted (items 456 and 220181 absent): the site's monitors
   send systolic and diastolic only. Its level still drives the risk and still shows in
   the systolic and diastolic values (both derive from it), so the information is there,

@@ -76,10 +76,14 @@ import polars as pl
 from features.io import PRIVATE_FILE_MODE, OutputFolder, create_private_file
 from features.shifts import BASE, SHIFT_NAMES, SHIFTS, Shift, ShiftName, resolve_shift
 
+# The public names; the shift ones are re-exported so that one import serves a benchmark.
 __all__ = [
     "BASE",
     "COEFFICIENTS",
+    "DATABASE_FILES",
     "INTERCEPT",
+    "LEVELS",
+    "RISK_VARIABLES",
     "SHIFTS",
     "SHIFT_FILE",
     "SHIFT_NAMES",
@@ -88,7 +92,11 @@ __all__ = [
     "ShiftName",
     "generate",
     "planted_risk",
+    "resolve_shift",
+    "shift_coefficients",
+    "shift_intercept",
     "shift_record",
+    "sigmoid",
 ]
 
 INTERCEPT = -2.9
@@ -400,9 +408,12 @@ def shift_record(spec: Shift) -> dict[str, object]:
     record["never_charted_itemids"] = sorted(
         itemid for key in spec.never_charted for itemid in ITEMS[key].values()
     )
+    # For each field that changes the charting: whether features.mimic.extract undoes it.
     record["removed_by_extraction"] = {
         "temperature_fahrenheit": True,  # values >= 79 are converted to Celsius
         "ph_offset": False,  # same item, same unit: nothing marks the value as shifted
+        "never_charted": False,  # the grid holds the normal value, its mask stays 0
+        "charting_intervals": False,  # fewer observed hours, more forward fill
     }
     return record
 
@@ -580,9 +591,9 @@ def _generate_into(
         truth.write_csv(handle)
     if record:
         # Written into the same temporary folder as the tables: published with them.
-        record = {**shift_record(spec), "patients": n_patients, "seed": seed}
+        params = {**shift_record(spec), "patients": n_patients, "seed": seed}
         with create_private_file(folder / SHIFT_FILE) as handle:
-            handle.write((json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+            handle.write((json.dumps(params, indent=2, sort_keys=True) + "\n").encode())
     return {
         "patients": n_patients,
         "admissions": sum(f.height for f in static["ADMISSIONS"]),
@@ -848,7 +859,8 @@ def _chart_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.Data
             }
         )
 
-    # Hourly vitals with 8% of hours missing; values carry AR-free noise around the level.
+    # Hourly vitals (or a shifted site's interval) with 8% of times missing; values carry
+    # AR-free noise around the level.
     stay, hours = _schedule(rng, stays, spec.vitals_every_h, spec.vitals_jitter_h)
     for name in ("hr", "map", "rr", "spo2"):
         keep = rng.random(len(stay)) > 0.08
@@ -875,7 +887,7 @@ def _chart_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.Data
         add("temp", stay, hours, None, np.round(celsius * 9 / 5 + 32, 1), itemid, "temp_f")
     else:
         add("temp", stay, hours, None, np.round(np.where(mv, celsius, celsius * 9 / 5 + 32), 1))
-    # Fingerstick glucose every 6 h.
+    # Fingerstick glucose every 6 h (or a shifted site's interval).
     stay, hours = _schedule(rng, stays, spec.glucose_every_h, spec.glucose_jitter_h, 0.5)
     value = _level(stays, "glucose", stay) + rng.normal(0, LEVELS["glucose"][2], len(stay))
     add("glucose_chart", stay, hours, None, np.round(np.maximum(value, 30.0)))
@@ -927,7 +939,8 @@ def _chart_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.Data
     mv = stays.metavision
     height = np.where(mv, np.round(stays.height), np.round(stays.height / 2.54))
     add("height", every, rng.uniform(0.1, 3.0, n), None, height)
-    # Items outside the 17 variables, hourly: most of the table, as in MIMIC-III.
+    # Items outside the 17 variables, charted with the vitals: most of the table, as in
+    # MIMIC-III.
     stay, hours = _schedule(rng, stays, spec.vitals_every_h, spec.vitals_jitter_h)
     mv = stays.metavision[stay]
     for slot in range(len(OTHER_CHART["cv"])):
@@ -989,7 +1002,8 @@ def _integral(values: np.ndarray) -> bool:
 
 def _lab_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.DataFrame:
     parts = []
-    # Blood gases and chemistry every 8 h from 6 h before ICU admission (some pre-ICU).
+    # Blood gases and chemistry every 8 h (or a shifted site's interval) from 6 h before
+    # ICU admission (some pre-ICU).
     stay, hours = _schedule(rng, stays, spec.labs_every_h, spec.labs_jitter_h, -6.0)
     for itemid in LAB_ITEMS:
         if itemid == 50931:
