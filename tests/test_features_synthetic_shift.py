@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 #: The last commit before shifts existed; its generator is the reference for shift=None.
 REFERENCE_COMMIT = "b58def6"
 #: sha256 prefixes of generate(patients=40, seed=3, batch_patients=16) from the generator
-#: at REFERENCE_COMMIT (polars 1.x of this project's lock), computed before shifts were
-#: added. Used only where the repository's history is not at hand to rerun that code.
+#: at REFERENCE_COMMIT (with polars 2.1.0 and numpy 2.4.6), computed before shifts were
+#: added. Used only where the repository's history is not at hand to rerun that code; the
+#: rerun is preferred because it compares under whatever library versions are installed.
 REFERENCE_DIGEST = {
     "ADMISSIONS.csv": "17380ae7c0a46b6b",
     "CHARTEVENTS.csv": "88da390e6865e7b0",
@@ -294,6 +295,9 @@ def test_second_site_temperature_in_fahrenheit_is_converted_by_the_extraction(co
     assert set(temperature["ITEMID"].unique()) == {678, 223761}  # Fahrenheit items only
     assert temperature["VALUENUM"].drop_nulls().min() > 90.0
     assert 223762 in set(base["ITEMID"].unique()) and 223762 not in set(site["ITEMID"].unique())
+    d_items = pl.read_csv(cohorts["second-site"]["db"] / "D_ITEMS.csv")
+    labels = dict(zip(d_items["ITEMID"], d_items["LABEL"], strict=True))
+    assert labels[223761] == "Temperature Fahrenheit"
     # The grid is in Celsius at both sites, with the same mean up to noise.
     channel, mask = column("Temperature"), column("mask->Temperature")
     means = {}
