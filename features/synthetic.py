@@ -38,10 +38,34 @@ stays, 3% of patients are minors and 5% are over 89 (date of birth shifted 300 y
 about 85% of first ICU stays last 48 h or more; 8% of hourly vitals are missing, 1% of
 rows have an empty value, some chart rows lack ICUSTAY_ID, some labs lack HADM_ID or fall
 before ICU admission, and most chart rows belong to items outside the 17 variables.
+
+Shifts
+------
+``generate(..., shift=NAME)`` writes a cohort that departs from the base in one documented
+way, for measuring how models and their uncertainty behave under shift (each shift, what
+it changes, what it keeps and why it is realistic: :mod:`features.shifts`):
+
+- ``second-site``: the same patients charted by another hospital: vitals every ~3 h, labs
+  and glucose every 12 h, mean BP never charted, temperature in Fahrenheit (converted by
+  the extraction), lab pH 0.04 lower (venous gases; not removed by the extraction);
+- ``older-sicker``: severity mean +1.5 sd, adults 75-89; the planted formula unchanged;
+- ``mechanism``: the same patients and measurements, glucose coefficient 0.2 -> 1.0 and
+  heart rate 0.5 -> 0.0.
+
+A shift is a frozen :class:`features.shifts.Shift` (a custom one may be passed too);
+everything it does not name is as in the base. With ``shift=None`` the files are byte for
+byte those of the generator before shifts existed. A shifted cohort's
+``synthetic_truth.csv`` keeps its five columns and gains ``shift`` (the name),
+``base_risk`` (the base formula on the same levels: what a perfect model of the base
+cohort predicts), ``severity`` and the levels ``z_hr`` ... ``z_ph``; ``true_risk`` is
+always the risk the outcome was drawn from. ``synthetic_shift.json`` records the shift's
+fields, the resolved risk model, the item ids never charted and which changes the
+extraction removes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +74,30 @@ import numpy as np
 import polars as pl
 
 from features.io import PRIVATE_FILE_MODE, OutputFolder, create_private_file
+from features.shifts import BASE, SHIFT_NAMES, SHIFTS, Shift, ShiftName, resolve_shift
+
+# The public names; the shift ones are re-exported so that one import serves a benchmark.
+__all__ = [
+    "BASE",
+    "COEFFICIENTS",
+    "DATABASE_FILES",
+    "INTERCEPT",
+    "LEVELS",
+    "RISK_VARIABLES",
+    "SHIFTS",
+    "SHIFT_FILE",
+    "SHIFT_NAMES",
+    "TRUTH_FILE",
+    "Shift",
+    "ShiftName",
+    "generate",
+    "planted_risk",
+    "resolve_shift",
+    "shift_coefficients",
+    "shift_intercept",
+    "shift_record",
+    "sigmoid",
+]
 
 INTERCEPT = -2.9
 RISK_VARIABLES = ("hr", "map", "rr", "spo2", "temp", "glucose", "ph")
@@ -92,6 +140,8 @@ ITEMS = {
     "height": {"cv": 1394, "mv": 226730},
 }
 GCS_TOTAL_CV = 198
+# MetaVision's Fahrenheit temperature item, used only by a shift that charts Fahrenheit.
+TEMP_FAHRENHEIT_MV = 223761
 CRR_CV = 115
 # Chart items outside the 17 variables, recorded hourly (text and numbers), per system.
 OTHER_CHART = {
@@ -166,6 +216,7 @@ UNITS = {
     "rr": {"cv": None, "mv": "insp/min"},
     "spo2": {"cv": None, "mv": "%"},
     "temp": {"cv": "Deg. F", "mv": "?C"},
+    "temp_f": {"cv": "Deg. F", "mv": "?F"},
     "fio2": {"cv": None, "mv": None},
     "glucose_chart": {"cv": None, "mv": None},
     "weight": {"cv": None, "mv": "kg"},
@@ -278,6 +329,8 @@ OUTPUT_COLUMNS = [
 
 
 TRUTH_FILE = "synthetic_truth.csv"
+#: The shift's parameters, written only for a shifted cohort.
+SHIFT_FILE = "synthetic_shift.json"
 #: Every file the generator writes; a folder holding exactly (a subset of) these and the
 #: truth file is one of ours and may be replaced.
 DATABASE_FILES = frozenset(
@@ -296,7 +349,7 @@ DATABASE_FILES = frozenset(
             "D_LABITEMS",
         )
     }
-    | {TRUTH_FILE}
+    | {TRUTH_FILE, SHIFT_FILE}
 )
 
 
@@ -305,12 +358,88 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def planted_risk(z: dict[str, np.ndarray]) -> np.ndarray:
-    """The planted in-hospital death probability from standardised levels ``z``."""
-    logit = np.full_like(z[RISK_VARIABLES[0]], INTERCEPT, dtype=np.float64)
+def planted_risk(
+    z: dict[str, np.ndarray],
+    coefficients: dict[str, float] | None = None,
+    intercept: float = INTERCEPT,
+) -> np.ndarray:
+    """The planted in-hospital death probability from standardised levels ``z``.
+
+    Args:
+        z: Standardised level of each of :data:`RISK_VARIABLES`.
+        coefficients: Coefficient of each variable; None gives the base
+            :data:`COEFFICIENTS`.
+        intercept: Intercept of the logit.
+
+    Returns:
+        ``sigmoid(intercept + sum_k coefficients[k] * z[k])``.
+    """
+    coefficients = COEFFICIENTS if coefficients is None else coefficients
+    logit = np.full_like(z[RISK_VARIABLES[0]], intercept, dtype=np.float64)
     for name in RISK_VARIABLES:
-        logit = logit + COEFFICIENTS[name] * z[name]
+        logit = logit + coefficients[name] * z[name]
     return sigmoid(logit)
+
+
+def shift_coefficients(spec: Shift) -> dict[str, float]:
+    """The planted coefficients under ``spec``: the base ones with its overrides."""
+    return {**COEFFICIENTS, **dict(spec.coefficients)}
+
+
+def shift_intercept(spec: Shift) -> float:
+    """The planted intercept under ``spec``."""
+    return INTERCEPT if spec.intercept is None else spec.intercept
+
+
+def shift_record(spec: Shift) -> dict[str, object]:
+    """What ``synthetic_shift.json`` holds for ``spec``: its fields and what they mean.
+
+    Besides the fields of :class:`Shift`, the record spells out the resolved risk model
+    (every coefficient, the intercept), the item ids that are never charted, and which
+    changes the extraction undoes (a unit it converts) and which it cannot (an offset).
+    """
+    record = spec.as_dict()
+    record["risk_model"] = {
+        "intercept": shift_intercept(spec),
+        "coefficients": shift_coefficients(spec),
+        "base_intercept": INTERCEPT,
+        "base_coefficients": dict(COEFFICIENTS),
+    }
+    record["never_charted_itemids"] = sorted(
+        itemid for key in spec.never_charted for itemid in ITEMS[key].values()
+    )
+    # For each field that changes the charting: whether features.mimic.extract undoes it.
+    record["removed_by_extraction"] = {
+        "temperature_fahrenheit": True,  # values >= 79 are converted to Celsius
+        "ph_offset": False,  # same item, same unit: nothing marks the value as shifted
+        "never_charted": False,  # the grid holds the normal value, its mask stays 0
+        "charting_intervals": False,  # fewer observed hours, more forward fill
+    }
+    return record
+
+
+def _check_shift(spec: Shift) -> None:
+    """Refuse a custom shift the generator cannot honour, in one line."""
+    unknown = sorted({name for name, _ in spec.coefficients} - set(RISK_VARIABLES))
+    if unknown:
+        raise ValueError(
+            f"shift {spec.name!r}: coefficients name unknown variables {unknown}; "
+            f"known: {list(RISK_VARIABLES)}"
+        )
+    unknown = sorted(set(spec.never_charted) - set(ITEMS))
+    if unknown:
+        raise ValueError(
+            f"shift {spec.name!r}: never_charted names unknown chart items {unknown}; "
+            f"known: {sorted(ITEMS)}"
+        )
+    intervals = {
+        "vitals_every_h": spec.vitals_every_h,
+        "labs_every_h": spec.labs_every_h,
+        "glucose_every_h": spec.glucose_every_h,
+    }
+    for field, value in intervals.items():
+        if not value > 0:
+            raise ValueError(f"shift {spec.name!r}: {field} must be > 0, got {value}")
 
 
 @dataclass
@@ -374,6 +503,7 @@ def generate(
     patients: int,
     seed: int = 0,
     batch_patients: int = 1000,
+    shift: ShiftName | Shift | None = None,
 ) -> dict:
     """Write a synthetic MIMIC-III database and the planted risk of each ICU stay.
 
@@ -385,17 +515,25 @@ def generate(
         patients: Number of patients.
         seed: Seed; the same seed and arguments give identical files.
         batch_patients: Patients generated and written at a time (bounds memory).
+        shift: None for the base cohort (the files are exactly those of earlier versions),
+            or a named shift (``"second-site"``, ``"older-sicker"``, ``"mechanism"``; see
+            the module docstring) or a custom :class:`Shift`. A shifted cohort's truth file
+            gains the columns ``shift``, ``base_risk``, ``severity`` and ``z_<variable>``,
+            and ``synthetic_shift.json`` records the shift's parameters.
 
     Returns:
-        A summary: patients, admissions, ICU stays, row counts per table, deaths and the
-        mean planted risk.
+        A summary: patients, admissions, ICU stays, row counts per table, deaths, the
+        mean planted risk and the shift's name (None for the base cohort).
 
     Raises:
-        ValueError: If ``patients`` < 1; :class:`features.io.OutputFolderError` (a
-            ValueError) if ``out_dir`` is refused or cannot be written.
+        ValueError: If ``patients`` < 1 or ``shift`` is unknown or cannot be honoured;
+            :class:`features.io.OutputFolderError` (a ValueError) if ``out_dir`` is
+            refused or cannot be written.
     """
     if patients < 1:
         raise ValueError(f"patients must be >= 1, got {patients}")
+    spec = resolve_shift(shift)
+    _check_shift(spec)
     output = OutputFolder(
         Path(out_dir),
         is_ours=_is_synthetic_database,
@@ -403,7 +541,8 @@ def generate(
         marker=TRUTH_FILE,
     )
     with output.writing() as tmp:
-        return _generate_into(tmp, patients, seed, batch_patients)
+        summary = _generate_into(tmp, patients, seed, batch_patients, spec, shift is not None)
+    return summary
 
 
 def _is_synthetic_database(folder: Path) -> bool:
@@ -412,7 +551,10 @@ def _is_synthetic_database(folder: Path) -> bool:
     return TRUTH_FILE in names and names <= DATABASE_FILES
 
 
-def _generate_into(folder: Path, n_patients: int, seed: int, batch_patients: int) -> dict:
+def _generate_into(
+    folder: Path, n_patients: int, seed: int, batch_patients: int, spec: Shift, record: bool
+) -> dict:
+    """Write every file into ``folder``; ``record`` adds the shift's truth and record."""
     writers = {
         "CHARTEVENTS": _Writer(folder / "CHARTEVENTS.csv", CHART_COLUMNS),
         "LABEVENTS": _Writer(folder / "LABEVENTS.csv", LAB_COLUMNS),
@@ -427,11 +569,11 @@ def _generate_into(folder: Path, n_patients: int, seed: int, batch_patients: int
             # One generator per batch, seeded from (seed, batch): deterministic and
             # independent of how far earlier batches consumed their streams.
             rng = np.random.default_rng([seed, start])
-            stays, tables = _patients_batch(rng, start, count)
+            stays, tables = _patients_batch(rng, start, count, spec, record)
             for name, frame in tables.items():
                 static[name].append(frame)
-            writers["CHARTEVENTS"].write(_chart_rows(rng, stays))
-            writers["LABEVENTS"].write(_lab_rows(rng, stays))
+            writers["CHARTEVENTS"].write(_chart_rows(rng, stays, spec))
+            writers["LABEVENTS"].write(_lab_rows(rng, stays, spec))
             writers["OUTPUTEVENTS"].write(_output_rows(rng, stays))
     finally:
         for writer in writers.values():
@@ -443,10 +585,15 @@ def _generate_into(folder: Path, n_patients: int, seed: int, batch_patients: int
         ).select(["ROW_ID", *frame.columns])
         with create_private_file(folder / f"{name}.csv") as handle:
             frame.write_csv(handle, quote_style="non_numeric", datetime_format="%Y-%m-%d %H:%M:%S")
-    _dictionaries(folder)
+    _dictionaries(folder, spec)
     truth = pl.concat(static["truth"])
     with create_private_file(folder / TRUTH_FILE) as handle:
         truth.write_csv(handle)
+    if record:
+        # Written into the same temporary folder as the tables: published with them.
+        params = {**shift_record(spec), "patients": n_patients, "seed": seed}
+        with create_private_file(folder / SHIFT_FILE) as handle:
+            handle.write((json.dumps(params, indent=2, sort_keys=True) + "\n").encode())
     return {
         "patients": n_patients,
         "admissions": sum(f.height for f in static["ADMISSIONS"]),
@@ -455,13 +602,21 @@ def _generate_into(folder: Path, n_patients: int, seed: int, batch_patients: int
         "deaths": int(truth["died"].sum()),
         "mean_true_risk": float(truth["true_risk"].mean()),
         "seed": seed,
+        "shift": spec.name if record else None,
     }
 
 
 def _patients_batch(
-    rng: np.random.Generator, start: int, count: int
+    rng: np.random.Generator, start: int, count: int, spec: Shift, record: bool
 ) -> tuple[_Stays, dict[str, pl.DataFrame]]:
-    """Patients, admissions, ICU stays, transfers, diagnoses and truth of one batch."""
+    """Patients, admissions, ICU stays, transfers, diagnoses and truth of one batch.
+
+    A shift changes values here, never the number or order of random draws, so that a
+    cohort shifted with the seed of a base cohort holds the same patients, stays and
+    levels wherever the shift does not reach: the second site charts the base cohort's
+    patients, and the mechanism shift gives the same stays and measurements other
+    outcomes.
+    """
     # MIMIC-III subject ids are below 100000 and admission ids from 100001: keeping the two
     # apart means a join on the wrong id column fails loudly on synthetic data too. Five
     # digits, like most real subject ids, so an id never looks like a small setting value.
@@ -469,8 +624,10 @@ def _patients_batch(
     metavision_p = rng.random(count) < 0.5
     gender = np.where(rng.random(count) < 0.55, "M", "F")
     kind = rng.random(count)
-    age = np.clip(rng.normal(64.0, 15.0, count), 18.5, 88.9)
-    age = np.where(kind < 0.03, rng.uniform(15.0, 17.9, count), age)
+    age = np.clip(rng.normal(spec.age_mean, spec.age_sd, count), spec.age_min, 88.9)
+    minors = rng.uniform(15.0, 17.9, count)  # drawn either way: the stream stays aligned
+    if spec.minors:
+        age = np.where(kind < 0.03, minors, age)
     shifted = kind > 0.95
     # One admission per patient; admission starts spread over a century of shifted dates.
     admit = (rng.uniform(0, 90 * 365.25, count) * 86400).astype(np.int64)
@@ -493,12 +650,15 @@ def _patients_batch(
     outtime = np.where(is_second, second_out[idx], first_out[idx])
     icustay = 200001 + 2 * (start + idx) + is_second
     severity = rng.normal(size=n_stays)
+    if spec.severity_mean:
+        severity = severity + spec.severity_mean
     z = {
         name: SEVERITY_LOADING * severity
         + np.sqrt(1 - SEVERITY_LOADING**2) * rng.normal(size=n_stays)
         for name in RISK_VARIABLES
     }
-    risk = planted_risk(z)
+    base_risk = planted_risk(z)
+    risk = planted_risk(z, shift_coefficients(spec), shift_intercept(spec))
     died_stay = rng.random(n_stays) < risk
     # The admission's outcome is the one of its first stay (the cohort keeps only
     # admissions with one ICU stay, so second stays never reach the task).
@@ -627,6 +787,15 @@ def _patients_batch(
             "died": np.where(is_second, died[idx], died_stay).astype(np.int64),
         }
     )
+    if record:
+        # What a benchmark needs per stay: which cohort, the risk a model of the base
+        # cohort should give (the base formula on the same levels) and the latent levels.
+        truth = truth.with_columns(
+            shift=pl.lit(spec.name),
+            base_risk=base_risk,
+            severity=severity,
+            **{f"z_{name}": z[name] for name in RISK_VARIABLES},
+        )
     stays = _Stays(
         subject=subject[idx],
         hadm=hadm[idx],
@@ -669,10 +838,12 @@ def _level(stays: _Stays, name: str, stay: np.ndarray) -> np.ndarray:
     return centre + scale * stays.z[name][stay]
 
 
-def _chart_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
+def _chart_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.DataFrame:
     blocks: list[dict[str, np.ndarray]] = []
 
     def add(item_key: str | None, stay, hours, text, number, itemid=None, unit_key=None):
+        if item_key in spec.never_charted:
+            return  # the values were drawn (the stream stays aligned) but are not charted
         mv = stays.metavision[stay]
         if itemid is None:
             itemid = np.where(mv, ITEMS[item_key]["mv"], ITEMS[item_key]["cv"])
@@ -688,8 +859,9 @@ def _chart_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
             }
         )
 
-    # Hourly vitals with 8% of hours missing; values carry AR-free noise around the level.
-    stay, hours = _schedule(rng, stays, 1.0, 0.9)
+    # Hourly vitals (or a shifted site's interval) with 8% of times missing; values carry
+    # AR-free noise around the level.
+    stay, hours = _schedule(rng, stays, spec.vitals_every_h, spec.vitals_jitter_h)
     for name in ("hr", "map", "rr", "spo2"):
         keep = rng.random(len(stay)) > 0.08
         s, h = stay[keep], hours[keep]
@@ -709,9 +881,14 @@ def _chart_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
     stay, hours = _schedule(rng, stays, 4.0, 1.0)
     celsius = _level(stays, "temp", stay) + rng.normal(0, LEVELS["temp"][2], len(stay))
     mv = stays.metavision[stay]
-    add("temp", stay, hours, None, np.round(np.where(mv, celsius, celsius * 9 / 5 + 32), 1))
-    # Fingerstick glucose every 6 h.
-    stay, hours = _schedule(rng, stays, 6.0, 2.0, 0.5)
+    if spec.temperature_fahrenheit:
+        # Every stay in Fahrenheit: MetaVision's own Fahrenheit item, CareVue's as ever.
+        itemid = np.where(mv, TEMP_FAHRENHEIT_MV, ITEMS["temp"]["cv"])
+        add("temp", stay, hours, None, np.round(celsius * 9 / 5 + 32, 1), itemid, "temp_f")
+    else:
+        add("temp", stay, hours, None, np.round(np.where(mv, celsius, celsius * 9 / 5 + 32), 1))
+    # Fingerstick glucose every 6 h (or a shifted site's interval).
+    stay, hours = _schedule(rng, stays, spec.glucose_every_h, spec.glucose_jitter_h, 0.5)
     value = _level(stays, "glucose", stay) + rng.normal(0, LEVELS["glucose"][2], len(stay))
     add("glucose_chart", stay, hours, None, np.round(np.maximum(value, 30.0)))
     # GCS every 4 h, from severity: components for both systems, total for CareVue.
@@ -762,8 +939,9 @@ def _chart_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
     mv = stays.metavision
     height = np.where(mv, np.round(stays.height), np.round(stays.height / 2.54))
     add("height", every, rng.uniform(0.1, 3.0, n), None, height)
-    # Items outside the 17 variables, hourly: most of the table, as in MIMIC-III.
-    stay, hours = _schedule(rng, stays, 1.0, 0.9)
+    # Items outside the 17 variables, charted with the vitals: most of the table, as in
+    # MIMIC-III.
+    stay, hours = _schedule(rng, stays, spec.vitals_every_h, spec.vitals_jitter_h)
     mv = stays.metavision[stay]
     for slot in range(len(OTHER_CHART["cv"])):
         cv_item, mv_item = OTHER_CHART["cv"][slot], OTHER_CHART["mv"][slot]
@@ -822,10 +1000,11 @@ def _integral(values: np.ndarray) -> bool:
     return bool(np.all(finite == np.round(finite)))
 
 
-def _lab_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
+def _lab_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.DataFrame:
     parts = []
-    # Blood gases and chemistry every 8 h from 6 h before ICU admission (some pre-ICU).
-    stay, hours = _schedule(rng, stays, 8.0, 3.0, -6.0)
+    # Blood gases and chemistry every 8 h (or a shifted site's interval) from 6 h before
+    # ICU admission (some pre-ICU).
+    stay, hours = _schedule(rng, stays, spec.labs_every_h, spec.labs_jitter_h, -6.0)
     for itemid in LAB_ITEMS:
         if itemid == 50931:
             value = _level(stays, "glucose", stay) + rng.normal(0, LEVELS["glucose"][2], len(stay))
@@ -833,6 +1012,8 @@ def _lab_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
             text = pl.Series(value).cast(pl.Int64).cast(pl.String)
         elif itemid == 50820:
             value = _level(stays, "ph", stay) + rng.normal(0, LEVELS["ph"][2], len(stay))
+            if spec.ph_offset:
+                value = value + spec.ph_offset
             value = np.round(value, 2)
             text = pl.Series(value).round(2).cast(pl.String)
         else:
@@ -874,6 +1055,7 @@ def _lab_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
 
 
 def _output_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
+    # Hourly urine output at every site: no shift touches it (it feeds none of the 17).
     stay, hours = _schedule(rng, stays, 1.0, 0.5)
     mv = stays.metavision[stay]
     charttime = (stays.intime[stay] + (hours * 3600).astype(np.int64)) // 60 * 60
@@ -896,11 +1078,11 @@ def _output_rows(rng: np.random.Generator, stays: _Stays) -> pl.DataFrame:
     )
 
 
-def _dictionaries(folder: Path) -> None:
-    chart = [
-        (i, CHART_LABELS[i], "metavision" if i >= 220000 else "carevue")
-        for i in sorted(CHART_LABELS)
-    ]
+def _dictionaries(folder: Path, spec: Shift) -> None:
+    labels = dict(CHART_LABELS)
+    if spec.temperature_fahrenheit:
+        labels[TEMP_FAHRENHEIT_MV] = "Temperature Fahrenheit"
+    chart = [(i, labels[i], "metavision" if i >= 220000 else "carevue") for i in sorted(labels)]
     for system in ("cv", "mv"):
         for itemid, label, _ in OTHER_CHART[system]:
             chart.append((itemid, label, "metavision" if system == "mv" else "carevue"))
