@@ -60,7 +60,7 @@ def train_image_model(params: ImageTrainParams, method: str, run_name: str | Non
         job.model,
         job.dataset,
         describe_length(job.train),
-        job.unique_batch_size,
+        job.train.batch_size,
         job.train.device,
     )
     result = train_job(
@@ -155,7 +155,7 @@ def log_summary(
 
 @flow(name="train-images", validate_parameters=False)
 def train_images(
-    preset: str = "cnn-digits",
+    preset: str | None = None,
     methods: list[str] | None = None,
     dataset: str | None = None,
     data_dir: Path | None = None,
@@ -171,6 +171,9 @@ def train_images(
     progress: bool = False,
 ) -> dict[str, str]:
     """Train an image recipe once per method; each run is logged to MLflow.
+
+    None stands for the default of :class:`flows.params.ImageTrainParams` (the preset's
+    value where the preset has one).
 
     Args:
         preset: ``cnn-digits`` (CPU-sized, built-in data), ``wrn28-10-cifar10``,
@@ -192,8 +195,7 @@ def train_images(
     Returns:
         ``{method: MLflow run id}``.
     """
-    arguments = {name: value for name, value in locals().items() if value is not None}
-    params = validate("train_images", ImageTrainParams, arguments)
+    params = validate("train_images", ImageTrainParams, locals())
     prefix = flow_run.get_name()
     return {
         method: train_image_model(params, method, f"{method}-{prefix}" if prefix else method)
@@ -214,7 +216,7 @@ def validate_images(
     data_dir: Path | None = None,
     corrupted_dir: Path | None = None,
     compare_run_id: str | None = None,
-    device: str = "auto",
+    device: str | None = None,
 ) -> dict[str, float]:
     """Evaluate a trained run on clean and corrupted test images; log to that run.
 
@@ -236,8 +238,7 @@ def validate_images(
     Returns:
         ``corrupt/mean/<metric>`` and ``clean/<metric>`` for accuracy, NLL and ECE.
     """
-    arguments = {name: value for name, value in locals().items() if value is not None}
-    params = validate("validate_images", ImageValidateParams, arguments)
+    params = validate("validate_images", ImageValidateParams, locals())
     model, job = load_model(params)
     grid = [(c, s) for c in params.names() for s in params.severities]
     futures = [evaluate_cell.submit(params, model, job, c, s) for c, s in grid]
@@ -260,7 +261,7 @@ def validate_images(
 
 @flow(name="image-benchmark", validate_parameters=False)
 def image_benchmark(
-    preset: str = "cnn-digits",
+    preset: str | None = None,
     methods: list[str] | None = None,
     epochs: float | None = None,
     data_dir: Path | None = None,
@@ -317,7 +318,6 @@ def image_benchmark(
         validation[method] = validate_images(
             runs[method],
             compare_run_id=twin if method == "rank1" else None,
-            **{k: v for k, v in given.items() if k != "device"},
-            device=device or "auto",
+            **given,
         )
     return {"runs": runs, "validation": validation}

@@ -15,14 +15,11 @@ names are Prefect's generated ones, and the logs carry cohort-level counts and m
 Per-patient files (feature folder, checkpoints, reports) go under folders made owner-only.
 
 Training checkpoints into ``<checkpoint_dir>/<method>``; a rerun (or a retry) resumes an
-unfinished checkpoint of the same training fingerprint (:func:`plan_resume`).
+unfinished checkpoint of the same training fingerprint (:func:`flows.resume.plan_resume`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from features.io import make_private_dir, write_private_text
+from features.io import make_private_dir
 from flows.params import (
     ClinicalParams,
     ExtractParams,
@@ -38,6 +35,7 @@ from flows.params import (
     TrainParams,
     validate,
 )
+from flows.resume import mark_complete, plan_resume, training_key
 
 if TYPE_CHECKING:
     from features.mimic.manifest import FeatureManifest
@@ -150,91 +148,6 @@ def _counts(manifest: FeatureManifest) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- resume
-
-#: Beside the checkpoint: which training it belongs to and whether that training finished.
-RESUME_FILE = "resume.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class ResumePlan:
-    """How a training task uses its checkpoint folder.
-
-    Attributes:
-        key: Fingerprint of the training (config, layer sizes, experiment, feature folder).
-        resume: Whether to continue from the checkpoint in the folder.
-        reason: Why, for the log.
-    """
-
-    key: str
-    resume: bool
-    reason: str
-
-
-def training_key(config: Any, model_config: Any, features_dir: Path, experiment: str) -> str:
-    """Fingerprint of one training: same key, same trajectory, so its checkpoint fits.
-
-    Covers the full ``TrainConfig``, the LSTM's layer sizes, the MLflow experiment and the
-    feature folder's ``manifest.json`` (source-table hashes, split, normaliser, creation
-    time: a re-extraction changes it even from the same tables).
-    """
-    manifest = (features_dir / "manifest.json").read_bytes()
-    recipe = {
-        "train": config.to_dict(),
-        "model": dataclasses.asdict(model_config),
-        "experiment": experiment,
-        "features_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-    }
-    text = json.dumps(recipe, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
-
-
-def _checkpoint_files(folder: Path) -> list[Path]:
-    from pipeline.train import CHECKPOINT_FILE
-
-    # One model: folder/checkpoint.pt; a deep ensemble: folder/m<k>/checkpoint.pt.
-    return [p for p in (folder / CHECKPOINT_FILE, *folder.glob(f"m*/{CHECKPOINT_FILE}"))
-            if p.is_file()]  # fmt: skip
-
-
-def _read_resume_state(folder: Path) -> dict[str, Any]:
-    try:
-        state = json.loads((folder / RESUME_FILE).read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}  # none yet, or unreadable: start afresh
-    return state if isinstance(state, dict) else {}
-
-
-def plan_resume(folder: Path, key: str) -> ResumePlan:
-    """Decide whether a training with fingerprint ``key`` resumes from ``folder``.
-
-    It resumes only from an unfinished checkpoint of the same key. Otherwise the folder's
-    old checkpoints are deleted (so a later resume cannot pick up another training's
-    weights) and ``key`` is recorded before training starts. A finished training is not
-    resumed: rerunning it trains afresh into a new MLflow run.
-    """
-    state = _read_resume_state(folder)
-    checkpoints = _checkpoint_files(folder)
-    if state.get("key") == key and not state.get("complete") and checkpoints:
-        return ResumePlan(key, True, "resuming an interrupted training of the same config")
-    if state.get("key") == key and state.get("complete"):
-        reason = f"the last training of this config finished (MLflow run {state.get('run_id')})"
-    elif checkpoints:
-        reason = "the checkpoint is of another config or feature folder"
-    else:
-        reason = "no checkpoint yet"
-    for path in checkpoints:
-        path.unlink()
-    write_private_text(folder / RESUME_FILE, json.dumps({"key": key, "complete": False}))
-    return ResumePlan(key, False, f"training afresh: {reason}")
-
-
-def mark_complete(folder: Path, key: str, run_id: str) -> None:
-    """Record that the training of ``key`` finished into MLflow run ``run_id``."""
-    state = {"key": key, "complete": True, "run_id": run_id}
-    write_private_text(folder / RESUME_FILE, json.dumps(state))
-
-
 @task(
     task_run_name="train-{method}",
     retries=1,
@@ -339,15 +252,16 @@ def write_report(params: ReportParams) -> dict[str, str]:
 def extract_mimic(
     mimic_dir: Path,
     out_dir: Path,
-    seed: int = 0,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
+    seed: int | None = None,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Extract the in-hospital-mortality feature folder from raw MIMIC-III tables.
 
     Skipped when ``out_dir`` already holds a feature folder extracted from tables with the
-    same sizes and sha256 hashes and the same split settings (unless ``force``).
+    same sizes and sha256 hashes and the same split settings (unless ``force``). None
+    stands for the default of :class:`flows.params.ExtractParams` (as in every flow here).
 
     Args:
         mimic_dir: Folder with the MIMIC-III tables (CSV or CSV.gz, any case).
@@ -381,7 +295,7 @@ def train_mimic(
     methods: list[str] | None = None,
     train: dict[str, Any] | None = None,
     model: dict[str, int] | None = None,
-    experiment: str = "mimic-ihm",
+    experiment: str | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = False,
 ) -> dict[str, str]:
@@ -404,7 +318,7 @@ def train_mimic(
     Returns:
         ``{method: MLflow run id}``.
     """
-    params = validate("train_mimic", TrainParams, _given(locals()))
+    params = validate("train_mimic", TrainParams, locals())
     prefix = flow_run.get_name()
     return {
         method: train_model(params, method, f"{method}-{prefix}" if prefix else method)
@@ -417,8 +331,8 @@ def report_mimic(
     run_id: str,
     features_dir: Path,
     out_dir: Path,
-    split: str = "test",
-    coverage: float = 0.8,
+    split: str | None = None,
+    coverage: float | None = None,
 ) -> dict[str, str]:
     """Write the per-patient uncertainty report of one trained run.
 
@@ -439,15 +353,15 @@ def report_mimic(
 @flow(name="clinical-pipeline", validate_parameters=False)
 def clinical_pipeline(
     mimic_dir: Path,
-    out_dir: Path = Path("outputs/mimic"),
+    out_dir: Path | None = None,
     methods: list[str] | None = None,
     train: dict[str, Any] | None = None,
     model: dict[str, int] | None = None,
-    experiment: str = "mimic-ihm",
-    seed: int = 0,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    coverage: float = 0.8,
+    experiment: str | None = None,
+    seed: int | None = None,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    coverage: float | None = None,
     force_extract: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -480,7 +394,7 @@ def clinical_pipeline(
         ``{"features_dir", "extracted", "runs": {method: run id},
         "reports": {method: html path}}``.
     """
-    params = validate("clinical_pipeline", ClinicalParams, _given(locals()))
+    params = validate("clinical_pipeline", ClinicalParams, locals())
     make_private_dir(params.out_dir)
     extracted = extract_mimic(
         params.mimic_dir,
@@ -494,7 +408,7 @@ def clinical_pipeline(
         params.features_dir,
         methods=list(params.methods),
         train=params.train,
-        model=params.model.model_dump(),
+        model=params.model.model_dump(exclude_none=True),
         experiment=params.experiment,
         checkpoint_dir=params.checkpoints_dir,
         progress=params.progress,
@@ -514,8 +428,3 @@ def clinical_pipeline(
         "runs": runs,
         "reports": reports,
     }
-
-
-def _given(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Drop arguments left at None so the parameter model's defaults apply."""
-    return {name: value for name, value in arguments.items() if value is not None}

@@ -1,15 +1,21 @@
-"""Validated parameters of every flow.
+"""Validated parameters of every flow, composed from shared parts; the home of their defaults.
 
 Each flow validates its parameters with one of these pydantic models as its very first step,
 before any task runs, so a bad value from the CLI, the Prefect UI or a deployment YAML fails
 at once with a :class:`ParameterError` whose message names the parameter, for example
 ``train_mimic: parameter 'train.optim.lr': must be a finite number > 0, got -1.0``.
 
+The models are composed rather than copied: :class:`ClinicalParams` is the split settings of
+:class:`ExtractParams`, the training settings of :class:`TrainParams` and the coverage of
+:class:`ReportParams`, each declared (with its default and its check) once. The ``train``
+overrides are checked by :class:`pipeline.config.TrainConfig` itself and the LSTM sizes by
+:class:`rank1.models.EHRConfig`, whose defaults are not restated here.
+
 The flows themselves turn off Prefect's own signature validation (``validate_parameters=
 False``) so that there is exactly one place, here, that coerces and checks values, and one
-error format. The models only depend on pydantic, so the CLI and ``rank1 serve`` can check a
-deployment's parameters without importing Prefect or torch (torch is imported only to check
-that a requested CUDA device exists).
+error format. The models only depend on pydantic (and :mod:`pipeline.config`, itself light),
+so the CLI and ``rank1 serve`` can check a deployment's parameters without importing Prefect
+or torch (torch is imported only to check that a requested CUDA device exists).
 
 A CUDA device is checked against the machine that validates: pass
 ``context={RUNS_HERE: False}`` to ``model_validate`` where the flow will run elsewhere (a
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,12 +38,7 @@ from pydantic import (
     model_validator,
 )
 
-Method = Literal["rank1", "deterministic", "ensemble"]
-Split = Literal["train", "val", "test"]
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-Seed = Annotated[int, Field(ge=0)]
-Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
-RunId = Annotated[str, Field(pattern=r"^[0-9a-zA-Z_-]{8,64}$")]
+from pipeline.config import DEVICE_PATTERN, ConfigError, DatasetName, Method, Posterior
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -48,55 +50,22 @@ class ParameterError(ValueError):
     """A flow parameter is invalid; the message names the flow and the parameter."""
 
 
-class _Params(BaseModel):
-    # Unknown keys are refused so that a typo in a deployment YAML is an error, not a no-op.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _parameter(err: ConfigError, prefix: str = "") -> ValueError:
+    """A config error as a parameter error: ``parameter '<prefix><field>': <reason>``."""
+    if err.field is None:
+        return ValueError(f"parameter {prefix.rstrip('.') or 'train'!r}: {err.reason}")
+    return ValueError(f"parameter '{prefix}{err.field}': {err.reason}")
 
 
-def train_config(overrides: dict[str, Any], method: str):
-    """A :class:`pipeline.config.TrainConfig` from nested overrides and a method.
+def _each_once(what: str) -> AfterValidator:
+    """A check that a list names each ``what`` once."""
 
-    Raises:
-        pipeline.config.ConfigError: Naming the bad field.
-    """
-    from pipeline.config import TrainConfig
+    def check(values: list[Any]) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"each {what} may appear once, got {values}")
+        return values
 
-    return TrainConfig.from_dict({**overrides, "method": method})
-
-
-def _runs_here(info: ValidationInfo) -> bool:
-    return not info.context or info.context.get(RUNS_HERE, True)
-
-
-def _device_here(device: str | None, info: ValidationInfo) -> str | None:
-    """``device``, refused when it is a CUDA device this machine does not have."""
-    from pipeline.config import ConfigError, check_device
-
-    if device is not None and _runs_here(info):
-        try:
-            check_device(device)
-        except ConfigError as err:
-            # "config field 'device': <reason>": pydantic names the parameter itself.
-            raise ValueError(str(err).partition("': ")[2]) from None
-    return device
-
-
-def _check_train_configs(
-    methods: list[str], overrides: dict[str, Any], info: ValidationInfo
-) -> None:
-    from pipeline.config import ConfigError, check_device
-
-    for method in methods:
-        try:
-            config = train_config(overrides, method)
-            if _runs_here(info):
-                # Here, not when training starts: `--device cuda` without a GPU would
-                # otherwise fail only after the extraction.
-                check_device(config.device)
-        except ConfigError as err:
-            # ConfigError reads "config field 'optim.lr': ..."; report it as a parameter.
-            field, _, reason = str(err).removeprefix("config field '").partition("': ")
-            raise ValueError(f"parameter 'train.{field}': {reason}") from None
+    return AfterValidator(check)
 
 
 def _existing_dir(path: Path) -> Path:
@@ -105,10 +74,93 @@ def _existing_dir(path: Path) -> Path:
     return path
 
 
-def _unique_methods(methods: list[str]) -> list[str]:
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"each method may appear once, got {methods}")
-    return methods
+def _feature_folder(path: Path) -> Path:
+    if not (path / "manifest.json").is_file():
+        raise ValueError(f"{path} is not a feature folder (no manifest.json); run extraction")
+    return path
+
+
+# Field types shared by several models: each check is declared once.
+Split = Literal["train", "val", "test"]
+Seed = Annotated[int, Field(ge=0)]
+Device = Annotated[str, Field(pattern=DEVICE_PATTERN)]
+RunId = Annotated[str, Field(pattern=r"^[0-9a-zA-Z_-]{8,64}$")]
+Name = Annotated[str, Field(min_length=1)]
+Methods = Annotated[list[Method], Field(min_length=1), _each_once("method")]
+Severity = Annotated[int, Field(ge=1, le=5)]
+Severities = Annotated[list[Severity], Field(min_length=1), _each_once("severity")]
+ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
+FeatureFolder = Annotated[Path, AfterValidator(_feature_folder)]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class _Params(BaseModel):
+    # Unknown keys are refused so that a typo in a deployment YAML is an error, not a no-op.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _runs_here(info: ValidationInfo) -> bool:
+    return not info.context or info.context.get(RUNS_HERE, True)
+
+
+def _device_here(device: str | None, info: ValidationInfo) -> str | None:
+    """``device``, refused when it is a CUDA device this machine does not have."""
+    from pipeline.config import check_device
+
+    if device is not None and _runs_here(info):
+        try:
+            check_device(device)
+        except ConfigError as err:
+            raise ValueError(err.reason) from None  # pydantic names the parameter itself
+    return device
+
+
+class _DeviceHere(_Params):
+    """A ``device`` parameter that must exist where the flow runs (see :data:`RUNS_HERE`)."""
+
+    @field_validator("device", check_fields=False)
+    @classmethod
+    def _device_exists(cls, device: str | None, info: ValidationInfo) -> str | None:
+        return _device_here(device, info)
+
+
+# --------------------------------------------------------------------------- MIMIC parts
+
+
+class SplitSettings(_Params):
+    """The subject-level split of an extraction.
+
+    Attributes:
+        seed: Seed of the subject-level split.
+        val_fraction: Share of subjects in the validation split.
+        test_fraction: Share of subjects in the test split.
+    """
+
+    seed: Seed = 0
+    # Checked by features.mimic.splits.check_split_fractions, which says why.
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> SplitSettings:
+        from features.mimic.splits import check_split_fractions
+
+        check_split_fractions(self.val_fraction, self.test_fraction)
+        return self
+
+
+class ModelSizes(_Params):
+    """Layer sizes of the EHR LSTM; None (the default) keeps ``rank1.models.EHRConfig``'s."""
+
+    projection_dim: Positive | None = None
+    rnn_dim: Positive | None = None
+    hidden_dim: Positive | None = None
+
+    def ehr_config(self):
+        """The :class:`rank1.models.EHRConfig` with the sizes given here."""
+        from rank1.models import EHRConfig
+
+        return EHRConfig(**self.model_dump(exclude_none=True))
 
 
 def _no_method_in_train(train: dict[str, Any]) -> dict[str, Any]:
@@ -117,58 +169,10 @@ def _no_method_in_train(train: dict[str, Any]) -> dict[str, Any]:
     return train
 
 
-def _feature_folder(path: Path) -> Path:
-    if not (path / "manifest.json").is_file():
-        raise ValueError(f"{path} is not a feature folder (no manifest.json); run extraction")
-    return path
-
-
-class ExtractParams(_Params):
-    """Parameters of ``extract_mimic``.
+class TrainSettings(_Params):
+    """What to train and where to log it.
 
     Attributes:
-        mimic_dir: Folder with the raw MIMIC-III tables (CSV or CSV.gz).
-        out_dir: Feature folder to write.
-        seed: Seed of the subject-level split.
-        val_fraction: Share of subjects in the validation split.
-        test_fraction: Share of subjects in the test split.
-        force: Extract even when the inputs are unchanged since the last extraction.
-    """
-
-    mimic_dir: Path
-    out_dir: Path
-    seed: Seed = 0
-    # Checked by features.mimic.splits.check_split_fractions, which says why.
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    force: bool = False
-
-    @field_validator("mimic_dir")
-    @classmethod
-    def _mimic_dir_exists(cls, path: Path) -> Path:
-        return _existing_dir(path)
-
-    @model_validator(mode="after")
-    def _check_fractions(self) -> ExtractParams:
-        from features.mimic.splits import check_split_fractions
-
-        check_split_fractions(self.val_fraction, self.test_fraction)
-        return self
-
-
-class ModelSizes(_Params):
-    """Layer sizes of the EHR LSTM (defaults: the paper's)."""
-
-    projection_dim: Annotated[int, Field(ge=1)] = 32
-    rnn_dim: Annotated[int, Field(ge=1)] = 256
-    hidden_dim: Annotated[int, Field(ge=1)] = 128
-
-
-class TrainParams(_Params):
-    """Parameters of ``train_mimic``.
-
-    Attributes:
-        features_dir: Feature folder written by extraction.
         methods: Models to train, each into its own MLflow run: ``rank1`` (the rank-1
             LSTM), ``deterministic`` (its deterministic twin), ``ensemble`` (a deep
             ensemble of deterministic LSTMs).
@@ -177,51 +181,81 @@ class TrainParams(_Params):
             ``methods``.
         model: Layer sizes of the LSTM.
         experiment: MLflow experiment name.
-        checkpoint_dir: Folder for training checkpoints (one sub-folder per method), or
-            None for none.
         progress: Show training progress bars (for a terminal; off in served runs).
     """
 
-    features_dir: Path
-    methods: Annotated[list[Method], Field(min_length=1)] = ["rank1", "deterministic"]
-    train: dict[str, Any] = Field(default_factory=dict)
-    model: ModelSizes = Field(default_factory=ModelSizes)
-    experiment: Annotated[str, Field(min_length=1)] = "mimic-ihm"
-    checkpoint_dir: Path | None = None
+    methods: Methods = ["rank1", "deterministic"]
+    train: Annotated[dict[str, Any], AfterValidator(_no_method_in_train)] = {}
+    model: ModelSizes = ModelSizes()
+    experiment: Name = "mimic-ihm"
     progress: bool = False
 
-    @field_validator("features_dir")
-    @classmethod
-    def _is_feature_folder(cls, path: Path) -> Path:
-        return _feature_folder(path)
-
-    @field_validator("methods")
-    @classmethod
-    def _unique(cls, methods: list[str]) -> list[str]:
-        return _unique_methods(methods)
-
-    @field_validator("train")
-    @classmethod
-    def _method_not_in_train(cls, train: dict[str, Any]) -> dict[str, Any]:
-        return _no_method_in_train(train)
-
     @model_validator(mode="after")
-    def _check_train(self, info: ValidationInfo) -> TrainParams:
-        _check_train_configs(self.methods, self.train, info)
+    def _check_train(self, info: ValidationInfo) -> TrainSettings:
+        from pipeline.config import check_device
+
+        for method in self.methods:
+            try:
+                config = self.train_config(method)
+                if _runs_here(info):
+                    # Here, not when training starts: `--device cuda` without a GPU would
+                    # otherwise fail only after the extraction.
+                    check_device(config.device)
+            except ConfigError as err:
+                raise _parameter(err, "train.") from None
         return self
 
     def train_config(self, method: str):
-        """The full :class:`pipeline.config.TrainConfig` of one method."""
-        return train_config(self.train, method)
+        """The full :class:`pipeline.config.TrainConfig` of one method.
+
+        Raises:
+            pipeline.config.ConfigError: Naming the bad field.
+        """
+        from pipeline.config import TrainConfig
+
+        return TrainConfig.from_dict({**self.train, "method": method})
 
     def ehr_config(self):
         """The :class:`rank1.models.EHRConfig` with these layer sizes."""
-        from rank1.models import EHRConfig
-
-        return EHRConfig(**self.model.model_dump())
+        return self.model.ehr_config()
 
 
-class ReportParams(_Params):
+class _Coverage(_Params):
+    #: Share of stays the model keeps; the most uncertain rest are referred.
+    coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+
+
+# --------------------------------------------------------------------------- MIMIC flows
+
+
+class ExtractParams(SplitSettings):
+    """Parameters of ``extract_mimic`` (and :class:`SplitSettings`).
+
+    Attributes:
+        mimic_dir: Folder with the raw MIMIC-III tables (CSV or CSV.gz).
+        out_dir: Feature folder to write.
+        force: Extract even when the inputs are unchanged since the last extraction.
+    """
+
+    mimic_dir: ExistingDir
+    out_dir: Path
+    force: bool = False
+
+
+class TrainParams(TrainSettings):
+    """Parameters of ``train_mimic`` (and :class:`TrainSettings`).
+
+    Attributes:
+        features_dir: Feature folder written by extraction.
+        checkpoint_dir: Folder for training checkpoints (one sub-folder per method), or
+            None for none.
+    """
+
+    features_dir: FeatureFolder
+    checkpoint_dir: Path | None = None
+
+
+class ReportParams(_Coverage):
     """Parameters of ``report_mimic``.
 
     Attributes:
@@ -233,72 +267,27 @@ class ReportParams(_Params):
     """
 
     run_id: RunId
-    features_dir: Path
+    features_dir: FeatureFolder
     out_dir: Path
     split: Split = "test"
-    coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
-
-    @field_validator("features_dir")
-    @classmethod
-    def _is_feature_folder(cls, path: Path) -> Path:
-        return _feature_folder(path)
 
 
-class ClinicalParams(_Params):
-    """Parameters of ``clinical_pipeline`` (extraction, training, reports).
+class ClinicalParams(TrainSettings, SplitSettings, _Coverage):
+    """Parameters of ``clinical_pipeline``: extraction, training and report settings together.
+
+    The split settings are :class:`SplitSettings`', the training ones
+    :class:`TrainSettings`' and ``coverage`` :class:`ReportParams`'; checked here as there,
+    so a bad value fails before extraction starts.
 
     Attributes:
         mimic_dir: Folder with the raw MIMIC-III tables.
         out_dir: Output root: ``features/`` and ``reports/<method>/`` are written in it.
-        methods: Models to train (see :class:`TrainParams`).
-        train: ``TrainConfig`` overrides (see :class:`TrainParams`).
-        model: Layer sizes of the LSTM.
-        experiment: MLflow experiment name.
-        seed: Seed of the subject-level split.
-        val_fraction: Share of subjects in the validation split.
-        test_fraction: Share of subjects in the test split.
-        coverage: Report coverage (see :class:`ReportParams`).
         force_extract: Extract even when the inputs are unchanged.
-        progress: Show training progress bars.
     """
 
-    mimic_dir: Path
+    mimic_dir: ExistingDir
     out_dir: Path = Path("outputs/mimic")
-    methods: Annotated[list[Method], Field(min_length=1)] = ["rank1", "deterministic"]
-    train: dict[str, Any] = Field(default_factory=dict)
-    model: ModelSizes = Field(default_factory=ModelSizes)
-    experiment: Annotated[str, Field(min_length=1)] = "mimic-ihm"
-    seed: Seed = 0
-    # Checked by features.mimic.splits.check_split_fractions, which says why.
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
     force_extract: bool = False
-    progress: bool = False
-
-    @field_validator("mimic_dir")
-    @classmethod
-    def _mimic_dir_exists(cls, path: Path) -> Path:
-        return _existing_dir(path)
-
-    @field_validator("methods")
-    @classmethod
-    def _unique(cls, methods: list[str]) -> list[str]:
-        return _unique_methods(methods)
-
-    @field_validator("train")
-    @classmethod
-    def _method_not_in_train(cls, train: dict[str, Any]) -> dict[str, Any]:
-        return _no_method_in_train(train)
-
-    @model_validator(mode="after")
-    def _check_together(self, info: ValidationInfo) -> ClinicalParams:
-        # The same checks as the sub-flows, so a bad value fails before extraction starts.
-        from features.mimic.splits import check_split_fractions
-
-        check_split_fractions(self.val_fraction, self.test_fraction)
-        _check_train_configs(self.methods, self.train, info)
-        return self
 
     @property
     def features_dir(self) -> Path:
@@ -316,78 +305,59 @@ class ClinicalParams(_Params):
         return self.out_dir / "checkpoints"
 
 
-ImageMethod = Literal["rank1", "deterministic", "ensemble"]
-Severity = Annotated[int, Field(ge=1, le=5)]
+# --------------------------------------------------------------------------- image flows
 
 
-class ImageTrainParams(_Params):
-    """Parameters of ``train_images``.
+class ImageTrainParams(_DeviceHere):
+    """Parameters of ``train_images``; None keeps the preset's value.
 
     Attributes:
         preset: A recipe of ``pipeline.images.PRESETS`` (``cnn-digits``,
             ``wrn28-10-cifar10``, ``wrn28-10-cifar100``, ``resnet50-imagenet``).
         methods: Models to train, each into its own MLflow run.
-        dataset: Train the preset's model on another dataset (None: the preset's).
+        dataset: Train the preset's model on another dataset.
         data_dir: Folder of the clean data (not needed for digits).
         epochs: Training length (the recipe's schedule scales with it).
-        batch_size: Unique images per step (the learning rate scales linearly).
+        batch_size: Unique images per step (the rank-1 model tiles them K times; the
+            learning rate scales linearly).
         ensemble_size: K.
         posterior: ``normal`` or ``cauchy`` rank-1 factors.
         seed: Training seed.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         num_workers: DataLoader workers.
-        experiment: MLflow experiment name (None: the preset's).
+        experiment: MLflow experiment name.
         checkpoint_dir: Checkpoint folder (one sub-folder per method), or None.
         progress: Show training progress bars.
     """
 
     preset: str = "cnn-digits"
-    methods: Annotated[list[ImageMethod], Field(min_length=1)] = ["rank1"]
-    dataset: Literal["digits", "cifar10", "cifar100", "imagenet"] | None = None
-    data_dir: Path | None = None
+    methods: Methods = ["rank1"]
+    dataset: DatasetName | None = None
+    data_dir: ExistingDir | None = None
     epochs: Annotated[float, Field(gt=0)] | None = None
-    batch_size: Annotated[int, Field(ge=1)] | None = None
-    ensemble_size: Annotated[int, Field(ge=1)] | None = None
-    posterior: Literal["normal", "cauchy"] | None = None
+    batch_size: Positive | None = None
+    ensemble_size: Positive | None = None
+    posterior: Posterior | None = None
     seed: Seed | None = None
     device: Device | None = None
     num_workers: Annotated[int, Field(ge=0)] | None = None
-    experiment: Annotated[str, Field(min_length=1)] | None = None
+    experiment: Name | None = None
     checkpoint_dir: Path | None = None
     progress: bool = False
 
-    @field_validator("methods")
-    @classmethod
-    def _unique(cls, methods: list[str]) -> list[str]:
-        return _unique_methods(methods)
-
-    @field_validator("data_dir")
-    @classmethod
-    def _data_dir_exists(cls, path: Path | None) -> Path | None:
-        return None if path is None else _existing_dir(path)
-
-    @field_validator("device")
-    @classmethod
-    def _device_exists(cls, device: str | None, info: ValidationInfo) -> str | None:
-        return _device_here(device, info)
-
     @model_validator(mode="after")
     def _check_jobs(self) -> ImageTrainParams:
-        from pipeline.config import ConfigError
-
         for method in self.methods:
             try:
                 self.job(method)
             except ConfigError as err:
-                field, _, reason = str(err).removeprefix("config field '").partition("': ")
-                if not reason:  # e.g. "unknown image preset ..."
-                    raise ValueError(f"parameter 'preset': {err}") from None
-                raise ValueError(f"parameter {field!r}: {reason}") from None
+                # Without a field (an unknown preset) the preset is what is wrong.
+                raise _parameter(err) if err.field else _parameter(err, "preset.") from None
         return self
 
     def job(self, method: str):
         """The ``pipeline.images.ImageJobConfig`` of one method."""
-        from pipeline.images import image_preset
+        from pipeline.recipes import image_preset
 
         return image_preset(
             self.preset,
@@ -405,7 +375,7 @@ class ImageTrainParams(_Params):
         )
 
 
-class ImageValidateParams(_Params):
+class ImageValidateParams(_DeviceHere):
     """Parameters of ``validate_images``.
 
     Attributes:
@@ -421,28 +391,11 @@ class ImageValidateParams(_Params):
 
     run_id: RunId
     corruptions: Annotated[list[str], Field(min_length=1)] | None = None
-    severities: Annotated[list[Severity], Field(min_length=1)] = [1, 2, 3, 4, 5]
-    data_dir: Path | None = None
-    corrupted_dir: Path | None = None
+    severities: Severities = [1, 2, 3, 4, 5]
+    data_dir: ExistingDir | None = None
+    corrupted_dir: ExistingDir | None = None
     compare_run_id: RunId | None = None
     device: Device = "auto"
-
-    @field_validator("data_dir", "corrupted_dir")
-    @classmethod
-    def _dir_exists(cls, path: Path | None) -> Path | None:
-        return None if path is None else _existing_dir(path)
-
-    @field_validator("device")
-    @classmethod
-    def _device_exists(cls, device: str, info: ValidationInfo) -> str:
-        return _device_here(device, info)
-
-    @field_validator("severities")
-    @classmethod
-    def _unique_severities(cls, severities: list[int]) -> list[int]:
-        if len(set(severities)) != len(severities):
-            raise ValueError(f"each severity may appear once, got {severities}")
-        return severities
 
     @model_validator(mode="after")
     def _known_corruptions(self) -> ImageValidateParams:
@@ -467,7 +420,7 @@ class ImageValidateParams(_Params):
         return list(self.corruptions or available_corruptions())
 
 
-class DemoParams(_Params):
+class DemoParams(_DeviceHere):
     """Parameters of the ``demo`` flow.
 
     Attributes:
@@ -479,7 +432,7 @@ class DemoParams(_Params):
         severities: Corruption severities of the image validation.
         seed: Seed of the synthetic cohort and the splits.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        torch_threads: CPU threads of torch (None: torch's default, one per core).
+        torch_threads: CPU threads of torch (0: torch's default, one per core).
         progress: Show training progress bars on the terminal.
     """
 
@@ -488,16 +441,19 @@ class DemoParams(_Params):
     patients: Annotated[int, Field(ge=200)] = 1000
     steps: Annotated[int, Field(ge=10)] = 300
     image_epochs: Annotated[float, Field(gt=0)] | None = None
-    severities: Annotated[list[Severity], Field(min_length=1)] = [1, 3, 5]
+    severities: Severities = [1, 3, 5]
     seed: Seed = 0
     device: Device = "cpu"
-    torch_threads: Annotated[int, Field(ge=1)] | None = 1
+    torch_threads: Annotated[int, Field(ge=0)] = 1
     progress: bool = False
 
-    @field_validator("device")
-    @classmethod
-    def _device_exists(cls, device: str, info: ValidationInfo) -> str:
-        return _device_here(device, info)
+
+def defaults(model: type[M]) -> M:
+    """The model's defaults as attributes, for the CLI's options (declared once, here).
+
+    Not validated: required parameters are missing from it, and reading one fails.
+    """
+    return model.model_construct()
 
 
 def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:
@@ -506,7 +462,7 @@ def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:
     Args:
         flow_name: Name of the flow, for the message.
         model: The parameter model.
-        values: The flow's arguments.
+        values: The flow's arguments; None stands for "the model's default".
 
     Returns:
         The validated (and coerced) parameters.
@@ -514,8 +470,9 @@ def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:
     Raises:
         ParameterError: ``"<flow>: parameter '<name>': <reason>"``.
     """
+    given = {name: value for name, value in values.items() if value is not None}
     try:
-        return model.model_validate(values)
+        return model.model_validate(given)
     except ValidationError as err:
         raise ParameterError(f"{flow_name}: {describe(err)}") from None
 

@@ -8,19 +8,17 @@
   minute. Overrides (epochs, unique batch, method, posterior, K, seed, ...) keep the
   recipe's shape: see :func:`image_preset`.
 
-Batch semantics of the image presets: ``batch_size`` in :func:`image_preset` counts
-**unique images per step**, the quantity the paper's learning rates are quoted for (0.1 per
-128 unique images on CIFAR, 0.4 per 1024 on ImageNet). The rank-1 model sees them tiled K
-times; a deterministic model or ensemble member sees them once. Changing it scales the
-learning rate linearly (spec pitfall 4).
+Batch semantics (one meaning everywhere, :attr:`pipeline.config.TrainConfig.batch_size`):
+``batch_size`` counts **unique examples per step**, the quantity the paper's learning rates
+are quoted for (0.1 per 128 unique images on CIFAR, 0.4 per 1024 on ImageNet). The rank-1
+model sees them tiled K times; a deterministic model or ensemble member sees them once.
+Changing it in :func:`image_preset` scales the learning rate linearly (spec pitfall 4).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import typing
 from typing import Any
 
 from pipeline.config import (
@@ -28,6 +26,7 @@ from pipeline.config import (
     DatasetName,
     ImageJobConfig,
     Method,
+    ModelName,
     OptimConfig,
     Posterior,
     ScheduleConfig,
@@ -39,18 +38,23 @@ CAUCHY_EVAL_SAMPLES = 4
 
 
 def ehr_recipe(**changes: Any) -> TrainConfig:
-    """MIMIC-III (spec 5.3): Adam 3.0352e-4, clip 7.29199, 10k steps, batch 64, KL 5k steps."""
-    return TrainConfig().replace(**changes)
+    """MIMIC-III (spec 5.3): Adam 3.0352e-4, clip 7.29199, 10k steps, KL 5k steps.
+
+    The :class:`~pipeline.config.TrainConfig` defaults are this recipe (16 unique stays per
+    step for rank-1, 64 otherwise; fp32; validation every 100 steps), so they live there.
+    """
+    return TrainConfig.from_dict(changes)
 
 
 def cifar_recipe(**changes: Any) -> TrainConfig:
     """CIFAR WRN-28-10 (spec 5.1): SGD-Nesterov 0.1, 250 epochs, x0.2 at 100/200/225.
 
-    The batch is 512 tiled rows = 128 unique images per step, as on the reference's 8 TPU
+    128 unique images per step (512 tiled rows for rank-1), as on the reference's 8 TPU
     cores with 64 rows each.
     """
     config = TrainConfig(
-        batch_size=512,
+        batch_size=128,
+        bf16=True,
         optim=OptimConfig(name="sgd", lr=0.1, weight_decay=2e-4, grad_clip_norm=None),
         schedule=ScheduleConfig(
             unit="epochs",
@@ -69,10 +73,11 @@ def cifar_recipe(**changes: Any) -> TrainConfig:
 def imagenet_recipe(**changes: Any) -> TrainConfig:
     """ImageNet ResNet-50 (spec 5.2): SGD-Nesterov 0.4, 135 epochs, x0.1 at 45/90/120.
 
-    The batch is 4096 tiled rows = 1024 unique images per step (32 TPU cores x 128 rows).
+    1024 unique images per step (4096 tiled rows for rank-1: 32 TPU cores x 128 rows).
     """
     config = TrainConfig(
-        batch_size=4096,
+        batch_size=1024,
+        bf16=True,
         optim=OptimConfig(
             name="sgd", lr=0.4, weight_decay=2e-4, grad_clip_norm=None, decay_norm=False
         ),
@@ -150,7 +155,7 @@ def _cnn_digits() -> ImageJobConfig:
     train = TrainConfig(
         method="rank1",
         ensemble_size=4,
-        batch_size=32 * 4,
+        batch_size=32,
         optim=OptimConfig(name="sgd", lr=0.05, weight_decay=2e-4, grad_clip_norm=None),
         schedule=ScheduleConfig(
             unit="epochs",
@@ -208,8 +213,7 @@ def _scaled_schedule(schedule: ScheduleConfig, epochs: float) -> ScheduleConfig:
     """
     ratio = epochs / schedule.length
     warmup = schedule.warmup if schedule.warmup < epochs else schedule.warmup * ratio
-    return dataclasses.replace(
-        schedule,
+    return schedule.replace(
         length=epochs,
         warmup=warmup,
         decay_at=[b * ratio for b in schedule.decay_at],
@@ -272,54 +276,55 @@ def image_preset(
     if name not in PRESETS:
         raise ConfigError(f"unknown image preset {name!r}; choose from {', '.join(PRESETS)}")
     job = PRESETS[name]()
-    train = job.train
-    changes: dict[str, Any] = {}
-    if method is not None:
-        changes["method"] = method
-    if posterior is not None:
-        changes["posterior"] = posterior
-        if num_eval_samples is None:
-            changes["num_eval_samples"] = CAUCHY_EVAL_SAMPLES if posterior == "cauchy" else 1
-    if ensemble_size is not None:
-        changes["ensemble_size"] = ensemble_size
-    if seed is not None:
-        changes["seed"] = seed
-    if num_eval_samples is not None:
-        changes["num_eval_samples"] = num_eval_samples
-    if device is not None:
-        changes["device"] = device
-    new_method = changes.get("method", train.method)
-    k = changes.get("ensemble_size", train.ensemble_size)
-    unique = train.unique_batch_size if batch_size is None else batch_size
-    if unique < 1:
-        raise ConfigError(f"config field 'batch_size': must be >= 1, got {unique}")
-    changes["batch_size"] = unique * k if new_method == "rank1" else unique
+    changes = _given(
+        method=method,
+        posterior=posterior,
+        ensemble_size=ensemble_size,
+        seed=seed,
+        num_eval_samples=num_eval_samples,
+        device=device,
+    )
+    if posterior is not None and num_eval_samples is None:
+        changes["num_eval_samples"] = CAUCHY_EVAL_SAMPLES if posterior == "cauchy" else 1
+    unique = job.train.batch_size if batch_size is None else batch_size
+    changes["batch_size"] = unique
     lr = job.base_lr * unique / job.lr_reference_batch
-    changes["optim"] = dataclasses.replace(train.optim, lr=lr)
-    if epochs is None and new_method != "rank1" and job.model in BASELINE_EPOCHS:
-        epochs = BASELINE_EPOCHS[job.model]
+    # A dict, not a replaced OptimConfig: validated with the rest, so a bad batch size is
+    # reported as such rather than as the learning rate it implies.
+    changes["optim"] = {**job.train.optim.to_dict(), "lr": lr}
+    if epochs is None and changes.get("method", job.train.method) != "rank1":
+        epochs = BASELINE_EPOCHS.get(job.model)
     if epochs is not None:
         if not (math.isfinite(epochs) and epochs > 0):
-            raise ConfigError(f"config field 'epochs': must be > 0, got {epochs}")
-        changes["schedule"] = _scaled_schedule(train.schedule, float(epochs))
-    job.train = train.replace(**changes)  # validates
+            raise ConfigError(f"must be > 0, got {epochs}", "epochs")
+        changes["schedule"] = _scaled_schedule(job.train.schedule, float(epochs))
+    # Its errors name TrainConfig's fields, which are also this function's arguments.
+    train = job.train.replace(**changes)
     if dataset is not None:
-        if dataset not in typing.get_args(DatasetName):
-            raise ConfigError(f"config field 'dataset': unknown dataset {dataset!r}")
-        if job.model not in DATASET_MODELS[dataset]:
-            raise ConfigError(
-                f"config field 'dataset': preset {name!r} trains {job.model}, which does not "
-                f"fit {dataset} (use one of the presets for {', '.join(DATASET_MODELS[dataset])})"
-            )
-        job.dataset = dataset
-    if data_dir is not None:
-        job.data_dir = str(data_dir)
-    if prior_stddev is not None:
-        if not prior_stddev > 0:
-            raise ConfigError(f"config field 'prior_stddev': must be > 0, got {prior_stddev}")
-        job.prior_stddev = prior_stddev
-    if num_workers is not None:
-        job.num_workers = num_workers
-    if experiment is not None:
-        job.experiment = experiment
-    return job
+        _check_fits(name, job.model, dataset)
+    return job.replace(
+        train=train,
+        **_given(
+            dataset=dataset,
+            data_dir=None if data_dir is None else str(data_dir),
+            prior_stddev=prior_stddev,
+            num_workers=num_workers,
+            experiment=experiment,
+        ),
+    )
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The overrides that were given (not None)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _check_fits(preset: str, model: ModelName, dataset: DatasetName) -> None:
+    if dataset not in DATASET_MODELS:
+        raise ConfigError(f"unknown dataset {dataset!r}", "dataset")
+    if model not in DATASET_MODELS[dataset]:
+        raise ConfigError(
+            f"preset {preset!r} trains {model}, which does not fit {dataset} (use one of the "
+            f"presets for {', '.join(DATASET_MODELS[dataset])})",
+            "dataset",
+        )

@@ -49,7 +49,8 @@ def test_extract_params_name_the_bad_parameter(tmp_path, values, expected):
     ("values", "expected"),
     [
         ({"train": {"optim": {"lr": -1}}}, "parameter 'train.optim.lr': must be a finite"),
-        ({"train": {"batch_size": 30}}, "parameter 'train.batch_size': 30 rows cannot be tiled"),
+        ({"train": {"batch_size": 0}}, "parameter 'train.batch_size': must be >= 1, got 0"),
+        ({"train": {"seed": True}}, "parameter 'train.seed': must be an integer, got True"),
         ({"train": {"epochs": 3}}, "parameter 'train.epochs': unknown field"),
         ({"train": {"method": "rank1"}}, "parameter 'train': set the method with 'methods'"),
         ({"methods": ["bnn"]}, "parameter 'methods.0': Input should be 'rank1'"),
@@ -268,3 +269,40 @@ def test_importing_flows_sets_offline_prefect_defaults():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.split() == ["false", "60"]
+
+
+def test_train_and_pipeline_build_the_same_config_from_the_same_options(tmp_path, monkeypatch):
+    """``rank1 train --steps 300`` and ``rank1 pipeline --steps 300`` train the same config."""
+    import pipeline.ehr
+    from flows.cli import mimic as cli_mimic
+
+    seen = {}
+
+    def fake_train_ehr(features, config, **kwargs):
+        seen["train"] = config
+        raise ValueError("stop here")
+
+    def fake_run_flow(flow_fn, params_model, **kwargs):
+        seen["pipeline"] = validate("clinical_pipeline", params_model, kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline.ehr, "train_ehr", fake_train_ehr)
+    monkeypatch.setattr(cli_mimic, "run_flow", fake_run_flow)
+    shared = ["--steps", "300", "--batch-size", "8", "--device", "cpu"]
+    CliRunner().invoke(app, ["train", "--features", str(tmp_path), *shared])
+    CliRunner().invoke(app, ["pipeline", "--mimic-dir", str(tmp_path), *shared])
+    for method in ("rank1", "deterministic"):
+        trained = seen["train"].replace(method=method)
+        assert seen["pipeline"].train_config(method) == trained
+    config = seen["train"]
+    assert (config.schedule.length, config.schedule.kl_anneal) == (300, 150)
+    assert (config.eval_every, config.checkpoint_every, config.batch_size) == (30, 30, 8)
+
+
+def test_flow_parameter_models_compose_their_parts():
+    clinical = params.ClinicalParams.model_fields
+    for part in (params.SplitSettings, params.TrainSettings):
+        for name, field in part.model_fields.items():
+            assert clinical[name].default == field.default, name
+    assert clinical["coverage"].default == params.ReportParams.model_fields["coverage"].default
+    assert params.ModelSizes().ehr_config().rnn_dim == 256  # EHRConfig's own default

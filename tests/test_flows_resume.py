@@ -63,7 +63,7 @@ def _dead_pid():
 
 
 def test_plan_resume_continues_only_an_unfinished_checkpoint_of_the_same_training(tmp_path):
-    from flows.mimic import RESUME_FILE, mark_complete, plan_resume
+    from flows.resume import RESUME_FILE, mark_complete, plan_resume
 
     folder = tmp_path / "ckpt"
     folder.mkdir()
@@ -88,7 +88,7 @@ def test_plan_resume_continues_only_an_unfinished_checkpoint_of_the_same_trainin
 
 
 def test_training_key_follows_config_sizes_experiment_and_features(tmp_path):
-    from flows.mimic import training_key
+    from flows.resume import training_key
     from pipeline.config import TrainConfig
     from rank1.models import EHRConfig
 

@@ -1,6 +1,6 @@
 """Image data of the jobs: the resumable training sampler, loaders, and seeded evaluation.
 
-Batch semantics: a step draws ``job.unique_batch_size`` **unique images** (all processes
+Batch semantics: a step draws ``job.train.batch_size`` **unique images** (all processes
 together); the rank-1 model sees them tiled K times, a deterministic model or ensemble
 member sees them once.
 """
@@ -60,7 +60,7 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 def train_loader(dataset, job: ImageJobConfig, device: torch.device):
     """The shuffled training DataLoader: this process's share of each step's unique images."""
     info = dist_info()
-    unique = job.unique_batch_size
+    unique = job.train.batch_size
     sampler = EpochShuffleSampler(len(dataset), unique, info.world_size, info.rank)
     return torch.utils.data.DataLoader(
         dataset,
