@@ -17,13 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run, task_run
+from prefect import flow, get_run_logger
+from prefect.runtime import task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.mimic import retry_transient
 from flows.params import ImageTrainParams, ImageValidateParams, validate
+from flows.tasks import retried_task, train_each_method
 
 TRAIN_TIMEOUT_S = 72 * 3600
 #: Bound of a whole validation. The cells run in worker threads, where Prefect cannot
@@ -34,14 +33,7 @@ VALIDATE_TIMEOUT_S = 24 * 3600
 PARALLEL_CELLS = 4
 
 
-@task(
-    task_run_name="train-images-{method}",
-    retries=1,
-    retry_delay_seconds=30,
-    retry_condition_fn=retry_transient,
-    timeout_seconds=TRAIN_TIMEOUT_S,
-    cache_policy=NO_CACHE,
-)
+@retried_task(1, 30, task_run_name="train-images-{method}", timeout_seconds=TRAIN_TIMEOUT_S)
 def train_image_model(params: ImageTrainParams, method: str, run_name: str | None) -> str:
     """Train and log one image model with ``pipeline.images.train_images``.
 
@@ -86,14 +78,8 @@ def train_image_model(params: ImageTrainParams, method: str, run_name: str | Non
     return result.run_id
 
 
-@task(
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_transient,
-    cache_policy=NO_CACHE,
-    # The result is the model itself: never write it to Prefect's result storage.
-    persist_result=False,
-)
+# The result is the model itself: never write it to Prefect's result storage.
+@retried_task(1, 10, persist_result=False)
 def load_model(params: ImageValidateParams) -> tuple[Any, Any]:
     """The run's model, on the evaluation device in eval mode, and its job config.
 
@@ -108,13 +94,7 @@ def load_model(params: ImageValidateParams) -> tuple[Any, Any]:
     return model.to(resolve_device(params.device)), job
 
 
-@task(
-    task_run_name="evaluate-{corruption}-{severity}",
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_transient,
-    cache_policy=NO_CACHE,
-)
+@retried_task(1, 10, task_run_name="evaluate-{corruption}-{severity}")
 def evaluate_cell(
     params: ImageValidateParams, model: Any, job: Any, corruption: str, severity: int
 ) -> dict[str, float]:
@@ -138,7 +118,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+@retried_task(2, 5)
 def log_summary(
     params: ImageValidateParams,
     cells: list[tuple[str, int, dict[str, float]]],
@@ -196,11 +176,7 @@ def train_images(
         ``{method: MLflow run id}``.
     """
     params = validate("train_images", ImageTrainParams, locals())
-    prefix = flow_run.get_name()
-    return {
-        method: train_image_model(params, method, f"{method}-{prefix}" if prefix else method)
-        for method in params.methods
-    }
+    return train_each_method(train_image_model, params)
 
 
 @flow(

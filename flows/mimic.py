@@ -23,9 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect import flow, get_run_logger
 
 from features.io import make_private_dir
 from flows.params import (
@@ -36,6 +34,7 @@ from flows.params import (
     validate,
 )
 from flows.resume import mark_complete, plan_resume, training_key
+from flows.tasks import retried_task, train_each_method
 
 if TYPE_CHECKING:
     from features.mimic.manifest import FeatureManifest
@@ -45,25 +44,6 @@ if TYPE_CHECKING:
 EXTRACT_TIMEOUT_S = 4 * 3600
 TRAIN_TIMEOUT_S = 12 * 3600
 REPORT_TIMEOUT_S = 3600
-
-
-def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
-    """Retry condition: retry only failures that may pass on a second try.
-
-    A ``ValueError`` (bad input table, bad config, empty split; ``MimicInputError`` and
-    ``ConfigError`` are ValueErrors) fails the same way every time, so retrying it only
-    delays the error. I/O errors, a locked tracking database or a lost server may pass.
-
-    Args:
-        task_obj: The task (unused; part of Prefect's callback signature).
-        task_run: The task run (unused).
-        state: The failed state.
-
-    Returns:
-        Whether Prefect should apply the task's retry policy.
-    """
-    error = state.result(raise_on_failure=False)
-    return not isinstance(error, ValueError)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -96,7 +76,7 @@ def extraction_outdated(
     )
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+@retried_task(2, 5)
 def inputs_unchanged(
     mimic_dir: Path, out_dir: Path, seed: int, val_fraction: float, test_fraction: float
 ) -> bool:
@@ -107,13 +87,7 @@ def inputs_unchanged(
     return reason is None
 
 
-@task(
-    retries=1,
-    retry_delay_seconds=30,
-    retry_condition_fn=retry_transient,
-    timeout_seconds=EXTRACT_TIMEOUT_S,
-    cache_policy=NO_CACHE,
-)
+@retried_task(1, 30, timeout_seconds=EXTRACT_TIMEOUT_S)
 def extract_features(params: ExtractParams) -> dict[str, Any]:
     """Run ``features.mimic.extract.extract`` and log the cohort counts.
 
@@ -148,14 +122,7 @@ def _counts(manifest: FeatureManifest) -> dict[str, Any]:
     }
 
 
-@task(
-    task_run_name="train-{method}",
-    retries=1,
-    retry_delay_seconds=30,
-    retry_condition_fn=retry_transient,
-    timeout_seconds=TRAIN_TIMEOUT_S,
-    cache_policy=NO_CACHE,
-)
+@retried_task(1, 30, task_run_name="train-{method}", timeout_seconds=TRAIN_TIMEOUT_S)
 def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
     """Train, calibrate and log one model with ``pipeline.ehr.train_ehr``.
 
@@ -172,7 +139,7 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
 
     logger = get_run_logger()
     config = params.train_config(method)
-    model_config = params.ehr_config()
+    model_config = params.model.ehr_config()
     logger.info(
         "training %s: %s, batch %d, device %s",
         method,
@@ -219,13 +186,7 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
     return result.run_id
 
 
-@task(
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_transient,
-    timeout_seconds=REPORT_TIMEOUT_S,
-    cache_policy=NO_CACHE,
-)
+@retried_task(2, 10, timeout_seconds=REPORT_TIMEOUT_S)
 def write_report(params: ReportParams) -> dict[str, str]:
     """Write the per-patient report with ``pipeline.ehr.report_ehr`` (owner-only files).
 
@@ -319,11 +280,7 @@ def train_mimic(
         ``{method: MLflow run id}``.
     """
     params = validate("train_mimic", TrainParams, locals())
-    prefix = flow_run.get_name()
-    return {
-        method: train_model(params, method, f"{method}-{prefix}" if prefix else method)
-        for method in params.methods
-    }
+    return train_each_method(train_model, params)
 
 
 @flow(name="report-mimic", validate_parameters=False)

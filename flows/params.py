@@ -1,21 +1,17 @@
 """Validated parameters of every flow, composed from shared parts; the home of their defaults.
 
-Each flow validates its parameters with one of these pydantic models as its very first step,
-before any task runs, so a bad value from the CLI, the Prefect UI or a deployment YAML fails
-at once with a :class:`ParameterError` whose message names the parameter, for example
-``train_mimic: parameter 'train.optim.lr': must be a finite number > 0, got -1.0``.
+Each flow validates its parameters with one of these models first, before any task runs, so
+a bad value from the CLI, the Prefect UI or a deployment YAML fails at once with a
+:class:`ParameterError` naming it, e.g. ``train_mimic: parameter 'train.optim.lr': must be
+a finite number > 0, got -1.0``. The flows turn off Prefect's own signature validation
+(``validate_parameters=False``): one place checks values, with one error format.
 
-The models are composed rather than copied: :class:`ClinicalParams` is the split settings of
-:class:`ExtractParams`, the training settings of :class:`TrainParams` and the coverage of
-:class:`ReportParams`, each declared (with its default and its check) once. The ``train``
-overrides are checked by :class:`pipeline.config.TrainConfig` itself and the LSTM sizes by
-:class:`rank1.models.EHRConfig`, whose defaults are not restated here.
-
-The flows themselves turn off Prefect's own signature validation (``validate_parameters=
-False``) so that there is exactly one place, here, that coerces and checks values, and one
-error format. The models only depend on pydantic (and :mod:`pipeline.config`, itself light),
-so the CLI and ``rank1 serve`` can check a deployment's parameters without importing Prefect
-or torch (torch is imported only to check that a requested CUDA device exists).
+Composed, not copied: :class:`ClinicalParams` is :class:`SplitSettings` (as extracted),
+:class:`TrainSettings` (as trained) and the report's coverage. The ``train`` overrides are
+checked by :class:`pipeline.config.TrainConfig` (its errors' ``field`` and ``reason`` become
+the parameter's), the LSTM sizes by :class:`rank1.models.EHRConfig`, whose defaults are not
+restated. Only pydantic and the light :mod:`pipeline.config` are imported, so the CLI and
+``rank1 serve`` check parameters without Prefect or torch (torch only for a CUDA device).
 
 A CUDA device is checked against the machine that validates: pass
 ``context={RUNS_HERE: False}`` to ``model_validate`` where the flow will run elsewhere (a
@@ -38,7 +34,14 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.config import DEVICE_PATTERN, ConfigError, DatasetName, Method, Posterior
+from pipeline.config import (
+    DEVICE_PATTERN,
+    EHR_EXPERIMENT,
+    ConfigError,
+    DatasetName,
+    Method,
+    Posterior,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -50,11 +53,9 @@ class ParameterError(ValueError):
     """A flow parameter is invalid; the message names the flow and the parameter."""
 
 
-def _parameter(err: ConfigError, prefix: str = "") -> ValueError:
-    """A config error as a parameter error: ``parameter '<prefix><field>': <reason>``."""
-    if err.field is None:
-        return ValueError(f"parameter {prefix.rstrip('.') or 'train'!r}: {err.reason}")
-    return ValueError(f"parameter '{prefix}{err.field}': {err.reason}")
+def _parameter(name: str, err: ConfigError) -> ValueError:
+    """A config error as the error of parameter ``name``: ``parameter '<name>': <reason>``."""
+    return ValueError(f"parameter {name!r}: {err.reason}")
 
 
 def _each_once(what: str) -> AfterValidator:
@@ -103,25 +104,20 @@ def _runs_here(info: ValidationInfo) -> bool:
     return not info.context or info.context.get(RUNS_HERE, True)
 
 
-def _device_here(device: str | None, info: ValidationInfo) -> str | None:
-    """``device``, refused when it is a CUDA device this machine does not have."""
-    from pipeline.config import check_device
-
-    if device is not None and _runs_here(info):
-        try:
-            check_device(device)
-        except ConfigError as err:
-            raise ValueError(err.reason) from None  # pydantic names the parameter itself
-    return device
-
-
 class _DeviceHere(_Params):
     """A ``device`` parameter that must exist where the flow runs (see :data:`RUNS_HERE`)."""
 
     @field_validator("device", check_fields=False)
     @classmethod
     def _device_exists(cls, device: str | None, info: ValidationInfo) -> str | None:
-        return _device_here(device, info)
+        from pipeline.config import check_device
+
+        if device is not None and _runs_here(info):
+            try:
+                check_device(device)
+            except ConfigError as err:
+                raise ValueError(err.reason) from None  # pydantic names the parameter
+        return device
 
 
 # --------------------------------------------------------------------------- MIMIC parts
@@ -187,7 +183,7 @@ class TrainSettings(_Params):
     methods: Methods = ["rank1", "deterministic"]
     train: Annotated[dict[str, Any], AfterValidator(_no_method_in_train)] = {}
     model: ModelSizes = ModelSizes()
-    experiment: Name = "mimic-ihm"
+    experiment: Name = EHR_EXPERIMENT
     progress: bool = False
 
     @model_validator(mode="after")
@@ -202,7 +198,7 @@ class TrainSettings(_Params):
                     # otherwise fail only after the extraction.
                     check_device(config.device)
             except ConfigError as err:
-                raise _parameter(err, "train.") from None
+                raise _parameter(f"train.{err.field}", err) from None
         return self
 
     def train_config(self, method: str):
@@ -215,13 +211,10 @@ class TrainSettings(_Params):
 
         return TrainConfig.from_dict({**self.train, "method": method})
 
-    def ehr_config(self):
-        """The :class:`rank1.models.EHRConfig` with these layer sizes."""
-        return self.model.ehr_config()
-
 
 class _Coverage(_Params):
-    #: Share of stays the model keeps; the most uncertain rest are referred.
+    #: Share of stays the model keeps; the most uncertain rest are referred. The same
+    #: default as pipeline.report.DEFAULT_COVERAGE (not imported: it would load polars).
     coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
 
 
@@ -352,7 +345,7 @@ class ImageTrainParams(_DeviceHere):
                 self.job(method)
             except ConfigError as err:
                 # Without a field (an unknown preset) the preset is what is wrong.
-                raise _parameter(err) if err.field else _parameter(err, "preset.") from None
+                raise _parameter(err.field or "preset", err) from None
         return self
 
     def job(self, method: str):

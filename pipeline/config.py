@@ -40,6 +40,8 @@ OptimizerName = Literal["adam", "sgd"]
 Unit = Literal["steps", "epochs"]
 DatasetName = Literal["digits", "cifar10", "cifar100", "imagenet"]
 ModelName = Literal["wrn28-10", "resnet50", "small-cnn"]
+#: MLflow experiment of the MIMIC-III recipe's runs (the flows' and commands' default).
+EHR_EXPERIMENT = "mimic-ihm"
 #: The device pattern: 'auto', 'cpu', 'cuda', 'cuda:1', ...
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 

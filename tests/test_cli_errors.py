@@ -286,7 +286,7 @@ def test_check_device_refuses_a_gpu_index_past_the_last(monkeypatch):
 
 
 def test_resolve_device_error_is_not_transient(no_cuda):
-    # flows.mimic.retry_transient retries anything that is not a ValueError.
+    # flows.tasks.retry_transient retries anything that is not a ValueError.
     with pytest.raises(ValueError, match="not available"):
         resolve_device("cuda")
 

@@ -220,7 +220,7 @@ def test_clinical_pipeline_on_mimic_demo(prefect_harness, workdir, demo_dir):
 def test_tasks_retry_transient_errors_only(prefect_harness):
     from prefect import flow, task
 
-    from flows.mimic import retry_transient
+    from flows.tasks import retry_transient
 
     attempts = {"value": 0, "io": 0}
 

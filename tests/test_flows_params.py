@@ -83,7 +83,7 @@ def test_train_params_build_configs(tmp_path):
     )  # fmt: skip
     config = p.train_config("deterministic")
     assert config.method == "deterministic" and config.seed == 3
-    assert p.ehr_config().rnn_dim == 8 and p.ehr_config().hidden_dim == 128
+    assert p.model.ehr_config().rnn_dim == 8 and p.model.ehr_config().hidden_dim == 128
     with pytest.raises(ParameterError, match="parameter 'features_dir': .* not a feature folder"):
         validate("train_mimic", params.TrainParams, {"features_dir": tmp_path / "x"})
 

@@ -14,16 +14,10 @@ import typer
 from flows.cli import error_line, fail, options
 from flows.cli.running import print_uis
 from flows.params import ImageValidateParams, defaults
+from pipeline.recipes import DATASET_PRESETS
 
 _VALIDATE = defaults(ImageValidateParams)
 _SEVERITIES = ",".join(str(level) for level in _VALIDATE.severities)
-
-_DEFAULT_IMAGE_PRESETS = {
-    "digits": "cnn-digits",
-    "cifar10": "wrn28-10-cifar10",
-    "cifar100": "wrn28-10-cifar100",
-    "imagenet": "resnet50-imagenet",
-}
 
 
 def train_images_command(
@@ -62,11 +56,11 @@ def train_images_command(
     from pipeline.config import ConfigError
     from pipeline.images import image_preset, train_images
 
-    if dataset not in _DEFAULT_IMAGE_PRESETS:
-        fail(f"unknown dataset {dataset!r}; choose from {', '.join(_DEFAULT_IMAGE_PRESETS)}")
+    if dataset not in DATASET_PRESETS:
+        fail(f"unknown dataset {dataset!r}; choose from {', '.join(DATASET_PRESETS)}")
     try:
         job = image_preset(
-            preset or _DEFAULT_IMAGE_PRESETS[dataset],
+            preset or DATASET_PRESETS[dataset],
             dataset=dataset,
             data_dir=data_dir,
             method=method,
