@@ -18,7 +18,10 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.images import image_benchmark
 from flows.mimic import clinical_pipeline
-from flows.params import DemoParams, validate
+from flows.params import DemoParams, defaults, validate
+
+# The signature shows the parameter model's defaults (the Prefect UI's form shows them).
+_DEMO = defaults(DemoParams)
 
 #: The demo's LSTM: the paper's architecture (its input projection too) at a quarter of its
 #: LSTM width, so that it trains in about a minute on a CPU.
@@ -42,19 +45,19 @@ def synthesize(out_dir: Path, patients: int, seed: int) -> dict[str, Any]:
 
 @flow(name="demo", validate_parameters=False)
 def demo(
-    out_dir: Path | None = None,
-    patients: int | None = None,
-    steps: int | None = None,
+    out_dir: Path = _DEMO.out_dir,
+    patients: int = _DEMO.patients,
+    steps: int = _DEMO.steps,
     image_epochs: float | None = None,
-    severities: list[int] | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    torch_threads: int | None = None,
+    severities: list[int] = _DEMO.severities,
+    seed: int = _DEMO.seed,
+    device: str = _DEMO.device,
+    torch_threads: int = _DEMO.torch_threads,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Synthetic cohort -> clinical pipeline, and digits -> image benchmark.
 
-    None stands for the default of :class:`flows.params.DemoParams`.
+    The defaults are :class:`flows.params.DemoParams`'.
 
     Args:
         out_dir: Output root (made owner-only: it holds per-patient files).
@@ -64,7 +67,7 @@ def demo(
         severities: Corruption severities of the image validation (default 1, 3, 5).
         seed: Seed of the synthetic cohort and the splits.
         device: Where to train (default ``cpu``: the demo sizes gain nothing from a GPU).
-        torch_threads: CPU threads of torch (default 1; 0: one per core). The demo's small models
+        torch_threads: CPU threads of torch (0: one per core). The demo's small models
             are dominated by per-operation overhead, where one thread is as fast as two on
             an idle machine, and it avoids OpenMP's spin-wait stalls when other processes
             share the cores (a rank-1 LSTM step measured 25x faster that way on a busy

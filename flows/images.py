@@ -21,8 +21,11 @@ from prefect import flow, get_run_logger
 from prefect.runtime import task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.params import ImageTrainParams, ImageValidateParams, validate
+from flows.params import ImageTrainParams, ImageValidateParams, defaults, validate
 from flows.tasks import retried_task, train_each_method
+
+# The signatures show the parameter models' defaults (the Prefect UI's form shows them).
+_TRAIN, _VALIDATE = defaults(ImageTrainParams), defaults(ImageValidateParams)
 
 TRAIN_TIMEOUT_S = 72 * 3600
 #: Bound of a whole validation. The cells run in worker threads, where Prefect cannot
@@ -135,8 +138,8 @@ def log_summary(
 
 @flow(name="train-images", validate_parameters=False)
 def train_images(
-    preset: str | None = None,
-    methods: list[str] | None = None,
+    preset: str = _TRAIN.preset,
+    methods: list[str] = _TRAIN.methods,
     dataset: str | None = None,
     data_dir: Path | None = None,
     epochs: float | None = None,
@@ -188,11 +191,11 @@ def train_images(
 def validate_images(
     run_id: str,
     corruptions: list[str] | None = None,
-    severities: list[int] | None = None,
+    severities: list[int] = _VALIDATE.severities,
     data_dir: Path | None = None,
     corrupted_dir: Path | None = None,
     compare_run_id: str | None = None,
-    device: str | None = None,
+    device: str = _VALIDATE.device,
 ) -> dict[str, float]:
     """Evaluate a trained run on clean and corrupted test images; log to that run.
 

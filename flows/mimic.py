@@ -31,6 +31,7 @@ from flows.params import (
     ExtractParams,
     ReportParams,
     TrainParams,
+    defaults,
     validate,
 )
 from flows.resume import mark_complete, plan_resume, training_key
@@ -38,6 +39,10 @@ from flows.tasks import retried_task, train_each_method
 
 if TYPE_CHECKING:
     from features.mimic.manifest import FeatureManifest
+
+# The signatures show the parameter models' defaults (the Prefect UI's form shows them).
+_EXTRACT, _TRAIN, _REPORT = defaults(ExtractParams), defaults(TrainParams), defaults(ReportParams)
+_CLINICAL = defaults(ClinicalParams)
 
 # Bounds per task. Full MIMIC-III extraction takes minutes with polars; the paper's
 # 10k-step LSTM takes well under an hour on a CPU; the timeouts only catch hung runs.
@@ -213,16 +218,17 @@ def write_report(params: ReportParams) -> dict[str, str]:
 def extract_mimic(
     mimic_dir: Path,
     out_dir: Path,
-    seed: int | None = None,
-    val_fraction: float | None = None,
-    test_fraction: float | None = None,
+    seed: int = _EXTRACT.seed,
+    val_fraction: float = _EXTRACT.val_fraction,
+    test_fraction: float = _EXTRACT.test_fraction,
     force: bool = False,
 ) -> dict[str, Any]:
     """Extract the in-hospital-mortality feature folder from raw MIMIC-III tables.
 
     Skipped when ``out_dir`` already holds a feature folder extracted from tables with the
-    same sizes and sha256 hashes and the same split settings (unless ``force``). None
-    stands for the default of :class:`flows.params.ExtractParams` (as in every flow here).
+    same sizes and sha256 hashes and the same split settings (unless ``force``). The
+    defaults are :class:`flows.params.ExtractParams`'; in every flow here, a parameter
+    given as None takes its model's default.
 
     Args:
         mimic_dir: Folder with the MIMIC-III tables (CSV or CSV.gz, any case).
@@ -253,10 +259,10 @@ def extract_mimic(
 @flow(name="train-mimic", validate_parameters=False)
 def train_mimic(
     features_dir: Path,
-    methods: list[str] | None = None,
+    methods: list[str] = _TRAIN.methods,
     train: dict[str, Any] | None = None,
     model: dict[str, int] | None = None,
-    experiment: str | None = None,
+    experiment: str = _TRAIN.experiment,
     checkpoint_dir: Path | None = None,
     progress: bool = False,
 ) -> dict[str, str]:
@@ -288,8 +294,8 @@ def report_mimic(
     run_id: str,
     features_dir: Path,
     out_dir: Path,
-    split: str | None = None,
-    coverage: float | None = None,
+    split: str = _REPORT.split,
+    coverage: float = _REPORT.coverage,
 ) -> dict[str, str]:
     """Write the per-patient uncertainty report of one trained run.
 
@@ -310,15 +316,15 @@ def report_mimic(
 @flow(name="clinical-pipeline", validate_parameters=False)
 def clinical_pipeline(
     mimic_dir: Path,
-    out_dir: Path | None = None,
-    methods: list[str] | None = None,
+    out_dir: Path = _CLINICAL.out_dir,
+    methods: list[str] = _CLINICAL.methods,
     train: dict[str, Any] | None = None,
     model: dict[str, int] | None = None,
-    experiment: str | None = None,
-    seed: int | None = None,
-    val_fraction: float | None = None,
-    test_fraction: float | None = None,
-    coverage: float | None = None,
+    experiment: str = _CLINICAL.experiment,
+    seed: int = _CLINICAL.seed,
+    val_fraction: float = _CLINICAL.val_fraction,
+    test_fraction: float = _CLINICAL.test_fraction,
+    coverage: float = _CLINICAL.coverage,
     force_extract: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
