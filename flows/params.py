@@ -41,6 +41,7 @@ from pipeline.config import (
     DatasetName,
     Method,
     Posterior,
+    check_device,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -110,8 +111,6 @@ class _DeviceHere(_Params):
     @field_validator("device", check_fields=False)
     @classmethod
     def _device_exists(cls, device: str | None, info: ValidationInfo) -> str | None:
-        from pipeline.config import check_device
-
         if device is not None and _runs_here(info):
             try:
                 check_device(device)
@@ -188,8 +187,6 @@ class TrainSettings(_Params):
 
     @model_validator(mode="after")
     def _check_train(self, info: ValidationInfo) -> TrainSettings:
-        from pipeline.config import check_device
-
         for method in self.methods:
             try:
                 config = self.train_config(method)
