@@ -31,7 +31,6 @@ from flows.params import (
     ExtractParams,
     ReportParams,
     TrainParams,
-    defaults,
     validate,
 )
 from flows.resume import mark_complete, plan_resume, training_key
@@ -39,10 +38,6 @@ from flows.tasks import retried_task, train_each_method
 
 if TYPE_CHECKING:
     from features.mimic.manifest import FeatureManifest
-
-# The signatures show the parameter models' defaults (the Prefect UI's form shows them).
-_EXTRACT, _TRAIN, _REPORT = defaults(ExtractParams), defaults(TrainParams), defaults(ReportParams)
-_CLINICAL = defaults(ClinicalParams)
 
 # Bounds per task. Full MIMIC-III extraction takes minutes with polars; the paper's
 # 10k-step LSTM takes well under an hour on a CPU; the timeouts only catch hung runs.
@@ -215,34 +210,21 @@ def write_report(params: ReportParams) -> dict[str, str]:
 
 
 @flow(name="extract-mimic", validate_parameters=False)
-def extract_mimic(
-    mimic_dir: Path,
-    out_dir: Path,
-    seed: int = _EXTRACT.seed,
-    val_fraction: float = _EXTRACT.val_fraction,
-    test_fraction: float = _EXTRACT.test_fraction,
-    force: bool = False,
-) -> dict[str, Any]:
+def extract_mimic(params: ExtractParams) -> dict[str, Any]:
     """Extract the in-hospital-mortality feature folder from raw MIMIC-III tables.
 
     Skipped when ``out_dir`` already holds a feature folder extracted from tables with the
-    same sizes and sha256 hashes and the same split settings (unless ``force``). The
-    defaults are :class:`flows.params.ExtractParams`'; in every flow here, a parameter
-    given as None takes its model's default.
+    same sizes and sha256 hashes and the same split settings (unless ``force``).
 
     Args:
-        mimic_dir: Folder with the MIMIC-III tables (CSV or CSV.gz, any case).
-        out_dir: Feature folder to write.
-        seed: Seed of the subject-level split.
-        val_fraction: Share of subjects in the validation split.
-        test_fraction: Share of subjects in the test split.
-        force: Extract even when the inputs are unchanged.
+        params: :class:`flows.params.ExtractParams` (or a mapping of them: a deployment's,
+            the Prefect UI's form), checked first.
 
     Returns:
         ``{"features_dir", "extracted" (False when skipped), "stays", "positives",
         "splits"}``.
     """
-    params = validate("extract_mimic", ExtractParams, locals())
+    params = validate("extract_mimic", ExtractParams, params)
     logger = get_run_logger()
     if not params.force and inputs_unchanged(
         params.mimic_dir, params.out_dir, params.seed, params.val_fraction, params.test_fraction
@@ -257,77 +239,39 @@ def extract_mimic(
 
 
 @flow(name="train-mimic", validate_parameters=False)
-def train_mimic(
-    features_dir: Path,
-    methods: list[str] = _TRAIN.methods,
-    train: dict[str, Any] | None = None,
-    model: dict[str, int] | None = None,
-    experiment: str = _TRAIN.experiment,
-    checkpoint_dir: Path | None = None,
-    progress: bool = False,
-) -> dict[str, str]:
+def train_mimic(params: TrainParams) -> dict[str, str]:
     """Train, calibrate and log each chosen model to its own MLflow run.
 
-    Models train one after another: each already uses every core (or the GPU).
+    With a ``checkpoint_dir``, a rerun (or a retried task) resumes an unfinished training of
+    the same config and feature folder from ``<checkpoint_dir>/<method>``; see
+    :func:`flows.resume.plan_resume`.
 
     Args:
-        features_dir: Feature folder written by ``extract_mimic``.
-        methods: Any of ``rank1``, ``deterministic``, ``ensemble`` (default: the first two).
-        train: ``pipeline.config.TrainConfig`` overrides, e.g.
-            ``{"schedule": {"length": 2000}}`` (default: the paper's MIMIC recipe).
-        model: LSTM layer sizes ``projection_dim``, ``rnn_dim``, ``hidden_dim``.
-        experiment: MLflow experiment name.
-        checkpoint_dir: Checkpoint folder (``<checkpoint_dir>/<method>``), or None. A rerun
-            (or a retried task) resumes an unfinished training of the same config and
-            feature folder from it; see :func:`plan_resume`.
-        progress: Show training progress bars on the terminal.
+        params: :class:`flows.params.TrainParams` (or a mapping of them), checked first.
 
     Returns:
         ``{method: MLflow run id}``.
     """
-    params = validate("train_mimic", TrainParams, locals())
+    params = validate("train_mimic", TrainParams, params)
     return train_each_method(train_model, params)
 
 
 @flow(name="report-mimic", validate_parameters=False)
-def report_mimic(
-    run_id: str,
-    features_dir: Path,
-    out_dir: Path,
-    split: str = _REPORT.split,
-    coverage: float = _REPORT.coverage,
-) -> dict[str, str]:
+def report_mimic(params: ReportParams) -> dict[str, str]:
     """Write the per-patient uncertainty report of one trained run.
 
     Args:
-        run_id: MLflow run written by ``train_mimic``.
-        features_dir: The feature folder the run was trained on.
-        out_dir: Report folder (created owner-only).
-        split: ``train``, ``val`` or ``test``.
-        coverage: Share of stays the model keeps; the most uncertain rest are referred.
+        params: :class:`flows.params.ReportParams` (or a mapping of them), checked first.
 
     Returns:
         Paths of the report's ``parquet``, ``csv`` and ``html`` files.
     """
-    params = validate("report_mimic", ReportParams, locals())
+    params = validate("report_mimic", ReportParams, params)
     return write_report(params)
 
 
 @flow(name="clinical-pipeline", validate_parameters=False)
-def clinical_pipeline(
-    mimic_dir: Path,
-    out_dir: Path = _CLINICAL.out_dir,
-    methods: list[str] = _CLINICAL.methods,
-    train: dict[str, Any] | None = None,
-    model: dict[str, int] | None = None,
-    experiment: str = _CLINICAL.experiment,
-    seed: int = _CLINICAL.seed,
-    val_fraction: float = _CLINICAL.val_fraction,
-    test_fraction: float = _CLINICAL.test_fraction,
-    coverage: float = _CLINICAL.coverage,
-    force_extract: bool = False,
-    progress: bool = False,
-) -> dict[str, Any]:
+def clinical_pipeline(params: ClinicalParams) -> dict[str, Any]:
     """Raw MIMIC-III tables to trained, calibrated models and per-patient reports.
 
     Runs ``extract_mimic`` into ``out_dir/features``, ``train_mimic`` for each method
@@ -340,46 +284,19 @@ def clinical_pipeline(
     the same weights as an uninterrupted run; a finished training is trained afresh.
 
     Args:
-        mimic_dir: Folder with the MIMIC-III tables (full database, demo or synthetic).
-        out_dir: Output root.
-        methods: Models to train (default: ``rank1`` and ``deterministic``).
-        train: ``TrainConfig`` overrides (default: the paper's MIMIC recipe).
-        model: LSTM layer sizes.
-        experiment: MLflow experiment name.
-        seed: Seed of the subject-level split.
-        val_fraction: Share of subjects in the validation split.
-        test_fraction: Share of subjects in the test split.
-        coverage: Report coverage.
-        force_extract: Extract even when the inputs are unchanged.
-        progress: Show training progress bars on the terminal.
+        params: :class:`flows.params.ClinicalParams` (or a mapping of them), checked first:
+            a bad value fails before extraction starts.
 
     Returns:
         ``{"features_dir", "extracted", "runs": {method: run id},
         "reports": {method: html path}}``.
     """
-    params = validate("clinical_pipeline", ClinicalParams, locals())
+    params = validate("clinical_pipeline", ClinicalParams, params)
     make_private_dir(params.out_dir)
-    extracted = extract_mimic(
-        params.mimic_dir,
-        params.features_dir,
-        seed=params.seed,
-        val_fraction=params.val_fraction,
-        test_fraction=params.test_fraction,
-        force=params.force_extract,
-    )
-    runs = train_mimic(
-        params.features_dir,
-        methods=list(params.methods),
-        train=params.train,
-        model=params.model.model_dump(exclude_none=True),
-        experiment=params.experiment,
-        checkpoint_dir=params.checkpoints_dir,
-        progress=params.progress,
-    )
+    extracted = extract_mimic(params.extract_params())
+    runs = train_mimic(params.train_params())
     reports = {
-        method: report_mimic(
-            run_id, params.features_dir, params.reports_dir / method, coverage=params.coverage
-        )["html"]
+        method: report_mimic(params.report_params(method, run_id))["html"]
         for method, run_id in runs.items()
     }
     logger = get_run_logger()

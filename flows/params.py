@@ -38,9 +38,7 @@ from pipeline.config import (
     DEVICE_PATTERN,
     EHR_EXPERIMENT,
     ConfigError,
-    DatasetName,
     Method,
-    Posterior,
     check_device,
 )
 
@@ -54,7 +52,7 @@ class ParameterError(ValueError):
     """A flow parameter is invalid; the message names the flow and the parameter."""
 
 
-def _parameter(name: str, err: ConfigError) -> ValueError:
+def parameter_error(name: str, err: ConfigError) -> ValueError:
     """A config error as the error of parameter ``name``: ``parameter '<name>': <reason>``."""
     return ValueError(f"parameter {name!r}: {err.reason}")
 
@@ -105,7 +103,7 @@ def _runs_here(info: ValidationInfo) -> bool:
     return not info.context or info.context.get(RUNS_HERE, True)
 
 
-class _DeviceHere(_Params):
+class DeviceChecked(_Params):
     """A ``device`` parameter that must exist where the flow runs (see :data:`RUNS_HERE`)."""
 
     @field_validator("device", check_fields=False)
@@ -195,7 +193,7 @@ class TrainSettings(_Params):
                     # otherwise fail only after the extraction.
                     check_device(config.device)
             except ConfigError as err:
-                raise _parameter(f"train.{err.field}", err) from None
+                raise parameter_error(f"train.{err.field}", err) from None
         return self
 
     def train_config(self, method: str):
@@ -294,123 +292,31 @@ class ClinicalParams(TrainSettings, SplitSettings, _Coverage):
         """Where the per-method training checkpoints go."""
         return self.out_dir / "checkpoints"
 
+    def extract_params(self) -> ExtractParams:
+        """The parameters of its ``extract_mimic`` sub-flow."""
+        split = self.model_dump(include=set(SplitSettings.model_fields))
+        return ExtractParams(
+            mimic_dir=self.mimic_dir, out_dir=self.features_dir, force=self.force_extract, **split
+        )
 
-# --------------------------------------------------------------------------- image flows
+    def train_params(self) -> TrainParams:
+        """The parameters of its ``train_mimic`` sub-flow (once the features exist)."""
+        settings = self.model_dump(include=set(TrainSettings.model_fields))
+        return TrainParams(
+            features_dir=self.features_dir, checkpoint_dir=self.checkpoints_dir, **settings
+        )
 
-
-class ImageTrainParams(_DeviceHere):
-    """Parameters of ``train_images``; None keeps the preset's value.
-
-    Attributes:
-        preset: A recipe of ``pipeline.images.PRESETS`` (``cnn-digits``,
-            ``wrn28-10-cifar10``, ``wrn28-10-cifar100``, ``resnet50-imagenet``).
-        methods: Models to train, each into its own MLflow run.
-        dataset: Train the preset's model on another dataset.
-        data_dir: Folder of the clean data (not needed for digits).
-        epochs: Training length (the recipe's schedule scales with it).
-        batch_size: Unique images per step (the rank-1 model tiles them K times; the
-            learning rate scales linearly).
-        ensemble_size: K.
-        posterior: ``normal`` or ``cauchy`` rank-1 factors.
-        seed: Training seed.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        num_workers: DataLoader workers.
-        experiment: MLflow experiment name.
-        checkpoint_dir: Checkpoint folder (one sub-folder per method), or None.
-        progress: Show training progress bars.
-    """
-
-    preset: str = "cnn-digits"
-    methods: Methods = ["rank1"]
-    dataset: DatasetName | None = None
-    data_dir: ExistingDir | None = None
-    epochs: Annotated[float, Field(gt=0)] | None = None
-    batch_size: Positive | None = None
-    ensemble_size: Positive | None = None
-    posterior: Posterior | None = None
-    seed: Seed | None = None
-    device: Device | None = None
-    num_workers: Annotated[int, Field(ge=0)] | None = None
-    experiment: Name | None = None
-    checkpoint_dir: Path | None = None
-    progress: bool = False
-
-    @model_validator(mode="after")
-    def _check_jobs(self) -> ImageTrainParams:
-        for method in self.methods:
-            try:
-                self.job(method)
-            except ConfigError as err:
-                # Without a field (an unknown preset) the preset is what is wrong.
-                raise _parameter(err.field or "preset", err) from None
-        return self
-
-    def job(self, method: str):
-        """The ``pipeline.images.ImageJobConfig`` of one method."""
-        from pipeline.recipes import image_preset
-
-        return image_preset(
-            self.preset,
-            method=method,
-            dataset=self.dataset,
-            data_dir=self.data_dir,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            ensemble_size=self.ensemble_size,
-            posterior=self.posterior,
-            seed=self.seed,
-            device=self.device,
-            num_workers=self.num_workers,
-            experiment=self.experiment,
+    def report_params(self, method: str, run_id: str) -> ReportParams:
+        """The parameters of the ``report_mimic`` sub-flow of one trained run."""
+        return ReportParams(
+            run_id=run_id,
+            features_dir=self.features_dir,
+            out_dir=self.reports_dir / method,
+            coverage=self.coverage,
         )
 
 
-class ImageValidateParams(_DeviceHere):
-    """Parameters of ``validate_images``.
-
-    Attributes:
-        run_id: MLflow run written by ``train_images``.
-        corruptions: Corruption names (None: every corruption generated on the fly).
-        severities: Severities, 1 to 5.
-        data_dir: Clean data folder (None: the one the run was trained with).
-        corrupted_dir: Official CIFAR-10-C / CIFAR-100-C / ImageNet-C release (None:
-            corruptions are generated on the fly).
-        compare_run_id: Another run (e.g. the deterministic twin) drawn in the plot.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    """
-
-    run_id: RunId
-    corruptions: Annotated[list[str], Field(min_length=1)] | None = None
-    severities: Severities = [1, 2, 3, 4, 5]
-    data_dir: ExistingDir | None = None
-    corrupted_dir: ExistingDir | None = None
-    compare_run_id: RunId | None = None
-    device: Device = "auto"
-
-    @model_validator(mode="after")
-    def _known_corruptions(self) -> ImageValidateParams:
-        # With an official release the names are its file names; only generated
-        # corruptions can be checked up front.
-        if self.corruptions is not None and self.corrupted_dir is None:
-            from features.images.corruptions import available_corruptions
-
-            known = available_corruptions()
-            unknown = [name for name in self.corruptions if name not in known]
-            if unknown:
-                raise ValueError(
-                    f"parameter 'corruptions': unknown corruption {unknown[0]!r} "
-                    f"(known: {', '.join(known)})"
-                )
-        return self
-
-    def names(self) -> list[str]:
-        """The corruptions to evaluate."""
-        from features.images.corruptions import available_corruptions
-
-        return list(self.corruptions or available_corruptions())
-
-
-class DemoParams(_DeviceHere):
+class DemoParams(DeviceChecked):
     """Parameters of the ``demo`` flow.
 
     Attributes:
@@ -437,6 +343,37 @@ class DemoParams(_DeviceHere):
     torch_threads: Annotated[int, Field(ge=0)] = 1
     progress: bool = False
 
+    def clinical_params(self, model: dict[str, int]) -> ClinicalParams:
+        """The demo's ``clinical_pipeline``: a short run of both LSTMs of size ``model``."""
+        every = max(self.steps // 5, 1)
+        return ClinicalParams(
+            mimic_dir=self.out_dir / "mimic-synthetic",
+            out_dir=self.out_dir / "mimic",
+            train={
+                "schedule": {"length": self.steps, "kl_anneal": self.steps // 2},
+                "eval_every": every,
+                # A rerun of a killed demo resumes from the last one (mimic/checkpoints).
+                "checkpoint_every": every,
+                "device": self.device,
+            },
+            model=model,
+            experiment="demo-mimic-ihm",
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+    def benchmark_params(self):
+        """The demo's ``image_benchmark``: the digits CNN and its twin, then validation."""
+        from flows.image_params import ImageBenchmarkParams
+
+        return ImageBenchmarkParams(
+            epochs=self.image_epochs,
+            severities=self.severities,
+            device=self.device,
+            experiment="demo-images",
+            progress=self.progress,
+        )
+
 
 def defaults(model: type[M]) -> M:
     """The model's defaults as attributes, for the CLI's options (declared once, here).
@@ -446,13 +383,15 @@ def defaults(model: type[M]) -> M:
     return model.model_construct()
 
 
-def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:
+def validate(flow_name: str, model: type[M], values: M | dict[str, Any]) -> M:
     """Validate a flow's parameters; raise :class:`ParameterError` naming the first bad one.
 
     Args:
         flow_name: Name of the flow, for the message.
         model: The parameter model.
-        values: The flow's arguments; None stands for "the model's default".
+        values: The parameters: already a ``model`` (returned as it is), or a mapping
+            (from a deployment, the Prefect UI or the CLI) where None stands for the
+            model's default.
 
     Returns:
         The validated (and coerced) parameters.
@@ -460,7 +399,9 @@ def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:
     Raises:
         ParameterError: ``"<flow>: parameter '<name>': <reason>"``.
     """
-    given = {name: value for name, value in values.items() if value is not None}
+    if isinstance(values, model):
+        return values
+    given = {name: value for name, value in dict(values).items() if value is not None}
     try:
         return model.model_validate(given)
     except ValidationError as err:

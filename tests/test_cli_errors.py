@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from flows import params
 from flows.cli import app
 from flows.deployments import DeploymentError, code_location, load_config
+from flows.image_params import ImageTrainParams, ImageValidateParams
 from flows.params import ParameterError, validate
 from pipeline.config import ConfigError
 from pipeline.train import CHECKPOINT_FILE, load_checkpoint, resolve_device
@@ -316,8 +317,8 @@ def test_pipeline_with_cuda_but_none_does_no_work(tmp_path, no_cuda):
 @pytest.mark.parametrize(
     ("model", "values"),
     [
-        (params.ImageTrainParams, {"device": "cuda"}),
-        (params.ImageValidateParams, {"run_id": "f" * 32, "device": "cuda:1"}),
+        (ImageTrainParams, {"device": "cuda"}),
+        (ImageValidateParams, {"run_id": "f" * 32, "device": "cuda:1"}),
         (params.DemoParams, {"device": "cuda"}),
     ],
 )

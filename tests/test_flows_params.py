@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from flows import params
 from flows.cli import app
 from flows.deployments import DeploymentError, default_config_path, load_config
+from flows.image_params import ImageTrainParams, ImageValidateParams
 from flows.params import ParameterError, validate
 
 COMMANDS = [
@@ -100,20 +101,20 @@ def test_report_params_check_run_id_and_split(tmp_path):
 
 def test_image_params_check_preset_corruptions_and_severities():
     with pytest.raises(ParameterError, match="parameter 'preset': unknown image preset"):
-        validate("train_images", params.ImageTrainParams, {"preset": "vgg"})
+        validate("train_images", ImageTrainParams, {"preset": "vgg"})
     with pytest.raises(ParameterError, match="parameter 'epochs'"):
-        validate("train_images", params.ImageTrainParams, {"epochs": 0})
+        validate("train_images", ImageTrainParams, {"epochs": 0})
     with pytest.raises(ParameterError, match="parameter 'device'"):
-        validate("train_images", params.ImageTrainParams, {"device": "gpu"})
-    job = validate("train_images", params.ImageTrainParams, {"epochs": 2}).job("deterministic")
+        validate("train_images", ImageTrainParams, {"device": "gpu"})
+    job = validate("train_images", ImageTrainParams, {"epochs": 2}).job("deterministic")
     assert job.dataset == "digits" and job.train.method == "deterministic"
 
     run = {"run_id": "f" * 32}
     with pytest.raises(ParameterError, match="parameter 'severities.0'"):
-        validate("validate_images", params.ImageValidateParams, {**run, "severities": [0]})
+        validate("validate_images", ImageValidateParams, {**run, "severities": [0]})
     with pytest.raises(ParameterError, match="unknown corruption 'rain'"):
-        validate("validate_images", params.ImageValidateParams, {**run, "corruptions": ["rain"]})
-    p = validate("validate_images", params.ImageValidateParams, run)
+        validate("validate_images", ImageValidateParams, {**run, "corruptions": ["rain"]})
+    p = validate("validate_images", ImageValidateParams, run)
     assert len(p.names()) == 16 and p.severities == [1, 2, 3, 4, 5]
 
 
@@ -282,8 +283,8 @@ def test_train_and_pipeline_build_the_same_config_from_the_same_options(tmp_path
         seen["train"] = config
         raise ValueError("stop here")
 
-    def fake_run_flow(flow_fn, params_model, **kwargs):
-        seen["pipeline"] = validate("clinical_pipeline", params_model, kwargs)
+    def fake_run_flow(flow_fn, params_model, values):
+        seen["pipeline"] = validate("clinical_pipeline", params_model, values)
         raise SystemExit(0)
 
     monkeypatch.setattr(pipeline.ehr, "train_ehr", fake_train_ehr)

@@ -56,15 +56,17 @@ def demo_command(
     result = run_flow(
         demo,
         DemoParams,
-        out_dir=out,
-        patients=patients,
-        steps=steps,
-        image_epochs=image_epochs,
-        severities=levels,
-        seed=seed,
-        device=device,
-        torch_threads=threads,
-        progress=sys.stderr.isatty(),
+        {
+            "out_dir": out,
+            "patients": patients,
+            "steps": steps,
+            "image_epochs": image_epochs,
+            "severities": levels,
+            "seed": seed,
+            "device": device,
+            "torch_threads": threads,
+            "progress": sys.stderr.isatty(),
+        },
     )
     clinical, images = result["clinical"], result["images"]
 

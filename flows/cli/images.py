@@ -13,7 +13,8 @@ import typer
 
 from flows.cli import error_line, fail, options
 from flows.cli.running import print_uis
-from flows.params import ImageValidateParams, defaults
+from flows.image_params import ImageValidateParams
+from flows.params import defaults
 from pipeline.recipes import DATASET_PRESETS
 
 _VALIDATE = defaults(ImageValidateParams)

@@ -270,16 +270,18 @@ def pipeline_command(
     result = run_flow(
         clinical_pipeline,
         ClinicalParams,
-        mimic_dir=mimic_dir,
-        out_dir=out,
-        methods=_methods(methods),
-        train=overrides,
-        model=_given(rnn_dim=rnn_dim, hidden_dim=hidden_dim),
-        experiment=experiment,
-        seed=seed,
-        coverage=coverage,
-        force_extract=force_extract,
-        progress=sys.stderr.isatty(),
+        {
+            "mimic_dir": mimic_dir,
+            "out_dir": out,
+            "methods": _methods(methods),
+            "train": overrides,
+            "model": _given(rnn_dim=rnn_dim, hidden_dim=hidden_dim),
+            "experiment": experiment,
+            "seed": seed,
+            "coverage": coverage,
+            "force_extract": force_extract,
+            "progress": sys.stderr.isatty(),
+        },
     )
     state = "extracted" if result["extracted"] else "unchanged inputs, kept"
     typer.echo(f"features: {result['features_dir']} ({state})")
