@@ -6,9 +6,12 @@ imported anywhere below it (the values measured in ``../shared/docs/stack.md``):
 timeout for the ephemeral server on slow CI machines. Values already in the environment win.
 
 Modules:
-    params: pydantic models that validate every flow's parameters before any work.
+    params: each flow's parameter model (the MIMIC and demo flows; shared field types).
+    image_params: the image flows' parameter models.
     mimic: ``extract_mimic``, ``train_mimic``, ``report_mimic`` and ``clinical_pipeline``.
-    images: ``train_images`` and ``validate_images``.
+    images: ``train_images``, ``validate_images`` and ``image_benchmark``.
+    resume: whether a training resumes from its checkpoint folder.
+    tasks: the task retry policy and the per-method training loop.
     demo: the end-to-end demo flow behind ``rank1 demo``.
     deployments: YAML-configured schedules served with ``rank1 serve``.
     runs: flow and task runs left RUNNING by a killed process, set Crashed on a rerun.

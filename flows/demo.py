@@ -20,9 +20,9 @@ from flows.images import image_benchmark
 from flows.mimic import clinical_pipeline
 from flows.params import DemoParams, validate
 
-#: The demo's LSTM: the paper's architecture at a quarter of its width, so that it trains
-#: in about a minute on a CPU.
-DEMO_MODEL = {"projection_dim": 32, "rnn_dim": 64, "hidden_dim": 64}
+#: The demo's LSTM: the paper's architecture (its input projection too) at a quarter of its
+#: LSTM width, so that it trains in about a minute on a CPU.
+DEMO_MODEL = {"rnn_dim": 64, "hidden_dim": 64}
 
 
 @task(retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
@@ -41,71 +41,30 @@ def synthesize(out_dir: Path, patients: int, seed: int) -> dict[str, Any]:
 
 
 @flow(name="demo", validate_parameters=False)
-def demo(
-    out_dir: Path = Path("outputs"),
-    patients: int = 1000,
-    steps: int = 300,
-    image_epochs: float | None = None,
-    severities: list[int] | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    torch_threads: int | None = 1,
-    progress: bool = False,
-) -> dict[str, Any]:
+def demo(params: DemoParams) -> dict[str, Any]:
     """Synthetic cohort -> clinical pipeline, and digits -> image benchmark.
 
+    ``out_dir`` is made owner-only (it holds per-patient files). The demo trains on the CPU
+    by default (its sizes gain nothing from a GPU) with one torch thread: its small models
+    are dominated by per-operation overhead, where one thread is as fast as two on an idle
+    machine, and it avoids OpenMP's spin-wait stalls when other processes share the cores
+    (a rank-1 LSTM step measured 25x faster that way on a busy 2-core machine).
+
     Args:
-        out_dir: Output root (made owner-only: it holds per-patient files).
-        patients: Synthetic patients.
-        steps: Training steps of each EHR model.
-        image_epochs: Training epochs of each digits model (default: the recipe's 30).
-        severities: Corruption severities of the image validation (default 1, 3, 5).
-        seed: Seed of the synthetic cohort and the splits.
-        device: Where to train (default ``cpu``: the demo sizes gain nothing from a GPU).
-        torch_threads: CPU threads of torch (None: one per core). The demo's small models
-            are dominated by per-operation overhead, where one thread is as fast as two on
-            an idle machine, and it avoids OpenMP's spin-wait stalls when other processes
-            share the cores (a rank-1 LSTM step measured 25x faster that way on a busy
-            2-core machine).
-        progress: Show training progress bars on the terminal.
+        params: :class:`flows.params.DemoParams` (or a mapping of them), checked first.
 
     Returns:
         ``{"cohort", "clinical", "images"}``: the sub-flows' results.
     """
-    arguments = {name: value for name, value in locals().items() if value is not None}
-    params = validate("demo", DemoParams, arguments)
+    params = validate("demo", DemoParams, params)
     from features.io import make_private_dir
 
     make_private_dir(params.out_dir)
-    if params.torch_threads is not None:
+    if params.torch_threads:
         import torch
 
         torch.set_num_threads(params.torch_threads)
-    raw = params.out_dir / "mimic-synthetic"
-    cohort = synthesize(raw, params.patients, params.seed)
-    clinical = clinical_pipeline(
-        raw,
-        out_dir=params.out_dir / "mimic",
-        methods=["rank1", "deterministic"],
-        train={
-            "schedule": {"length": params.steps, "kl_anneal": params.steps // 2},
-            "eval_every": max(params.steps // 5, 1),
-            # A rerun of a killed demo resumes from the last one (out_dir/mimic/checkpoints).
-            "checkpoint_every": max(params.steps // 5, 1),
-            "device": params.device,
-        },
-        model=DEMO_MODEL,
-        experiment="demo-mimic-ihm",
-        seed=params.seed,
-        progress=params.progress,
-    )
-    images = image_benchmark(
-        "cnn-digits",
-        methods=["rank1", "deterministic"],
-        epochs=params.image_epochs,
-        severities=list(params.severities),
-        device=params.device,
-        experiment="demo-images",
-        progress=params.progress,
-    )
+    cohort = synthesize(params.out_dir / "mimic-synthetic", params.patients, params.seed)
+    clinical = clinical_pipeline(params.clinical_params(DEMO_MODEL))
+    images = image_benchmark(params.benchmark_params())
     return {"cohort": cohort, "clinical": clinical, "images": images}

@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from flows import image_params
 from flows import params as flow_params
 
 #: Short names usable as ``flow:`` in the YAML -> (entrypoint, parameter model).
@@ -41,10 +42,9 @@ FLOWS: dict[str, tuple[str, type[BaseModel] | None]] = {
     "train_mimic": ("flows.mimic:train_mimic", flow_params.TrainParams),
     "report_mimic": ("flows.mimic:report_mimic", flow_params.ReportParams),
     "clinical_pipeline": ("flows.mimic:clinical_pipeline", flow_params.ClinicalParams),
-    "train_images": ("flows.images:train_images", flow_params.ImageTrainParams),
-    "validate_images": ("flows.images:validate_images", flow_params.ImageValidateParams),
-    # Checked in parts inside the flow; its signature holds the names and types.
-    "image_benchmark": ("flows.images:image_benchmark", None),
+    "train_images": ("flows.images:train_images", image_params.ImageTrainParams),
+    "validate_images": ("flows.images:validate_images", image_params.ImageValidateParams),
+    "image_benchmark": ("flows.images:image_benchmark", image_params.ImageBenchmarkParams),
 }
 
 DEFAULT_CONFIG = "deployments.yaml"
@@ -135,6 +135,16 @@ class DeploymentEntry(BaseModel):
             except ValidationError as err:
                 raise ValueError(f"parameters: {flow_params.describe(err)}") from None
         return self
+
+    @property
+    def flow_parameters(self) -> dict[str, Any]:
+        """The flow run's parameters: a known flow takes its model as one ``params``.
+
+        The YAML lists that model's fields flat; a flow of the user's own takes them as
+        they are.
+        """
+        known = self.entrypoint in {entrypoint for entrypoint, _ in FLOWS.values()}
+        return {"params": self.parameters} if known else self.parameters
 
     @property
     def entrypoint(self) -> str:
@@ -300,7 +310,7 @@ def build(entry: DeploymentEntry):
     return flow.to_deployment(
         name=entry.name,
         schedules=[_schedule(entry)],
-        parameters=entry.parameters,
+        parameters=entry.flow_parameters,
         tags=entry.tags,
         description=entry.description,
         paused=entry.paused,
@@ -415,7 +425,7 @@ def deploy_to_pool(
             flow.to_deployment(
                 name=entry.name,
                 schedules=[_schedule(entry)],
-                parameters=entry.parameters,
+                parameters=entry.flow_parameters,
                 tags=entry.tags,
                 description=entry.description,
                 paused=entry.paused,

@@ -14,16 +14,15 @@ torchrun environment variables.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run, task_run
+from prefect import flow, get_run_logger
+from prefect.runtime import task_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.mimic import retry_transient
-from flows.params import ImageTrainParams, ImageValidateParams, validate
+from flows.image_params import ImageBenchmarkParams, ImageTrainParams, ImageValidateParams
+from flows.params import validate
+from flows.tasks import retried_task, train_each_method
 
 TRAIN_TIMEOUT_S = 72 * 3600
 #: Bound of a whole validation. The cells run in worker threads, where Prefect cannot
@@ -34,14 +33,7 @@ VALIDATE_TIMEOUT_S = 24 * 3600
 PARALLEL_CELLS = 4
 
 
-@task(
-    task_run_name="train-images-{method}",
-    retries=1,
-    retry_delay_seconds=30,
-    retry_condition_fn=retry_transient,
-    timeout_seconds=TRAIN_TIMEOUT_S,
-    cache_policy=NO_CACHE,
-)
+@retried_task(1, 30, task_run_name="train-images-{method}", timeout_seconds=TRAIN_TIMEOUT_S)
 def train_image_model(params: ImageTrainParams, method: str, run_name: str | None) -> str:
     """Train and log one image model with ``pipeline.images.train_images``.
 
@@ -60,7 +52,7 @@ def train_image_model(params: ImageTrainParams, method: str, run_name: str | Non
         job.model,
         job.dataset,
         describe_length(job.train),
-        job.unique_batch_size,
+        job.train.batch_size,
         job.train.device,
     )
     result = train_job(
@@ -86,14 +78,8 @@ def train_image_model(params: ImageTrainParams, method: str, run_name: str | Non
     return result.run_id
 
 
-@task(
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_transient,
-    cache_policy=NO_CACHE,
-    # The result is the model itself: never write it to Prefect's result storage.
-    persist_result=False,
-)
+# The result is the model itself: never write it to Prefect's result storage.
+@retried_task(1, 10, persist_result=False)
 def load_model(params: ImageValidateParams) -> tuple[Any, Any]:
     """The run's model, on the evaluation device in eval mode, and its job config.
 
@@ -108,13 +94,7 @@ def load_model(params: ImageValidateParams) -> tuple[Any, Any]:
     return model.to(resolve_device(params.device)), job
 
 
-@task(
-    task_run_name="evaluate-{corruption}-{severity}",
-    retries=1,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_transient,
-    cache_policy=NO_CACHE,
-)
+@retried_task(1, 10, task_run_name="evaluate-{corruption}-{severity}")
 def evaluate_cell(
     params: ImageValidateParams, model: Any, job: Any, corruption: str, severity: int
 ) -> dict[str, float]:
@@ -138,7 +118,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+@retried_task(2, 5)
 def log_summary(
     params: ImageValidateParams,
     cells: list[tuple[str, int, dict[str, float]]],
@@ -154,51 +134,18 @@ def log_summary(
 
 
 @flow(name="train-images", validate_parameters=False)
-def train_images(
-    preset: str = "cnn-digits",
-    methods: list[str] | None = None,
-    dataset: str | None = None,
-    data_dir: Path | None = None,
-    epochs: float | None = None,
-    batch_size: int | None = None,
-    ensemble_size: int | None = None,
-    posterior: str | None = None,
-    seed: int | None = None,
-    device: str | None = None,
-    num_workers: int | None = None,
-    experiment: str | None = None,
-    checkpoint_dir: Path | None = None,
-    progress: bool = False,
-) -> dict[str, str]:
+def train_images(params: ImageTrainParams) -> dict[str, str]:
     """Train an image recipe once per method; each run is logged to MLflow.
 
     Args:
-        preset: ``cnn-digits`` (CPU-sized, built-in data), ``wrn28-10-cifar10``,
-            ``wrn28-10-cifar100`` or ``resnet50-imagenet``.
-        methods: Any of ``rank1``, ``deterministic``, ``ensemble`` (default: ``rank1``).
-        dataset: Train the preset's model on another dataset (default: the preset's).
-        data_dir: Clean data folder (not needed for digits).
-        epochs: Training length; the recipe's schedule scales with it.
-        batch_size: Unique images per step; the learning rate scales linearly.
-        ensemble_size: K.
-        posterior: ``normal`` or ``cauchy``.
-        seed: Training seed.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        num_workers: DataLoader workers.
-        experiment: MLflow experiment name.
-        checkpoint_dir: Checkpoint folder (a retried task resumes from it), or None.
-        progress: Show training progress bars on the terminal.
+        params: :class:`flows.image_params.ImageTrainParams` (or a mapping of them: a
+            deployment's, the Prefect UI's form), checked first.
 
     Returns:
         ``{method: MLflow run id}``.
     """
-    arguments = {name: value for name, value in locals().items() if value is not None}
-    params = validate("train_images", ImageTrainParams, arguments)
-    prefix = flow_run.get_name()
-    return {
-        method: train_image_model(params, method, f"{method}-{prefix}" if prefix else method)
-        for method in params.methods
-    }
+    params = validate("train_images", ImageTrainParams, params)
+    return train_each_method(train_image_model, params)
 
 
 @flow(
@@ -207,15 +154,7 @@ def train_images(
     task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_CELLS),
     timeout_seconds=VALIDATE_TIMEOUT_S,
 )
-def validate_images(
-    run_id: str,
-    corruptions: list[str] | None = None,
-    severities: list[int] | None = None,
-    data_dir: Path | None = None,
-    corrupted_dir: Path | None = None,
-    compare_run_id: str | None = None,
-    device: str = "auto",
-) -> dict[str, float]:
+def validate_images(params: ImageValidateParams) -> dict[str, float]:
     """Evaluate a trained run on clean and corrupted test images; log to that run.
 
     The model is loaded once (weights and config, nothing unpickled); every (corruption,
@@ -225,19 +164,13 @@ def validate_images(
     severity plot are logged once all cells are done.
 
     Args:
-        run_id: MLflow run written by ``train_images``.
-        corruptions: Corruption names (default: every generated corruption).
-        severities: Severities 1 to 5 (default: all five).
-        data_dir: Clean data folder (default: the run's).
-        corrupted_dir: Official CIFAR-C / ImageNet-C release (default: generate).
-        compare_run_id: Another run drawn beside this one in the severity plot.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        params: :class:`flows.image_params.ImageValidateParams` (or a mapping of them),
+            checked first.
 
     Returns:
         ``corrupt/mean/<metric>`` and ``clean/<metric>`` for accuracy, NLL and ECE.
     """
-    arguments = {name: value for name, value in locals().items() if value is not None}
-    params = validate("validate_images", ImageValidateParams, arguments)
+    params = validate("validate_images", ImageValidateParams, params)
     model, job = load_model(params)
     grid = [(c, s) for c in params.names() for s in params.severities]
     futures = [evaluate_cell.submit(params, model, job, c, s) for c, s in grid]
@@ -259,18 +192,7 @@ def validate_images(
 
 
 @flow(name="image-benchmark", validate_parameters=False)
-def image_benchmark(
-    preset: str = "cnn-digits",
-    methods: list[str] | None = None,
-    epochs: float | None = None,
-    data_dir: Path | None = None,
-    corruptions: list[str] | None = None,
-    severities: list[int] | None = None,
-    corrupted_dir: Path | None = None,
-    device: str | None = None,
-    experiment: str | None = None,
-    progress: bool = False,
-) -> dict[str, Any]:
+def image_benchmark(params: ImageBenchmarkParams) -> dict[str, Any]:
     """Train a recipe once per method, then validate each run on corrupted images.
 
     The schedulable form of the image jobs (a deployment cannot know a run id in advance).
@@ -278,46 +200,19 @@ def image_benchmark(
     also shows the deterministic twin.
 
     Args:
-        preset: See :func:`train_images`.
-        methods: See :func:`train_images` (default: ``rank1`` and ``deterministic``).
-        epochs: See :func:`train_images`.
-        data_dir: Clean data folder (not needed for digits).
-        corruptions: See :func:`validate_images`.
-        severities: See :func:`validate_images`.
-        corrupted_dir: See :func:`validate_images`.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        experiment: MLflow experiment name.
-        progress: Show training progress bars on the terminal.
+        params: :class:`flows.image_params.ImageBenchmarkParams` (or a mapping of them),
+            checked first, the validation part too: a bad value fails before training.
 
     Returns:
         ``{"runs": {method: run id}, "validation": {method: summary metrics}}``.
     """
-    methods = methods or ["rank1", "deterministic"]
-    # Check the validation parameters too before training starts; the run id is not known
-    # yet, so a well-formed placeholder stands in for it.
-    check = {"corruptions": corruptions, "severities": severities, "device": device}
-    check |= {"data_dir": data_dir, "corrupted_dir": corrupted_dir}
-    given = {name: value for name, value in check.items() if value is not None}
-    validate("image_benchmark", ImageValidateParams, {"run_id": "0" * 32, **given})
-    runs = train_images(
-        preset,
-        methods=methods,
-        data_dir=data_dir,
-        epochs=epochs,
-        device=device,
-        experiment=experiment,
-        progress=progress,
-    )
+    params = validate("image_benchmark", ImageBenchmarkParams, params)
+    runs = train_images(params.train_params())
     # Validate the deterministic twin first so that its corrupted metrics exist when the
     # rank-1 run's plot draws it for comparison.
-    order = sorted(runs, key=lambda method: method == "rank1")
     twin = runs.get("deterministic")
     validation = {}
-    for method in order:
-        validation[method] = validate_images(
-            runs[method],
-            compare_run_id=twin if method == "rank1" else None,
-            **{k: v for k, v in given.items() if k != "device"},
-            device=device or "auto",
-        )
+    for method in sorted(runs, key=lambda method: method == "rank1"):
+        compare = twin if method == "rank1" else None
+        validation[method] = validate_images(params.validate_params(runs[method], compare))
     return {"runs": runs, "validation": validation}

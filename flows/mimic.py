@@ -15,22 +15,17 @@ names are Prefect's generated ones, and the logs carry cohort-level counts and m
 Per-patient files (feature folder, checkpoints, reports) go under folders made owner-only.
 
 Training checkpoints into ``<checkpoint_dir>/<method>``; a rerun (or a retry) resumes an
-unfinished checkpoint of the same training fingerprint (:func:`plan_resume`).
+unfinished checkpoint of the same training fingerprint (:func:`flows.resume.plan_resume`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect import flow, get_run_logger
 
-from features.io import make_private_dir, write_private_text
+from features.io import make_private_dir
 from flows.params import (
     ClinicalParams,
     ExtractParams,
@@ -38,6 +33,8 @@ from flows.params import (
     TrainParams,
     validate,
 )
+from flows.resume import mark_complete, plan_resume, training_key
+from flows.tasks import retried_task, train_each_method
 
 if TYPE_CHECKING:
     from features.mimic.manifest import FeatureManifest
@@ -47,25 +44,6 @@ if TYPE_CHECKING:
 EXTRACT_TIMEOUT_S = 4 * 3600
 TRAIN_TIMEOUT_S = 12 * 3600
 REPORT_TIMEOUT_S = 3600
-
-
-def retry_transient(task_obj: Any, task_run: Any, state: Any) -> bool:
-    """Retry condition: retry only failures that may pass on a second try.
-
-    A ``ValueError`` (bad input table, bad config, empty split; ``MimicInputError`` and
-    ``ConfigError`` are ValueErrors) fails the same way every time, so retrying it only
-    delays the error. I/O errors, a locked tracking database or a lost server may pass.
-
-    Args:
-        task_obj: The task (unused; part of Prefect's callback signature).
-        task_run: The task run (unused).
-        state: The failed state.
-
-    Returns:
-        Whether Prefect should apply the task's retry policy.
-    """
-    error = state.result(raise_on_failure=False)
-    return not isinstance(error, ValueError)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -98,7 +76,7 @@ def extraction_outdated(
     )
 
 
-@task(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+@retried_task(2, 5)
 def inputs_unchanged(
     mimic_dir: Path, out_dir: Path, seed: int, val_fraction: float, test_fraction: float
 ) -> bool:
@@ -109,13 +87,7 @@ def inputs_unchanged(
     return reason is None
 
 
-@task(
-    retries=1,
-    retry_delay_seconds=30,
-    retry_condition_fn=retry_transient,
-    timeout_seconds=EXTRACT_TIMEOUT_S,
-    cache_policy=NO_CACHE,
-)
+@retried_task(1, 30, timeout_seconds=EXTRACT_TIMEOUT_S)
 def extract_features(params: ExtractParams) -> dict[str, Any]:
     """Run ``features.mimic.extract.extract`` and log the cohort counts.
 
@@ -150,99 +122,7 @@ def _counts(manifest: FeatureManifest) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- resume
-
-#: Beside the checkpoint: which training it belongs to and whether that training finished.
-RESUME_FILE = "resume.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class ResumePlan:
-    """How a training task uses its checkpoint folder.
-
-    Attributes:
-        key: Fingerprint of the training (config, layer sizes, experiment, feature folder).
-        resume: Whether to continue from the checkpoint in the folder.
-        reason: Why, for the log.
-    """
-
-    key: str
-    resume: bool
-    reason: str
-
-
-def training_key(config: Any, model_config: Any, features_dir: Path, experiment: str) -> str:
-    """Fingerprint of one training: same key, same trajectory, so its checkpoint fits.
-
-    Covers the full ``TrainConfig``, the LSTM's layer sizes, the MLflow experiment and the
-    feature folder's ``manifest.json`` (source-table hashes, split, normaliser, creation
-    time: a re-extraction changes it even from the same tables).
-    """
-    manifest = (features_dir / "manifest.json").read_bytes()
-    recipe = {
-        "train": config.to_dict(),
-        "model": dataclasses.asdict(model_config),
-        "experiment": experiment,
-        "features_manifest_sha256": hashlib.sha256(manifest).hexdigest(),
-    }
-    text = json.dumps(recipe, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
-
-
-def _checkpoint_files(folder: Path) -> list[Path]:
-    from pipeline.train import CHECKPOINT_FILE
-
-    # One model: folder/checkpoint.pt; a deep ensemble: folder/m<k>/checkpoint.pt.
-    return [p for p in (folder / CHECKPOINT_FILE, *folder.glob(f"m*/{CHECKPOINT_FILE}"))
-            if p.is_file()]  # fmt: skip
-
-
-def _read_resume_state(folder: Path) -> dict[str, Any]:
-    try:
-        state = json.loads((folder / RESUME_FILE).read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}  # none yet, or unreadable: start afresh
-    return state if isinstance(state, dict) else {}
-
-
-def plan_resume(folder: Path, key: str) -> ResumePlan:
-    """Decide whether a training with fingerprint ``key`` resumes from ``folder``.
-
-    It resumes only from an unfinished checkpoint of the same key. Otherwise the folder's
-    old checkpoints are deleted (so a later resume cannot pick up another training's
-    weights) and ``key`` is recorded before training starts. A finished training is not
-    resumed: rerunning it trains afresh into a new MLflow run.
-    """
-    state = _read_resume_state(folder)
-    checkpoints = _checkpoint_files(folder)
-    if state.get("key") == key and not state.get("complete") and checkpoints:
-        return ResumePlan(key, True, "resuming an interrupted training of the same config")
-    if state.get("key") == key and state.get("complete"):
-        reason = f"the last training of this config finished (MLflow run {state.get('run_id')})"
-    elif checkpoints:
-        reason = "the checkpoint is of another config or feature folder"
-    else:
-        reason = "no checkpoint yet"
-    for path in checkpoints:
-        path.unlink()
-    write_private_text(folder / RESUME_FILE, json.dumps({"key": key, "complete": False}))
-    return ResumePlan(key, False, f"training afresh: {reason}")
-
-
-def mark_complete(folder: Path, key: str, run_id: str) -> None:
-    """Record that the training of ``key`` finished into MLflow run ``run_id``."""
-    state = {"key": key, "complete": True, "run_id": run_id}
-    write_private_text(folder / RESUME_FILE, json.dumps(state))
-
-
-@task(
-    task_run_name="train-{method}",
-    retries=1,
-    retry_delay_seconds=30,
-    retry_condition_fn=retry_transient,
-    timeout_seconds=TRAIN_TIMEOUT_S,
-    cache_policy=NO_CACHE,
-)
+@retried_task(1, 30, task_run_name="train-{method}", timeout_seconds=TRAIN_TIMEOUT_S)
 def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
     """Train, calibrate and log one model with ``pipeline.ehr.train_ehr``.
 
@@ -259,7 +139,7 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
 
     logger = get_run_logger()
     config = params.train_config(method)
-    model_config = params.ehr_config()
+    model_config = params.model.ehr_config()
     logger.info(
         "training %s: %s, batch %d, device %s",
         method,
@@ -306,13 +186,7 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
     return result.run_id
 
 
-@task(
-    retries=2,
-    retry_delay_seconds=10,
-    retry_condition_fn=retry_transient,
-    timeout_seconds=REPORT_TIMEOUT_S,
-    cache_policy=NO_CACHE,
-)
+@retried_task(2, 10, timeout_seconds=REPORT_TIMEOUT_S)
 def write_report(params: ReportParams) -> dict[str, str]:
     """Write the per-patient report with ``pipeline.ehr.report_ehr`` (owner-only files).
 
@@ -336,32 +210,21 @@ def write_report(params: ReportParams) -> dict[str, str]:
 
 
 @flow(name="extract-mimic", validate_parameters=False)
-def extract_mimic(
-    mimic_dir: Path,
-    out_dir: Path,
-    seed: int = 0,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    force: bool = False,
-) -> dict[str, Any]:
+def extract_mimic(params: ExtractParams) -> dict[str, Any]:
     """Extract the in-hospital-mortality feature folder from raw MIMIC-III tables.
 
     Skipped when ``out_dir`` already holds a feature folder extracted from tables with the
     same sizes and sha256 hashes and the same split settings (unless ``force``).
 
     Args:
-        mimic_dir: Folder with the MIMIC-III tables (CSV or CSV.gz, any case).
-        out_dir: Feature folder to write.
-        seed: Seed of the subject-level split.
-        val_fraction: Share of subjects in the validation split.
-        test_fraction: Share of subjects in the test split.
-        force: Extract even when the inputs are unchanged.
+        params: :class:`flows.params.ExtractParams` (or a mapping of them: a deployment's,
+            the Prefect UI's form), checked first.
 
     Returns:
         ``{"features_dir", "extracted" (False when skipped), "stays", "positives",
         "splits"}``.
     """
-    params = validate("extract_mimic", ExtractParams, locals())
+    params = validate("extract_mimic", ExtractParams, params)
     logger = get_run_logger()
     if not params.force and inputs_unchanged(
         params.mimic_dir, params.out_dir, params.seed, params.val_fraction, params.test_fraction
@@ -376,81 +239,39 @@ def extract_mimic(
 
 
 @flow(name="train-mimic", validate_parameters=False)
-def train_mimic(
-    features_dir: Path,
-    methods: list[str] | None = None,
-    train: dict[str, Any] | None = None,
-    model: dict[str, int] | None = None,
-    experiment: str = "mimic-ihm",
-    checkpoint_dir: Path | None = None,
-    progress: bool = False,
-) -> dict[str, str]:
+def train_mimic(params: TrainParams) -> dict[str, str]:
     """Train, calibrate and log each chosen model to its own MLflow run.
 
-    Models train one after another: each already uses every core (or the GPU).
+    With a ``checkpoint_dir``, a rerun (or a retried task) resumes an unfinished training of
+    the same config and feature folder from ``<checkpoint_dir>/<method>``; see
+    :func:`flows.resume.plan_resume`.
 
     Args:
-        features_dir: Feature folder written by ``extract_mimic``.
-        methods: Any of ``rank1``, ``deterministic``, ``ensemble`` (default: the first two).
-        train: ``pipeline.config.TrainConfig`` overrides, e.g.
-            ``{"schedule": {"length": 2000}}`` (default: the paper's MIMIC recipe).
-        model: LSTM layer sizes ``projection_dim``, ``rnn_dim``, ``hidden_dim``.
-        experiment: MLflow experiment name.
-        checkpoint_dir: Checkpoint folder (``<checkpoint_dir>/<method>``), or None. A rerun
-            (or a retried task) resumes an unfinished training of the same config and
-            feature folder from it; see :func:`plan_resume`.
-        progress: Show training progress bars on the terminal.
+        params: :class:`flows.params.TrainParams` (or a mapping of them), checked first.
 
     Returns:
         ``{method: MLflow run id}``.
     """
-    params = validate("train_mimic", TrainParams, _given(locals()))
-    prefix = flow_run.get_name()
-    return {
-        method: train_model(params, method, f"{method}-{prefix}" if prefix else method)
-        for method in params.methods
-    }
+    params = validate("train_mimic", TrainParams, params)
+    return train_each_method(train_model, params)
 
 
 @flow(name="report-mimic", validate_parameters=False)
-def report_mimic(
-    run_id: str,
-    features_dir: Path,
-    out_dir: Path,
-    split: str = "test",
-    coverage: float = 0.8,
-) -> dict[str, str]:
+def report_mimic(params: ReportParams) -> dict[str, str]:
     """Write the per-patient uncertainty report of one trained run.
 
     Args:
-        run_id: MLflow run written by ``train_mimic``.
-        features_dir: The feature folder the run was trained on.
-        out_dir: Report folder (created owner-only).
-        split: ``train``, ``val`` or ``test``.
-        coverage: Share of stays the model keeps; the most uncertain rest are referred.
+        params: :class:`flows.params.ReportParams` (or a mapping of them), checked first.
 
     Returns:
         Paths of the report's ``parquet``, ``csv`` and ``html`` files.
     """
-    params = validate("report_mimic", ReportParams, locals())
+    params = validate("report_mimic", ReportParams, params)
     return write_report(params)
 
 
 @flow(name="clinical-pipeline", validate_parameters=False)
-def clinical_pipeline(
-    mimic_dir: Path,
-    out_dir: Path = Path("outputs/mimic"),
-    methods: list[str] | None = None,
-    train: dict[str, Any] | None = None,
-    model: dict[str, int] | None = None,
-    experiment: str = "mimic-ihm",
-    seed: int = 0,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    coverage: float = 0.8,
-    force_extract: bool = False,
-    progress: bool = False,
-) -> dict[str, Any]:
+def clinical_pipeline(params: ClinicalParams) -> dict[str, Any]:
     """Raw MIMIC-III tables to trained, calibrated models and per-patient reports.
 
     Runs ``extract_mimic`` into ``out_dir/features``, ``train_mimic`` for each method
@@ -463,46 +284,19 @@ def clinical_pipeline(
     the same weights as an uninterrupted run; a finished training is trained afresh.
 
     Args:
-        mimic_dir: Folder with the MIMIC-III tables (full database, demo or synthetic).
-        out_dir: Output root.
-        methods: Models to train (default: ``rank1`` and ``deterministic``).
-        train: ``TrainConfig`` overrides (default: the paper's MIMIC recipe).
-        model: LSTM layer sizes.
-        experiment: MLflow experiment name.
-        seed: Seed of the subject-level split.
-        val_fraction: Share of subjects in the validation split.
-        test_fraction: Share of subjects in the test split.
-        coverage: Report coverage.
-        force_extract: Extract even when the inputs are unchanged.
-        progress: Show training progress bars on the terminal.
+        params: :class:`flows.params.ClinicalParams` (or a mapping of them), checked first:
+            a bad value fails before extraction starts.
 
     Returns:
         ``{"features_dir", "extracted", "runs": {method: run id},
         "reports": {method: html path}}``.
     """
-    params = validate("clinical_pipeline", ClinicalParams, _given(locals()))
+    params = validate("clinical_pipeline", ClinicalParams, params)
     make_private_dir(params.out_dir)
-    extracted = extract_mimic(
-        params.mimic_dir,
-        params.features_dir,
-        seed=params.seed,
-        val_fraction=params.val_fraction,
-        test_fraction=params.test_fraction,
-        force=params.force_extract,
-    )
-    runs = train_mimic(
-        params.features_dir,
-        methods=list(params.methods),
-        train=params.train,
-        model=params.model.model_dump(),
-        experiment=params.experiment,
-        checkpoint_dir=params.checkpoints_dir,
-        progress=params.progress,
-    )
+    extracted = extract_mimic(params.extract_params())
+    runs = train_mimic(params.train_params())
     reports = {
-        method: report_mimic(
-            run_id, params.features_dir, params.reports_dir / method, coverage=params.coverage
-        )["html"]
+        method: report_mimic(params.report_params(method, run_id))["html"]
         for method, run_id in runs.items()
     }
     logger = get_run_logger()
@@ -514,8 +308,3 @@ def clinical_pipeline(
         "runs": runs,
         "reports": reports,
     }
-
-
-def _given(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Drop arguments left at None so the parameter model's defaults apply."""
-    return {name: value for name, value in arguments.items() if value is not None}

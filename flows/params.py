@@ -1,15 +1,17 @@
-"""Validated parameters of every flow.
+"""Validated parameters of every flow, composed from shared parts; the home of their defaults.
 
-Each flow validates its parameters with one of these pydantic models as its very first step,
-before any task runs, so a bad value from the CLI, the Prefect UI or a deployment YAML fails
-at once with a :class:`ParameterError` whose message names the parameter, for example
-``train_mimic: parameter 'train.optim.lr': must be a finite number > 0, got -1.0``.
+Each flow validates its parameters with one of these models first, before any task runs, so
+a bad value from the CLI, the Prefect UI or a deployment YAML fails at once with a
+:class:`ParameterError` naming it, e.g. ``train_mimic: parameter 'train.optim.lr': must be
+a finite number > 0, got -1.0``. The flows turn off Prefect's own signature validation
+(``validate_parameters=False``): one place checks values, with one error format.
 
-The flows themselves turn off Prefect's own signature validation (``validate_parameters=
-False``) so that there is exactly one place, here, that coerces and checks values, and one
-error format. The models only depend on pydantic, so the CLI and ``rank1 serve`` can check a
-deployment's parameters without importing Prefect or torch (torch is imported only to check
-that a requested CUDA device exists).
+Composed, not copied: :class:`ClinicalParams` is :class:`SplitSettings` (as extracted),
+:class:`TrainSettings` (as trained) and the report's coverage. The ``train`` overrides are
+checked by :class:`pipeline.config.TrainConfig` (its errors' ``field`` and ``reason`` become
+the parameter's), the LSTM sizes by :class:`rank1.models.EHRConfig`, whose defaults are not
+restated. Only pydantic and the light :mod:`pipeline.config` are imported, so the CLI and
+``rank1 serve`` check parameters without Prefect or torch (torch only for a CUDA device).
 
 A CUDA device is checked against the machine that validates: pass
 ``context={RUNS_HERE: False}`` to ``model_validate`` where the flow will run elsewhere (a
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,12 +34,13 @@ from pydantic import (
     model_validator,
 )
 
-Method = Literal["rank1", "deterministic", "ensemble"]
-Split = Literal["train", "val", "test"]
-Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
-Seed = Annotated[int, Field(ge=0)]
-Device = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
-RunId = Annotated[str, Field(pattern=r"^[0-9a-zA-Z_-]{8,64}$")]
+from pipeline.config import (
+    DEVICE_PATTERN,
+    EHR_EXPERIMENT,
+    ConfigError,
+    Method,
+    check_device,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -48,55 +52,20 @@ class ParameterError(ValueError):
     """A flow parameter is invalid; the message names the flow and the parameter."""
 
 
-class _Params(BaseModel):
-    # Unknown keys are refused so that a typo in a deployment YAML is an error, not a no-op.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def parameter_error(name: str, err: ConfigError) -> ValueError:
+    """A config error as the error of parameter ``name``: ``parameter '<name>': <reason>``."""
+    return ValueError(f"parameter {name!r}: {err.reason}")
 
 
-def train_config(overrides: dict[str, Any], method: str):
-    """A :class:`pipeline.config.TrainConfig` from nested overrides and a method.
+def _each_once(what: str) -> AfterValidator:
+    """A check that a list names each ``what`` once."""
 
-    Raises:
-        pipeline.config.ConfigError: Naming the bad field.
-    """
-    from pipeline.config import TrainConfig
+    def check(values: list[Any]) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"each {what} may appear once, got {values}")
+        return values
 
-    return TrainConfig.from_dict({**overrides, "method": method})
-
-
-def _runs_here(info: ValidationInfo) -> bool:
-    return not info.context or info.context.get(RUNS_HERE, True)
-
-
-def _device_here(device: str | None, info: ValidationInfo) -> str | None:
-    """``device``, refused when it is a CUDA device this machine does not have."""
-    from pipeline.config import ConfigError, check_device
-
-    if device is not None and _runs_here(info):
-        try:
-            check_device(device)
-        except ConfigError as err:
-            # "config field 'device': <reason>": pydantic names the parameter itself.
-            raise ValueError(str(err).partition("': ")[2]) from None
-    return device
-
-
-def _check_train_configs(
-    methods: list[str], overrides: dict[str, Any], info: ValidationInfo
-) -> None:
-    from pipeline.config import ConfigError, check_device
-
-    for method in methods:
-        try:
-            config = train_config(overrides, method)
-            if _runs_here(info):
-                # Here, not when training starts: `--device cuda` without a GPU would
-                # otherwise fail only after the extraction.
-                check_device(config.device)
-        except ConfigError as err:
-            # ConfigError reads "config field 'optim.lr': ..."; report it as a parameter.
-            field, _, reason = str(err).removeprefix("config field '").partition("': ")
-            raise ValueError(f"parameter 'train.{field}': {reason}") from None
+    return AfterValidator(check)
 
 
 def _existing_dir(path: Path) -> Path:
@@ -105,10 +74,86 @@ def _existing_dir(path: Path) -> Path:
     return path
 
 
-def _unique_methods(methods: list[str]) -> list[str]:
-    if len(set(methods)) != len(methods):
-        raise ValueError(f"each method may appear once, got {methods}")
-    return methods
+def _feature_folder(path: Path) -> Path:
+    if not (path / "manifest.json").is_file():
+        raise ValueError(f"{path} is not a feature folder (no manifest.json); run extraction")
+    return path
+
+
+# Field types shared by several models: each check is declared once.
+Split = Literal["train", "val", "test"]
+Seed = Annotated[int, Field(ge=0)]
+Device = Annotated[str, Field(pattern=DEVICE_PATTERN)]
+RunId = Annotated[str, Field(pattern=r"^[0-9a-zA-Z_-]{8,64}$")]
+Name = Annotated[str, Field(min_length=1)]
+Methods = Annotated[list[Method], Field(min_length=1), _each_once("method")]
+Severity = Annotated[int, Field(ge=1, le=5)]
+Severities = Annotated[list[Severity], Field(min_length=1), _each_once("severity")]
+ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
+FeatureFolder = Annotated[Path, AfterValidator(_feature_folder)]
+Positive = Annotated[int, Field(ge=1)]
+
+
+class _Params(BaseModel):
+    # Unknown keys are refused so that a typo in a deployment YAML is an error, not a no-op.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _runs_here(info: ValidationInfo) -> bool:
+    return not info.context or info.context.get(RUNS_HERE, True)
+
+
+class DeviceChecked(_Params):
+    """A ``device`` parameter that must exist where the flow runs (see :data:`RUNS_HERE`)."""
+
+    @field_validator("device", check_fields=False)
+    @classmethod
+    def _device_exists(cls, device: str | None, info: ValidationInfo) -> str | None:
+        if device is not None and _runs_here(info):
+            try:
+                check_device(device)
+            except ConfigError as err:
+                raise ValueError(err.reason) from None  # pydantic names the parameter
+        return device
+
+
+# --------------------------------------------------------------------------- MIMIC parts
+
+
+class SplitSettings(_Params):
+    """The subject-level split of an extraction.
+
+    Attributes:
+        seed: Seed of the subject-level split.
+        val_fraction: Share of subjects in the validation split.
+        test_fraction: Share of subjects in the test split.
+    """
+
+    seed: Seed = 0
+    # Checked by features.mimic.splits.check_split_fractions, which says why.
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> SplitSettings:
+        from features.mimic.splits import check_split_fractions
+
+        check_split_fractions(self.val_fraction, self.test_fraction)
+        return self
+
+
+class ModelSizes(_Params):
+    """Layer sizes of the EHR LSTM; None (the default) keeps ``rank1.models.EHRConfig``'s."""
+
+    projection_dim: Positive | None = None
+    rnn_dim: Positive | None = None
+    hidden_dim: Positive | None = None
+
+    def ehr_config(self):
+        """The :class:`rank1.models.EHRConfig` with the sizes given here."""
+        from rank1.models import EHRConfig
+
+        return EHRConfig(**self.model_dump(exclude_none=True))
 
 
 def _no_method_in_train(train: dict[str, Any]) -> dict[str, Any]:
@@ -117,58 +162,10 @@ def _no_method_in_train(train: dict[str, Any]) -> dict[str, Any]:
     return train
 
 
-def _feature_folder(path: Path) -> Path:
-    if not (path / "manifest.json").is_file():
-        raise ValueError(f"{path} is not a feature folder (no manifest.json); run extraction")
-    return path
-
-
-class ExtractParams(_Params):
-    """Parameters of ``extract_mimic``.
+class TrainSettings(_Params):
+    """What to train and where to log it.
 
     Attributes:
-        mimic_dir: Folder with the raw MIMIC-III tables (CSV or CSV.gz).
-        out_dir: Feature folder to write.
-        seed: Seed of the subject-level split.
-        val_fraction: Share of subjects in the validation split.
-        test_fraction: Share of subjects in the test split.
-        force: Extract even when the inputs are unchanged since the last extraction.
-    """
-
-    mimic_dir: Path
-    out_dir: Path
-    seed: Seed = 0
-    # Checked by features.mimic.splits.check_split_fractions, which says why.
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    force: bool = False
-
-    @field_validator("mimic_dir")
-    @classmethod
-    def _mimic_dir_exists(cls, path: Path) -> Path:
-        return _existing_dir(path)
-
-    @model_validator(mode="after")
-    def _check_fractions(self) -> ExtractParams:
-        from features.mimic.splits import check_split_fractions
-
-        check_split_fractions(self.val_fraction, self.test_fraction)
-        return self
-
-
-class ModelSizes(_Params):
-    """Layer sizes of the EHR LSTM (defaults: the paper's)."""
-
-    projection_dim: Annotated[int, Field(ge=1)] = 32
-    rnn_dim: Annotated[int, Field(ge=1)] = 256
-    hidden_dim: Annotated[int, Field(ge=1)] = 128
-
-
-class TrainParams(_Params):
-    """Parameters of ``train_mimic``.
-
-    Attributes:
-        features_dir: Feature folder written by extraction.
         methods: Models to train, each into its own MLflow run: ``rank1`` (the rank-1
             LSTM), ``deterministic`` (its deterministic twin), ``ensemble`` (a deep
             ensemble of deterministic LSTMs).
@@ -177,51 +174,76 @@ class TrainParams(_Params):
             ``methods``.
         model: Layer sizes of the LSTM.
         experiment: MLflow experiment name.
-        checkpoint_dir: Folder for training checkpoints (one sub-folder per method), or
-            None for none.
         progress: Show training progress bars (for a terminal; off in served runs).
     """
 
-    features_dir: Path
-    methods: Annotated[list[Method], Field(min_length=1)] = ["rank1", "deterministic"]
-    train: dict[str, Any] = Field(default_factory=dict)
-    model: ModelSizes = Field(default_factory=ModelSizes)
-    experiment: Annotated[str, Field(min_length=1)] = "mimic-ihm"
-    checkpoint_dir: Path | None = None
+    methods: Methods = ["rank1", "deterministic"]
+    train: Annotated[dict[str, Any], AfterValidator(_no_method_in_train)] = {}
+    model: ModelSizes = ModelSizes()
+    experiment: Name = EHR_EXPERIMENT
     progress: bool = False
 
-    @field_validator("features_dir")
-    @classmethod
-    def _is_feature_folder(cls, path: Path) -> Path:
-        return _feature_folder(path)
-
-    @field_validator("methods")
-    @classmethod
-    def _unique(cls, methods: list[str]) -> list[str]:
-        return _unique_methods(methods)
-
-    @field_validator("train")
-    @classmethod
-    def _method_not_in_train(cls, train: dict[str, Any]) -> dict[str, Any]:
-        return _no_method_in_train(train)
-
     @model_validator(mode="after")
-    def _check_train(self, info: ValidationInfo) -> TrainParams:
-        _check_train_configs(self.methods, self.train, info)
+    def _check_train(self, info: ValidationInfo) -> TrainSettings:
+        for method in self.methods:
+            try:
+                config = self.train_config(method)
+                if _runs_here(info):
+                    # Here, not when training starts: `--device cuda` without a GPU would
+                    # otherwise fail only after the extraction.
+                    check_device(config.device)
+            except ConfigError as err:
+                raise parameter_error(f"train.{err.field}", err) from None
         return self
 
     def train_config(self, method: str):
-        """The full :class:`pipeline.config.TrainConfig` of one method."""
-        return train_config(self.train, method)
+        """The full :class:`pipeline.config.TrainConfig` of one method.
 
-    def ehr_config(self):
-        """The :class:`rank1.models.EHRConfig` with these layer sizes."""
-        from rank1.models import EHRConfig
+        Raises:
+            pipeline.config.ConfigError: Naming the bad field.
+        """
+        from pipeline.config import TrainConfig
 
-        return EHRConfig(**self.model.model_dump())
+        return TrainConfig.from_dict({**self.train, "method": method})
 
 
-class ReportParams(_Params):
+class _Coverage(_Params):
+    #: Share of stays the model keeps; the most uncertain rest are referred. The same
+    #: default as pipeline.report.DEFAULT_COVERAGE (not imported: it would load polars).
+    coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+
+
+# --------------------------------------------------------------------------- MIMIC flows
+
+
+class ExtractParams(SplitSettings):
+    """Parameters of ``extract_mimic`` (and :class:`SplitSettings`).
+
+    Attributes:
+        mimic_dir: Folder with the raw MIMIC-III tables (CSV or CSV.gz).
+        out_dir: Feature folder to write.
+        force: Extract even when the inputs are unchanged since the last extraction.
+    """
+
+    mimic_dir: ExistingDir
+    out_dir: Path
+    force: bool = False
+
+
+class TrainParams(TrainSettings):
+    """Parameters of ``train_mimic`` (and :class:`TrainSettings`).
+
+    Attributes:
+        features_dir: Feature folder written by extraction.
+        checkpoint_dir: Folder for training checkpoints (one sub-folder per method), or
+            None for none.
+    """
+
+    features_dir: FeatureFolder
+    checkpoint_dir: Path | None = None
+
+
+class ReportParams(_Coverage):
     """Parameters of ``report_mimic``.
 
     Attributes:
@@ -233,72 +255,27 @@ class ReportParams(_Params):
     """
 
     run_id: RunId
-    features_dir: Path
+    features_dir: FeatureFolder
     out_dir: Path
     split: Split = "test"
-    coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
-
-    @field_validator("features_dir")
-    @classmethod
-    def _is_feature_folder(cls, path: Path) -> Path:
-        return _feature_folder(path)
 
 
-class ClinicalParams(_Params):
-    """Parameters of ``clinical_pipeline`` (extraction, training, reports).
+class ClinicalParams(TrainSettings, SplitSettings, _Coverage):
+    """Parameters of ``clinical_pipeline``: extraction, training and report settings together.
+
+    The split settings are :class:`SplitSettings`', the training ones
+    :class:`TrainSettings`' and ``coverage`` :class:`ReportParams`'; checked here as there,
+    so a bad value fails before extraction starts.
 
     Attributes:
         mimic_dir: Folder with the raw MIMIC-III tables.
         out_dir: Output root: ``features/`` and ``reports/<method>/`` are written in it.
-        methods: Models to train (see :class:`TrainParams`).
-        train: ``TrainConfig`` overrides (see :class:`TrainParams`).
-        model: Layer sizes of the LSTM.
-        experiment: MLflow experiment name.
-        seed: Seed of the subject-level split.
-        val_fraction: Share of subjects in the validation split.
-        test_fraction: Share of subjects in the test split.
-        coverage: Report coverage (see :class:`ReportParams`).
         force_extract: Extract even when the inputs are unchanged.
-        progress: Show training progress bars.
     """
 
-    mimic_dir: Path
+    mimic_dir: ExistingDir
     out_dir: Path = Path("outputs/mimic")
-    methods: Annotated[list[Method], Field(min_length=1)] = ["rank1", "deterministic"]
-    train: dict[str, Any] = Field(default_factory=dict)
-    model: ModelSizes = Field(default_factory=ModelSizes)
-    experiment: Annotated[str, Field(min_length=1)] = "mimic-ihm"
-    seed: Seed = 0
-    # Checked by features.mimic.splits.check_split_fractions, which says why.
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    coverage: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
     force_extract: bool = False
-    progress: bool = False
-
-    @field_validator("mimic_dir")
-    @classmethod
-    def _mimic_dir_exists(cls, path: Path) -> Path:
-        return _existing_dir(path)
-
-    @field_validator("methods")
-    @classmethod
-    def _unique(cls, methods: list[str]) -> list[str]:
-        return _unique_methods(methods)
-
-    @field_validator("train")
-    @classmethod
-    def _method_not_in_train(cls, train: dict[str, Any]) -> dict[str, Any]:
-        return _no_method_in_train(train)
-
-    @model_validator(mode="after")
-    def _check_together(self, info: ValidationInfo) -> ClinicalParams:
-        # The same checks as the sub-flows, so a bad value fails before extraction starts.
-        from features.mimic.splits import check_split_fractions
-
-        check_split_fractions(self.val_fraction, self.test_fraction)
-        _check_train_configs(self.methods, self.train, info)
-        return self
 
     @property
     def features_dir(self) -> Path:
@@ -315,159 +292,31 @@ class ClinicalParams(_Params):
         """Where the per-method training checkpoints go."""
         return self.out_dir / "checkpoints"
 
+    def extract_params(self) -> ExtractParams:
+        """The parameters of its ``extract_mimic`` sub-flow."""
+        split = self.model_dump(include=set(SplitSettings.model_fields))
+        return ExtractParams(
+            mimic_dir=self.mimic_dir, out_dir=self.features_dir, force=self.force_extract, **split
+        )
 
-ImageMethod = Literal["rank1", "deterministic", "ensemble"]
-Severity = Annotated[int, Field(ge=1, le=5)]
+    def train_params(self) -> TrainParams:
+        """The parameters of its ``train_mimic`` sub-flow (once the features exist)."""
+        settings = self.model_dump(include=set(TrainSettings.model_fields))
+        return TrainParams(
+            features_dir=self.features_dir, checkpoint_dir=self.checkpoints_dir, **settings
+        )
 
-
-class ImageTrainParams(_Params):
-    """Parameters of ``train_images``.
-
-    Attributes:
-        preset: A recipe of ``pipeline.images.PRESETS`` (``cnn-digits``,
-            ``wrn28-10-cifar10``, ``wrn28-10-cifar100``, ``resnet50-imagenet``).
-        methods: Models to train, each into its own MLflow run.
-        dataset: Train the preset's model on another dataset (None: the preset's).
-        data_dir: Folder of the clean data (not needed for digits).
-        epochs: Training length (the recipe's schedule scales with it).
-        batch_size: Unique images per step (the learning rate scales linearly).
-        ensemble_size: K.
-        posterior: ``normal`` or ``cauchy`` rank-1 factors.
-        seed: Training seed.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        num_workers: DataLoader workers.
-        experiment: MLflow experiment name (None: the preset's).
-        checkpoint_dir: Checkpoint folder (one sub-folder per method), or None.
-        progress: Show training progress bars.
-    """
-
-    preset: str = "cnn-digits"
-    methods: Annotated[list[ImageMethod], Field(min_length=1)] = ["rank1"]
-    dataset: Literal["digits", "cifar10", "cifar100", "imagenet"] | None = None
-    data_dir: Path | None = None
-    epochs: Annotated[float, Field(gt=0)] | None = None
-    batch_size: Annotated[int, Field(ge=1)] | None = None
-    ensemble_size: Annotated[int, Field(ge=1)] | None = None
-    posterior: Literal["normal", "cauchy"] | None = None
-    seed: Seed | None = None
-    device: Device | None = None
-    num_workers: Annotated[int, Field(ge=0)] | None = None
-    experiment: Annotated[str, Field(min_length=1)] | None = None
-    checkpoint_dir: Path | None = None
-    progress: bool = False
-
-    @field_validator("methods")
-    @classmethod
-    def _unique(cls, methods: list[str]) -> list[str]:
-        return _unique_methods(methods)
-
-    @field_validator("data_dir")
-    @classmethod
-    def _data_dir_exists(cls, path: Path | None) -> Path | None:
-        return None if path is None else _existing_dir(path)
-
-    @field_validator("device")
-    @classmethod
-    def _device_exists(cls, device: str | None, info: ValidationInfo) -> str | None:
-        return _device_here(device, info)
-
-    @model_validator(mode="after")
-    def _check_jobs(self) -> ImageTrainParams:
-        from pipeline.config import ConfigError
-
-        for method in self.methods:
-            try:
-                self.job(method)
-            except ConfigError as err:
-                field, _, reason = str(err).removeprefix("config field '").partition("': ")
-                if not reason:  # e.g. "unknown image preset ..."
-                    raise ValueError(f"parameter 'preset': {err}") from None
-                raise ValueError(f"parameter {field!r}: {reason}") from None
-        return self
-
-    def job(self, method: str):
-        """The ``pipeline.images.ImageJobConfig`` of one method."""
-        from pipeline.images import image_preset
-
-        return image_preset(
-            self.preset,
-            method=method,
-            dataset=self.dataset,
-            data_dir=self.data_dir,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            ensemble_size=self.ensemble_size,
-            posterior=self.posterior,
-            seed=self.seed,
-            device=self.device,
-            num_workers=self.num_workers,
-            experiment=self.experiment,
+    def report_params(self, method: str, run_id: str) -> ReportParams:
+        """The parameters of the ``report_mimic`` sub-flow of one trained run."""
+        return ReportParams(
+            run_id=run_id,
+            features_dir=self.features_dir,
+            out_dir=self.reports_dir / method,
+            coverage=self.coverage,
         )
 
 
-class ImageValidateParams(_Params):
-    """Parameters of ``validate_images``.
-
-    Attributes:
-        run_id: MLflow run written by ``train_images``.
-        corruptions: Corruption names (None: every corruption generated on the fly).
-        severities: Severities, 1 to 5.
-        data_dir: Clean data folder (None: the one the run was trained with).
-        corrupted_dir: Official CIFAR-10-C / CIFAR-100-C / ImageNet-C release (None:
-            corruptions are generated on the fly).
-        compare_run_id: Another run (e.g. the deterministic twin) drawn in the plot.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    """
-
-    run_id: RunId
-    corruptions: Annotated[list[str], Field(min_length=1)] | None = None
-    severities: Annotated[list[Severity], Field(min_length=1)] = [1, 2, 3, 4, 5]
-    data_dir: Path | None = None
-    corrupted_dir: Path | None = None
-    compare_run_id: RunId | None = None
-    device: Device = "auto"
-
-    @field_validator("data_dir", "corrupted_dir")
-    @classmethod
-    def _dir_exists(cls, path: Path | None) -> Path | None:
-        return None if path is None else _existing_dir(path)
-
-    @field_validator("device")
-    @classmethod
-    def _device_exists(cls, device: str, info: ValidationInfo) -> str:
-        return _device_here(device, info)
-
-    @field_validator("severities")
-    @classmethod
-    def _unique_severities(cls, severities: list[int]) -> list[int]:
-        if len(set(severities)) != len(severities):
-            raise ValueError(f"each severity may appear once, got {severities}")
-        return severities
-
-    @model_validator(mode="after")
-    def _known_corruptions(self) -> ImageValidateParams:
-        # With an official release the names are its file names; only generated
-        # corruptions can be checked up front.
-        if self.corruptions is not None and self.corrupted_dir is None:
-            from features.images.corruptions import available_corruptions
-
-            known = available_corruptions()
-            unknown = [name for name in self.corruptions if name not in known]
-            if unknown:
-                raise ValueError(
-                    f"parameter 'corruptions': unknown corruption {unknown[0]!r} "
-                    f"(known: {', '.join(known)})"
-                )
-        return self
-
-    def names(self) -> list[str]:
-        """The corruptions to evaluate."""
-        from features.images.corruptions import available_corruptions
-
-        return list(self.corruptions or available_corruptions())
-
-
-class DemoParams(_Params):
+class DemoParams(DeviceChecked):
     """Parameters of the ``demo`` flow.
 
     Attributes:
@@ -479,7 +328,7 @@ class DemoParams(_Params):
         severities: Corruption severities of the image validation.
         seed: Seed of the synthetic cohort and the splits.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        torch_threads: CPU threads of torch (None: torch's default, one per core).
+        torch_threads: CPU threads of torch (0: torch's default, one per core).
         progress: Show training progress bars on the terminal.
     """
 
@@ -488,25 +337,61 @@ class DemoParams(_Params):
     patients: Annotated[int, Field(ge=200)] = 1000
     steps: Annotated[int, Field(ge=10)] = 300
     image_epochs: Annotated[float, Field(gt=0)] | None = None
-    severities: Annotated[list[Severity], Field(min_length=1)] = [1, 3, 5]
+    severities: Severities = [1, 3, 5]
     seed: Seed = 0
     device: Device = "cpu"
-    torch_threads: Annotated[int, Field(ge=1)] | None = 1
+    torch_threads: Annotated[int, Field(ge=0)] = 1
     progress: bool = False
 
-    @field_validator("device")
-    @classmethod
-    def _device_exists(cls, device: str, info: ValidationInfo) -> str:
-        return _device_here(device, info)
+    def clinical_params(self, model: dict[str, int]) -> ClinicalParams:
+        """The demo's ``clinical_pipeline``: a short run of both LSTMs of size ``model``."""
+        every = max(self.steps // 5, 1)
+        return ClinicalParams(
+            mimic_dir=self.out_dir / "mimic-synthetic",
+            out_dir=self.out_dir / "mimic",
+            train={
+                "schedule": {"length": self.steps, "kl_anneal": self.steps // 2},
+                "eval_every": every,
+                # A rerun of a killed demo resumes from the last one (mimic/checkpoints).
+                "checkpoint_every": every,
+                "device": self.device,
+            },
+            model=model,
+            experiment="demo-mimic-ihm",
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+    def benchmark_params(self):
+        """The demo's ``image_benchmark``: the digits CNN and its twin, then validation."""
+        from flows.image_params import ImageBenchmarkParams
+
+        return ImageBenchmarkParams(
+            epochs=self.image_epochs,
+            severities=self.severities,
+            device=self.device,
+            experiment="demo-images",
+            progress=self.progress,
+        )
 
 
-def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:
+def defaults(model: type[M]) -> M:
+    """The model's defaults as attributes, for the CLI's options (declared once, here).
+
+    Not validated: required parameters are missing from it, and reading one fails.
+    """
+    return model.model_construct()
+
+
+def validate(flow_name: str, model: type[M], values: M | dict[str, Any]) -> M:
     """Validate a flow's parameters; raise :class:`ParameterError` naming the first bad one.
 
     Args:
         flow_name: Name of the flow, for the message.
         model: The parameter model.
-        values: The flow's arguments.
+        values: The parameters: already a ``model`` (returned as it is), or a mapping
+            (from a deployment, the Prefect UI or the CLI) where None stands for the
+            model's default.
 
     Returns:
         The validated (and coerced) parameters.
@@ -514,8 +399,11 @@ def validate(flow_name: str, model: type[M], values: dict[str, Any]) -> M:
     Raises:
         ParameterError: ``"<flow>: parameter '<name>': <reason>"``.
     """
+    if isinstance(values, model):
+        return values
+    given = {name: value for name, value in dict(values).items() if value is not None}
     try:
-        return model.model_validate(values)
+        return model.model_validate(given)
     except ValidationError as err:
         raise ParameterError(f"{flow_name}: {describe(err)}") from None
 

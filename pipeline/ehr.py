@@ -33,10 +33,11 @@ import torch
 
 from pipeline import plots, tracking
 from pipeline.calibration import TemperatureScaler, calibrate_and_report
-from pipeline.config import TrainConfig
+from pipeline.config import EHR_EXPERIMENT, TrainConfig
 from pipeline.jobs import RunSpec, TrainingResult, model_tag, run_training
 from pipeline.metrics import auroc, binary_metrics, ece_against_truth, mixture_probs
 from pipeline.predict import model_ensemble_size, predict_logits
+from pipeline.report import DEFAULT_COVERAGE
 from pipeline.train import dist_info, resolve_device
 from pipeline.uncertainty import referral_curve
 
@@ -152,7 +153,7 @@ def train_ehr(
     features_dir: str | os.PathLike,
     config: TrainConfig,
     *,
-    experiment: str = "mimic-ihm",
+    experiment: str = EHR_EXPERIMENT,
     model_config: Any = None,
     run_name: str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -314,7 +315,7 @@ def report_ehr(
     out_dir: str | os.PathLike,
     *,
     split: str = "test",
-    coverage: float = 0.8,
+    coverage: float = DEFAULT_COVERAGE,
 ) -> dict[str, Path]:
     """Write the per-patient report of one split with a logged run's model and temperature.
 

@@ -8,19 +8,17 @@
   minute. Overrides (epochs, unique batch, method, posterior, K, seed, ...) keep the
   recipe's shape: see :func:`image_preset`.
 
-Batch semantics of the image presets: ``batch_size`` in :func:`image_preset` counts
-**unique images per step**, the quantity the paper's learning rates are quoted for (0.1 per
-128 unique images on CIFAR, 0.4 per 1024 on ImageNet). The rank-1 model sees them tiled K
-times; a deterministic model or ensemble member sees them once. Changing it scales the
-learning rate linearly (spec pitfall 4).
+Batch semantics (one meaning everywhere, :attr:`pipeline.config.TrainConfig.batch_size`):
+``batch_size`` counts **unique examples per step**, the quantity the paper's learning rates
+are quoted for (0.1 per 128 unique images on CIFAR, 0.4 per 1024 on ImageNet). The rank-1
+model sees them tiled K times; a deterministic model or ensemble member sees them once.
+Changing it in :func:`image_preset` scales the learning rate linearly (spec pitfall 4).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-import typing
 from typing import Any
 
 from pipeline.config import (
@@ -28,7 +26,7 @@ from pipeline.config import (
     DatasetName,
     ImageJobConfig,
     Method,
-    OptimConfig,
+    ModelName,
     Posterior,
     ScheduleConfig,
     TrainConfig,
@@ -39,145 +37,110 @@ CAUCHY_EVAL_SAMPLES = 4
 
 
 def ehr_recipe(**changes: Any) -> TrainConfig:
-    """MIMIC-III (spec 5.3): Adam 3.0352e-4, clip 7.29199, 10k steps, batch 64, KL 5k steps."""
-    return TrainConfig().replace(**changes)
+    """MIMIC-III (spec 5.3): Adam 3.0352e-4, clip 7.29199, 10k steps, KL 5k steps.
+
+    The :class:`~pipeline.config.TrainConfig` defaults are this recipe (16 unique stays per
+    step for rank-1, 64 otherwise; fp32; validation every 100 steps), so they live there.
+    """
+    return TrainConfig.from_dict(changes)
+
+
+def _sgd_recipe(
+    batch_size: int,
+    lr: float,
+    epochs: float,
+    warmup: float,
+    decay_at: list[float],
+    decay_factor: float,
+    kl_anneal: float,
+    **changes: Any,
+) -> TrainConfig:
+    """The image recipes' shape, in epochs: SGD-Nesterov, warm-up, step decay, KL annealing.
+
+    SGD momentum 0.9 with Nesterov, L2 1e-4 as ``lambda * sum(theta^2)`` (weight_decay
+    2e-4), no clipping; evaluated once at the end (the image jobs evaluate once per epoch
+    themselves). ``changes`` override any field (``optim`` is merged).
+    """
+    optim = {"name": "sgd", "lr": lr, "weight_decay": 2e-4, "grad_clip_norm": None}
+    schedule = {
+        "unit": "epochs",
+        "length": epochs,
+        "warmup": warmup,
+        "decay_at": decay_at,
+        "decay_factor": decay_factor,
+        "kl_anneal": kl_anneal,
+    }
+    optim |= changes.pop("optim", {})
+    base = {"batch_size": batch_size, "optim": optim, "schedule": schedule, "eval_every": 0}
+    return TrainConfig.from_dict(base | changes)
 
 
 def cifar_recipe(**changes: Any) -> TrainConfig:
     """CIFAR WRN-28-10 (spec 5.1): SGD-Nesterov 0.1, 250 epochs, x0.2 at 100/200/225.
 
-    The batch is 512 tiled rows = 128 unique images per step, as on the reference's 8 TPU
+    128 unique images per step (512 tiled rows for rank-1), as on the reference's 8 TPU
     cores with 64 rows each.
     """
-    config = TrainConfig(
-        batch_size=512,
-        optim=OptimConfig(name="sgd", lr=0.1, weight_decay=2e-4, grad_clip_norm=None),
-        schedule=ScheduleConfig(
-            unit="epochs",
-            length=250,
-            warmup=1,
-            decay_at=[100, 200, 225],
-            decay_factor=0.2,
-            kl_anneal=200,
-        ),
-        eval_every=0,
-        checkpoint_every=390,
-    )
-    return config.replace(**changes)
+    return _sgd_recipe(
+        128, 0.1, 250, 1, [100, 200, 225], 0.2, 200,
+        **{"bf16": True, "checkpoint_every": 390, **changes},
+    )  # fmt: skip
 
 
 def imagenet_recipe(**changes: Any) -> TrainConfig:
     """ImageNet ResNet-50 (spec 5.2): SGD-Nesterov 0.4, 135 epochs, x0.1 at 45/90/120.
 
-    The batch is 4096 tiled rows = 1024 unique images per step (32 TPU cores x 128 rows).
+    1024 unique images per step (4096 tiled rows for rank-1: 32 TPU cores x 128 rows). BN
+    gamma/beta are NOT decayed: the reference's L2 filter matched "batch_norm" and
+    ResNet-50's BN layers are named bn*, so they escaped it. We reproduce that quirk
+    (decay_norm=False) because the published numbers were obtained with it.
     """
-    config = TrainConfig(
-        batch_size=4096,
-        optim=OptimConfig(
-            name="sgd", lr=0.4, weight_decay=2e-4, grad_clip_norm=None, decay_norm=False
-        ),
-        schedule=ScheduleConfig(
-            unit="epochs",
-            length=135,
-            warmup=5,
-            decay_at=[45, 90, 120],
-            decay_factor=0.1,
-            kl_anneal=90,
-        ),
-        eval_every=0,
-        checkpoint_every=1251,
-    )
-    return config.replace(**changes)
+    return _sgd_recipe(
+        1024, 0.4, 135, 5, [45, 90, 120], 0.1, 90,
+        **{"bf16": True, "checkpoint_every": 1251, "optim": {"decay_norm": False}, **changes},
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- image presets
 
 
-def _wrn_cifar(dataset: DatasetName) -> ImageJobConfig:
-    # Spec 5.1: 128 unique images/step (512 tiled rows), SGD-Nesterov 0.9, LR 0.1, warm-up
-    # 1 epoch, x0.2 at [100, 200, 225] of 250, KL annealed over 200 epochs, L2 1e-4 as
-    # lambda * sum(theta^2) => weight_decay 2e-4 (BN decayed on CIFAR), fp32.
-    train = cifar_recipe(
-        method="rank1",
-        ensemble_size=4,
-        bf16=False,
-        num_eval_samples=1,
-        eval_batch_size=500,
-    )
+def _job(preset: str, dataset: DatasetName, model: ModelName, train: TrainConfig, **rest: Any):
+    """An :class:`ImageJobConfig` whose learning rate is quoted for the recipe's own batch."""
     return ImageJobConfig(
-        preset=f"wrn28-10-{dataset}",
+        preset=preset,
         dataset=dataset,
-        model="wrn28-10",
+        model=model,
         train=train,
-        base_lr=0.1,
-        lr_reference_batch=128,
-        prior_stddev=0.1,
-        random_sign_init=0.5,
-        num_workers=4,
+        base_lr=train.optim.lr,
+        lr_reference_batch=train.batch_size,
+        **rest,
     )
+
+
+def _wrn_cifar(dataset: DatasetName) -> ImageJobConfig:
+    # Spec 5.1 (see cifar_recipe), BN decayed on CIFAR, fp32, prior N(1, 0.1^2).
+    train = cifar_recipe(bf16=False, eval_batch_size=500)
+    return _job(f"wrn28-10-{dataset}", dataset, "wrn28-10", train, num_workers=4)
 
 
 def _resnet50_imagenet() -> ImageJobConfig:
-    # Spec 5.2: 1024 unique images/step, LR 0.4, warm-up 5, x0.1 at 45/90/120 of 135, KL
-    # annealed over 90 epochs, prior N(1, 0.05^2), sign init 0.75. BN gamma/beta are NOT
-    # decayed: the reference's L2 filter matched "batch_norm" and ResNet-50's BN layers are
-    # named bn*, so they escaped it. We reproduce that quirk (decay_norm=False) because the
-    # published numbers were obtained with it.
-    train = imagenet_recipe(
-        method="rank1",
-        ensemble_size=4,
-        bf16=True,
-        num_eval_samples=1,
-        eval_batch_size=250,
-    )
-    return ImageJobConfig(
-        preset="resnet50-imagenet",
-        dataset="imagenet",
-        model="resnet50",
-        train=train,
-        base_lr=0.4,
-        lr_reference_batch=1024,
-        prior_stddev=0.05,
-        random_sign_init=0.75,
-        num_workers=8,
-    )
+    # Spec 5.2 (see imagenet_recipe): bf16, prior N(1, 0.05^2), sign init 0.75.
+    train = imagenet_recipe(eval_batch_size=250)
+    return _job(
+        "resnet50-imagenet", "imagenet", "resnet50", train,
+        prior_stddev=0.05, random_sign_init=0.75, num_workers=8,
+    )  # fmt: skip
 
 
 def _cnn_digits() -> ImageJobConfig:
     # Not from the paper: a CPU-sized recipe in the same shape (SGD-Nesterov, warm-up, step
     # decay, KL annealed over most of the run, prior N(1, 0.1^2)), tuned on the digits
     # validation split to train in about a minute on 2 cores.
-    train = TrainConfig(
-        method="rank1",
-        ensemble_size=4,
-        batch_size=32 * 4,
-        optim=OptimConfig(name="sgd", lr=0.05, weight_decay=2e-4, grad_clip_norm=None),
-        schedule=ScheduleConfig(
-            unit="epochs",
-            length=30,
-            warmup=1,
-            decay_at=[15, 25],
-            decay_factor=0.2,
-            kl_anneal=20,
-        ),
-        device="cpu",
-        bf16=False,
-        num_eval_samples=1,
-        eval_every=0,
-        checkpoint_every=0,
-        eval_batch_size=512,
-    )
-    return ImageJobConfig(
-        preset="cnn-digits",
-        dataset="digits",
-        model="small-cnn",
-        train=train,
-        base_lr=0.05,
-        lr_reference_batch=32,
-        prior_stddev=0.1,
-        random_sign_init=0.5,
-        num_workers=0,
-    )
+    train = _sgd_recipe(
+        32, 0.05, 30, 1, [15, 25], 0.2, 20,
+        device="cpu", checkpoint_every=0, eval_batch_size=512,
+    )  # fmt: skip
+    return _job("cnn-digits", "digits", "small-cnn", train, num_workers=0)
 
 
 #: Recipe name -> builder.
@@ -186,6 +149,14 @@ PRESETS = {
     "wrn28-10-cifar100": lambda: _wrn_cifar("cifar100"),
     "resnet50-imagenet": _resnet50_imagenet,
     "cnn-digits": _cnn_digits,
+}
+
+#: The recipe of each dataset (``rank1 train-images --dataset``).
+DATASET_PRESETS = {
+    "digits": "cnn-digits",
+    "cifar10": "wrn28-10-cifar10",
+    "cifar100": "wrn28-10-cifar100",
+    "imagenet": "resnet50-imagenet",
 }
 
 #: Default training length of the deterministic / ensemble baselines (spec 5.1: 200 epochs
@@ -208,8 +179,7 @@ def _scaled_schedule(schedule: ScheduleConfig, epochs: float) -> ScheduleConfig:
     """
     ratio = epochs / schedule.length
     warmup = schedule.warmup if schedule.warmup < epochs else schedule.warmup * ratio
-    return dataclasses.replace(
-        schedule,
+    return schedule.replace(
         length=epochs,
         warmup=warmup,
         decay_at=[b * ratio for b in schedule.decay_at],
@@ -272,54 +242,55 @@ def image_preset(
     if name not in PRESETS:
         raise ConfigError(f"unknown image preset {name!r}; choose from {', '.join(PRESETS)}")
     job = PRESETS[name]()
-    train = job.train
-    changes: dict[str, Any] = {}
-    if method is not None:
-        changes["method"] = method
-    if posterior is not None:
-        changes["posterior"] = posterior
-        if num_eval_samples is None:
-            changes["num_eval_samples"] = CAUCHY_EVAL_SAMPLES if posterior == "cauchy" else 1
-    if ensemble_size is not None:
-        changes["ensemble_size"] = ensemble_size
-    if seed is not None:
-        changes["seed"] = seed
-    if num_eval_samples is not None:
-        changes["num_eval_samples"] = num_eval_samples
-    if device is not None:
-        changes["device"] = device
-    new_method = changes.get("method", train.method)
-    k = changes.get("ensemble_size", train.ensemble_size)
-    unique = train.unique_batch_size if batch_size is None else batch_size
-    if unique < 1:
-        raise ConfigError(f"config field 'batch_size': must be >= 1, got {unique}")
-    changes["batch_size"] = unique * k if new_method == "rank1" else unique
+    changes = _given(
+        method=method,
+        posterior=posterior,
+        ensemble_size=ensemble_size,
+        seed=seed,
+        num_eval_samples=num_eval_samples,
+        device=device,
+    )
+    if posterior is not None and num_eval_samples is None:
+        changes["num_eval_samples"] = CAUCHY_EVAL_SAMPLES if posterior == "cauchy" else 1
+    unique = job.train.batch_size if batch_size is None else batch_size
+    changes["batch_size"] = unique
     lr = job.base_lr * unique / job.lr_reference_batch
-    changes["optim"] = dataclasses.replace(train.optim, lr=lr)
-    if epochs is None and new_method != "rank1" and job.model in BASELINE_EPOCHS:
-        epochs = BASELINE_EPOCHS[job.model]
+    # A dict, not a replaced OptimConfig: validated with the rest, so a bad batch size is
+    # reported as such rather than as the learning rate it implies.
+    changes["optim"] = {**job.train.optim.to_dict(), "lr": lr}
+    if epochs is None and changes.get("method", job.train.method) != "rank1":
+        epochs = BASELINE_EPOCHS.get(job.model)
     if epochs is not None:
         if not (math.isfinite(epochs) and epochs > 0):
-            raise ConfigError(f"config field 'epochs': must be > 0, got {epochs}")
-        changes["schedule"] = _scaled_schedule(train.schedule, float(epochs))
-    job.train = train.replace(**changes)  # validates
+            raise ConfigError(f"must be > 0, got {epochs}", "epochs")
+        changes["schedule"] = _scaled_schedule(job.train.schedule, float(epochs))
+    # Its errors name TrainConfig's fields, which are also this function's arguments.
+    train = job.train.replace(**changes)
     if dataset is not None:
-        if dataset not in typing.get_args(DatasetName):
-            raise ConfigError(f"config field 'dataset': unknown dataset {dataset!r}")
-        if job.model not in DATASET_MODELS[dataset]:
-            raise ConfigError(
-                f"config field 'dataset': preset {name!r} trains {job.model}, which does not "
-                f"fit {dataset} (use one of the presets for {', '.join(DATASET_MODELS[dataset])})"
-            )
-        job.dataset = dataset
-    if data_dir is not None:
-        job.data_dir = str(data_dir)
-    if prior_stddev is not None:
-        if not prior_stddev > 0:
-            raise ConfigError(f"config field 'prior_stddev': must be > 0, got {prior_stddev}")
-        job.prior_stddev = prior_stddev
-    if num_workers is not None:
-        job.num_workers = num_workers
-    if experiment is not None:
-        job.experiment = experiment
-    return job
+        _check_fits(name, job.model, dataset)
+    return job.replace(
+        train=train,
+        **_given(
+            dataset=dataset,
+            data_dir=None if data_dir is None else str(data_dir),
+            prior_stddev=prior_stddev,
+            num_workers=num_workers,
+            experiment=experiment,
+        ),
+    )
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The overrides that were given (not None)."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _check_fits(preset: str, model: ModelName, dataset: DatasetName) -> None:
+    if dataset not in DATASET_MODELS:
+        raise ConfigError(f"unknown dataset {dataset!r}", "dataset")
+    if model not in DATASET_MODELS[dataset]:
+        raise ConfigError(
+            f"preset {preset!r} trains {model}, which does not fit {dataset} (use one of the "
+            f"presets for {', '.join(DATASET_MODELS[dataset])})",
+            "dataset",
+        )

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from flows import params
 from flows.cli import app
 from flows.deployments import DeploymentError, code_location, load_config
+from flows.image_params import ImageTrainParams, ImageValidateParams
 from flows.params import ParameterError, validate
 from pipeline.config import ConfigError
 from pipeline.train import CHECKPOINT_FILE, load_checkpoint, resolve_device
@@ -286,7 +287,7 @@ def test_check_device_refuses_a_gpu_index_past_the_last(monkeypatch):
 
 
 def test_resolve_device_error_is_not_transient(no_cuda):
-    # flows.mimic.retry_transient retries anything that is not a ValueError.
+    # flows.tasks.retry_transient retries anything that is not a ValueError.
     with pytest.raises(ValueError, match="not available"):
         resolve_device("cuda")
 
@@ -316,8 +317,8 @@ def test_pipeline_with_cuda_but_none_does_no_work(tmp_path, no_cuda):
 @pytest.mark.parametrize(
     ("model", "values"),
     [
-        (params.ImageTrainParams, {"device": "cuda"}),
-        (params.ImageValidateParams, {"run_id": "f" * 32, "device": "cuda:1"}),
+        (ImageTrainParams, {"device": "cuda"}),
+        (ImageValidateParams, {"run_id": "f" * 32, "device": "cuda:1"}),
         (params.DemoParams, {"device": "cuda"}),
     ],
 )

@@ -150,7 +150,8 @@ def test_extract_flow_keeps_rows_and_ids_out_of_prefect(prefect_harness, tmp_pat
     hadm_db, value, row = float_hadm_db(cohort, tmp_path / "hadm")
     run_ids = []
     for db in (quote_db, hadm_db):
-        state = extract_mimic(db, tmp_path / f"out-{db.name}", return_state=True)
+        params = {"mimic_dir": db, "out_dir": tmp_path / f"out-{db.name}"}
+        state = extract_mimic(params, return_state=True)
         assert state.is_failed()
         run_ids.append(state.state_details.flow_run_id)
     APILogHandler().flush()

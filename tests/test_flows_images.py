@@ -25,10 +25,11 @@ def test_image_benchmark_trains_and_validates_in_parallel_cells(prefect_harness,
 
     from flows.images import image_benchmark
 
-    result = image_benchmark(
-        "cnn-digits", methods=["rank1", "deterministic"], epochs=0.5, corruptions=CORRUPTIONS,
-        severities=SEVERITIES, device="cpu", experiment="flows-images",
-    )  # fmt: skip
+    result = image_benchmark({
+        "preset": "cnn-digits", "methods": ["rank1", "deterministic"], "epochs": 0.5,
+        "corruptions": CORRUPTIONS, "severities": SEVERITIES, "device": "cpu",
+        "experiment": "flows-images",
+    })  # fmt: skip
     assert set(result["runs"]) == {"rank1", "deterministic"}
     client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     for method, run_id in result["runs"].items():
@@ -62,7 +63,7 @@ def test_validate_images_runs_one_task_per_cell(prefect_harness, mlflow_dir, mon
     from flows.images import train_images, validate_images
     from pipeline import tracking
 
-    runs = train_images(methods=["deterministic"], epochs=0.25, device="cpu")
+    runs = train_images({"methods": ["deterministic"], "epochs": 0.25, "device": "cpu"})
     loads = []
     load_model = tracking.load_model
 
@@ -71,9 +72,8 @@ def test_validate_images_runs_one_task_per_cell(prefect_harness, mlflow_dir, mon
         return load_model(*args, **kwargs)
 
     monkeypatch.setattr(tracking, "load_model", counting_load_model)
-    state = validate_images(
-        runs["deterministic"], corruptions=["fog"], severities=[2, 4], return_state=True
-    )
+    cells = {"run_id": runs["deterministic"], "corruptions": ["fog"], "severities": [2, 4]}
+    state = validate_images(cells, return_state=True)
     assert state.is_completed()
     # One load for the flow, shared by both cells (not one per task).
     assert len(loads) == 1
@@ -97,9 +97,9 @@ def test_image_flows_refuse_bad_parameters(prefect_harness, mlflow_dir):
     from flows.images import image_benchmark, train_images, validate_images
 
     with pytest.raises(ParameterError, match="train_images: parameter 'preset'"):
-        train_images(preset="vgg16")
+        train_images({"preset": "vgg16"})
     with pytest.raises(ParameterError, match="validate_images: parameter 'severities.0'"):
-        validate_images("f" * 32, severities=[6])
+        validate_images({"run_id": "f" * 32, "severities": [6]})
     # image_benchmark checks its validation parameters before training anything.
     with pytest.raises(ParameterError, match="image_benchmark: .*unknown corruption 'rain'"):
-        image_benchmark(corruptions=["rain"])
+        image_benchmark({"corruptions": ["rain"]})

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from flows.params import ParameterError
+from flows.params import ClinicalParams, ParameterError
 
 # Small but real training: the flows are under test here, not the model's accuracy.
 TRAIN = {
@@ -92,11 +92,13 @@ def test_bad_parameters_fail_before_any_work(prefect_harness, workdir, synthetic
 
     out = workdir / "never"
     with pytest.raises(ParameterError, match="extract_mimic: parameter 'mimic_dir'"):
-        extract_mimic(mimic_dir=workdir / "missing", out_dir=out)
+        extract_mimic({"mimic_dir": workdir / "missing", "out_dir": out})
     with pytest.raises(ParameterError, match="parameter 'train.optim.lr'"):
-        clinical_pipeline(synthetic_mimic, out_dir=out, train={"optim": {"lr": -1.0}})
+        clinical_pipeline(
+            {"mimic_dir": synthetic_mimic, "out_dir": out, "train": {"optim": {"lr": -1.0}}}
+        )
     with pytest.raises(ParameterError, match="parameter 'methods.0'"):
-        clinical_pipeline(synthetic_mimic, out_dir=out, methods=["bayes"])
+        clinical_pipeline({"mimic_dir": synthetic_mimic, "out_dir": out, "methods": ["bayes"]})
     assert not out.exists()
 
 
@@ -104,10 +106,10 @@ def test_clinical_pipeline_end_to_end(prefect_harness, workdir, synthetic_mimic)
     from flows.mimic import clinical_pipeline
 
     out = workdir / "out"
-    result = clinical_pipeline(
-        synthetic_mimic, out_dir=out, methods=["rank1", "deterministic"], train=TRAIN,
+    result = clinical_pipeline(ClinicalParams(
+        mimic_dir=synthetic_mimic, out_dir=out, methods=["rank1", "deterministic"], train=TRAIN,
         model=MODEL, experiment="flows-test",
-    )  # fmt: skip
+    ))  # fmt: skip
     assert result["extracted"] is True
     assert set(result["runs"]) == {"rank1", "deterministic"}
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
@@ -139,10 +141,10 @@ def test_clinical_pipeline_end_to_end(prefect_harness, workdir, synthetic_mimic)
     # Unchanged inputs: extraction is skipped and the feature folder is kept as it is.
     manifest = out / "features" / "manifest.json"
     before = manifest.stat().st_mtime_ns
-    again = clinical_pipeline(
-        synthetic_mimic, out_dir=out, methods=["deterministic"], train=TRAIN, model=MODEL,
-        experiment="flows-test",
-    )  # fmt: skip
+    again = clinical_pipeline(ClinicalParams(
+        mimic_dir=synthetic_mimic, out_dir=out, methods=["deterministic"], train=TRAIN,
+        model=MODEL, experiment="flows-test",
+    ))  # fmt: skip
     assert again["extracted"] is False
     assert manifest.stat().st_mtime_ns == before
     assert again["runs"]["deterministic"] != result["runs"]["deterministic"]
@@ -169,7 +171,7 @@ def test_report_flow_refuses_a_missing_feature_folder(prefect_harness, workdir):
     from flows.mimic import report_mimic
 
     with pytest.raises(ParameterError, match="parameter 'features_dir': .* not a feature folder"):
-        report_mimic("a" * 32, workdir / "nothing", workdir / "r")
+        report_mimic({"run_id": "a" * 32, "features_dir": workdir / "nothing", "out_dir": "r"})
 
 
 def test_cli_pipeline_failure_is_one_line(prefect_harness, workdir):
@@ -205,10 +207,10 @@ def test_clinical_pipeline_on_mimic_demo(prefect_harness, workdir, demo_dir):
     from flows.mimic import clinical_pipeline
 
     out = workdir / "demo"
-    result = clinical_pipeline(
-        demo_dir, out_dir=out, methods=["rank1"], train=TRAIN, model=MODEL,
+    result = clinical_pipeline(ClinicalParams(
+        mimic_dir=demo_dir, out_dir=out, methods=["rank1"], train=TRAIN, model=MODEL,
         experiment="flows-demo",
-    )  # fmt: skip
+    ))  # fmt: skip
     run = _client().get_run(result["runs"]["rank1"])
     assert run.data.tags["dataset"] == "mimic-iii"
     assert "test/auroc" in run.data.metrics or "test/nll" in run.data.metrics
@@ -220,7 +222,7 @@ def test_clinical_pipeline_on_mimic_demo(prefect_harness, workdir, demo_dir):
 def test_tasks_retry_transient_errors_only(prefect_harness):
     from prefect import flow, task
 
-    from flows.mimic import retry_transient
+    from flows.tasks import retry_transient
 
     attempts = {"value": 0, "io": 0}
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from flows import params
 from flows.cli import app
 from flows.deployments import DeploymentError, default_config_path, load_config
+from flows.image_params import ImageTrainParams, ImageValidateParams
 from flows.params import ParameterError, validate
 
 COMMANDS = [
@@ -49,7 +50,8 @@ def test_extract_params_name_the_bad_parameter(tmp_path, values, expected):
     ("values", "expected"),
     [
         ({"train": {"optim": {"lr": -1}}}, "parameter 'train.optim.lr': must be a finite"),
-        ({"train": {"batch_size": 30}}, "parameter 'train.batch_size': 30 rows cannot be tiled"),
+        ({"train": {"batch_size": 0}}, "parameter 'train.batch_size': must be >= 1, got 0"),
+        ({"train": {"seed": True}}, "parameter 'train.seed': must be an integer, got True"),
         ({"train": {"epochs": 3}}, "parameter 'train.epochs': unknown field"),
         ({"train": {"method": "rank1"}}, "parameter 'train': set the method with 'methods'"),
         ({"methods": ["bnn"]}, "parameter 'methods.0': Input should be 'rank1'"),
@@ -82,7 +84,7 @@ def test_train_params_build_configs(tmp_path):
     )  # fmt: skip
     config = p.train_config("deterministic")
     assert config.method == "deterministic" and config.seed == 3
-    assert p.ehr_config().rnn_dim == 8 and p.ehr_config().hidden_dim == 128
+    assert p.model.ehr_config().rnn_dim == 8 and p.model.ehr_config().hidden_dim == 128
     with pytest.raises(ParameterError, match="parameter 'features_dir': .* not a feature folder"):
         validate("train_mimic", params.TrainParams, {"features_dir": tmp_path / "x"})
 
@@ -99,20 +101,20 @@ def test_report_params_check_run_id_and_split(tmp_path):
 
 def test_image_params_check_preset_corruptions_and_severities():
     with pytest.raises(ParameterError, match="parameter 'preset': unknown image preset"):
-        validate("train_images", params.ImageTrainParams, {"preset": "vgg"})
+        validate("train_images", ImageTrainParams, {"preset": "vgg"})
     with pytest.raises(ParameterError, match="parameter 'epochs'"):
-        validate("train_images", params.ImageTrainParams, {"epochs": 0})
+        validate("train_images", ImageTrainParams, {"epochs": 0})
     with pytest.raises(ParameterError, match="parameter 'device'"):
-        validate("train_images", params.ImageTrainParams, {"device": "gpu"})
-    job = validate("train_images", params.ImageTrainParams, {"epochs": 2}).job("deterministic")
+        validate("train_images", ImageTrainParams, {"device": "gpu"})
+    job = validate("train_images", ImageTrainParams, {"epochs": 2}).job("deterministic")
     assert job.dataset == "digits" and job.train.method == "deterministic"
 
     run = {"run_id": "f" * 32}
     with pytest.raises(ParameterError, match="parameter 'severities.0'"):
-        validate("validate_images", params.ImageValidateParams, {**run, "severities": [0]})
+        validate("validate_images", ImageValidateParams, {**run, "severities": [0]})
     with pytest.raises(ParameterError, match="unknown corruption 'rain'"):
-        validate("validate_images", params.ImageValidateParams, {**run, "corruptions": ["rain"]})
-    p = validate("validate_images", params.ImageValidateParams, run)
+        validate("validate_images", ImageValidateParams, {**run, "corruptions": ["rain"]})
+    p = validate("validate_images", ImageValidateParams, run)
     assert len(p.names()) == 16 and p.severities == [1, 2, 3, 4, 5]
 
 
@@ -268,3 +270,40 @@ def test_importing_flows_sets_offline_prefect_defaults():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
     )
     assert out.stdout.split() == ["false", "60"]
+
+
+def test_train_and_pipeline_build_the_same_config_from_the_same_options(tmp_path, monkeypatch):
+    """``rank1 train --steps 300`` and ``rank1 pipeline --steps 300`` train the same config."""
+    import pipeline.ehr
+    from flows.cli import mimic as cli_mimic
+
+    seen = {}
+
+    def fake_train_ehr(features, config, **kwargs):
+        seen["train"] = config
+        raise ValueError("stop here")
+
+    def fake_run_flow(flow_fn, params_model, values):
+        seen["pipeline"] = validate("clinical_pipeline", params_model, values)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline.ehr, "train_ehr", fake_train_ehr)
+    monkeypatch.setattr(cli_mimic, "run_flow", fake_run_flow)
+    shared = ["--steps", "300", "--batch-size", "8", "--device", "cpu"]
+    CliRunner().invoke(app, ["train", "--features", str(tmp_path), *shared])
+    CliRunner().invoke(app, ["pipeline", "--mimic-dir", str(tmp_path), *shared])
+    for method in ("rank1", "deterministic"):
+        trained = seen["train"].replace(method=method)
+        assert seen["pipeline"].train_config(method) == trained
+    config = seen["train"]
+    assert (config.schedule.length, config.schedule.kl_anneal) == (300, 150)
+    assert (config.eval_every, config.checkpoint_every, config.batch_size) == (30, 30, 8)
+
+
+def test_flow_parameter_models_compose_their_parts():
+    clinical = params.ClinicalParams.model_fields
+    for part in (params.SplitSettings, params.TrainSettings):
+        for name, field in part.model_fields.items():
+            assert clinical[name].default == field.default, name
+    assert clinical["coverage"].default == params.ReportParams.model_fields["coverage"].default
+    assert params.ModelSizes().ehr_config().rnn_dim == 256  # EHRConfig's own default

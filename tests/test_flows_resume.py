@@ -63,7 +63,7 @@ def _dead_pid():
 
 
 def test_plan_resume_continues_only_an_unfinished_checkpoint_of_the_same_training(tmp_path):
-    from flows.mimic import RESUME_FILE, mark_complete, plan_resume
+    from flows.resume import RESUME_FILE, mark_complete, plan_resume
 
     folder = tmp_path / "ckpt"
     folder.mkdir()
@@ -88,7 +88,7 @@ def test_plan_resume_continues_only_an_unfinished_checkpoint_of_the_same_trainin
 
 
 def test_training_key_follows_config_sizes_experiment_and_features(tmp_path):
-    from flows.mimic import training_key
+    from flows.resume import training_key
     from pipeline.config import TrainConfig
     from rank1.models import EHRConfig
 
@@ -104,11 +104,11 @@ def test_training_key_follows_config_sizes_experiment_and_features(tmp_path):
 
 
 def test_pipeline_steps_option_keeps_checkpoints():
-    from flows.cli.mimic import _train_overrides
+    from flows.cli.mimic import train_overrides
 
-    overrides = _train_overrides(None, 200, None, None)
+    overrides = train_overrides(None, 200, None, None)
     assert overrides["checkpoint_every"] == 20
-    assert _train_overrides(None, 3, None, None)["checkpoint_every"] == 1
+    assert train_overrides(None, 3, None, None)["checkpoint_every"] == 1
 
 
 # --------------------------------------------------------------------------- run status
@@ -204,8 +204,8 @@ def _prefect_runs(prefect_home, pid):
 def test_pipeline_rerun_after_sigkill_resumes_to_the_same_weights(store, tmp_path):
     """kill -9 mid-training, rerun the same command: same weights as without the kill."""
     from features.synthetic import generate
-    from flows.cli.mimic import _train_overrides
-    from flows.params import train_config
+    from flows.cli.mimic import train_overrides
+    from pipeline.config import TrainConfig
     from pipeline.ehr import train_ehr
     from pipeline.train import CHECKPOINT_FILE, load_checkpoint
     from rank1.models import EHRConfig
@@ -254,7 +254,7 @@ def test_pipeline_rerun_after_sigkill_resumes_to_the_same_weights(store, tmp_pat
     assert resume_state["complete"] and resume_state["run_id"] == resumed.info.run_id
 
     # The same training uninterrupted, in this process (one thread, like the CLI's).
-    config = train_config(_train_overrides(None, steps, 16, "cpu"), "rank1")
+    config = TrainConfig.from_dict({**train_overrides(None, steps, 16, "cpu"), "method": "rank1"})
     reference = train_ehr(
         out / "features", config, experiment="reference", progress=False,
         model_config=EHRConfig(rnn_dim=8, hidden_dim=8), checkpoint_dir=tmp_path / "ref",

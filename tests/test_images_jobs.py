@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -26,7 +25,7 @@ def test_wrn_presets_match_spec_5_1(name):
     t = job.train
     assert job.model == "wrn28-10" and job.dataset == name.split("-")[-1]
     assert t.method == "rank1" and t.ensemble_size == 4 and t.posterior == "normal"
-    assert job.unique_batch_size == 128 and t.batch_size == 512
+    assert t.batch_size == 128  # unique images; the rank-1 model tiles them to 512 rows
     assert t.optim.name == "sgd" and t.optim.nesterov and t.optim.momentum == 0.9
     assert t.optim.lr == pytest.approx(0.1)
     assert t.optim.weight_decay == pytest.approx(2e-4) and t.optim.decay_norm
@@ -40,7 +39,7 @@ def test_resnet50_preset_matches_spec_5_2():
     job = image_preset("resnet50-imagenet")
     t = job.train
     assert job.model == "resnet50" and job.dataset == "imagenet"
-    assert job.unique_batch_size == 1024 and t.optim.lr == pytest.approx(0.4)
+    assert t.batch_size == 1024 and t.optim.lr == pytest.approx(0.4)
     s = t.schedule
     assert (s.length, s.warmup, s.decay_factor, s.kl_anneal) == (135, 5, 0.1, 90)
     assert s.decay_at == [45, 90, 120]
@@ -55,7 +54,7 @@ def test_preset_overrides_keep_the_recipe_shape():
     short = image_preset("wrn28-10-cifar10", epochs=25, batch_size=64, ensemble_size=2, seed=3)
     assert short.train.schedule.decay_at == pytest.approx([10, 20, 22.5])
     assert short.train.schedule.kl_anneal == pytest.approx(20)
-    assert short.train.batch_size == 128 and short.train.optim.lr == pytest.approx(0.05)
+    assert short.train.batch_size == 64 and short.train.optim.lr == pytest.approx(0.05)
     assert short.train.seed == 3
     det = image_preset("wrn28-10-cifar10", method="deterministic")
     assert det.train.schedule.length == 200 and det.train.schedule.decay_at == [80, 160, 180]
@@ -160,8 +159,7 @@ def test_digits_train_validate_and_reload(mlflow_store):
 
     def job(method):
         j = image_preset("cnn-digits", method=method, epochs=2, experiment="t")
-        j.train = dataclasses.replace(j.train, batch_size=j.train.batch_size * 2)  # fewer steps
-        return j
+        return j.replace(train=j.train.replace(batch_size=j.train.batch_size * 2))  # fewer steps
 
     det_id = train_images(job("deterministic"), progress=False).run_id
     result = train_images(job("rank1"), progress=False)
@@ -209,7 +207,7 @@ def test_ensemble_run_logs_members_and_counts_all_parameters(mlflow_store):
     from pipeline.images import load_image_run, train_images
 
     j = image_preset("cnn-digits", method="ensemble", ensemble_size=2, epochs=1, experiment="t")
-    j.train = dataclasses.replace(j.train, batch_size=128)
+    j = j.replace(train=j.train.replace(batch_size=128))
     result = train_images(j, progress=False)
     model, _ = load_image_run(result.run_id)
     single = sum(p.numel() for p in SmallCNN(SmallCNNConfig(bayesian=False)).parameters())

@@ -138,11 +138,14 @@ def test_optimizer_groups_decay_shared_weights_not_factors():
 def test_recipes_match_the_paper():
     ehr = ehr_recipe()
     assert (ehr.optim.name, ehr.optim.lr, ehr.optim.grad_clip_norm) == ("adam", 3.0352e-4, 7.29199)
-    assert (ehr.schedule.length, ehr.schedule.kl_anneal, ehr.batch_size) == (10_000, 5_000, 64)
-    assert ehr.unique_batch_size == 16
-    assert ehr.replace(method="deterministic").unique_batch_size == 64
+    assert (ehr.schedule.length, ehr.schedule.kl_anneal, ehr.batch_size) == (10_000, 5_000, 16)
+    # The reference's batch 64 is 16 stays tiled 4x for rank-1, 64 stays for the others.
+    assert ehr.replace(method="deterministic").batch_size == 64
+    assert ehr_recipe(method="ensemble").batch_size == 64
+    # fp32 and validation every 100 steps, as in the reference MIMIC script.
+    assert not ehr.bf16 and ehr.eval_every == 100
     cifar = cifar_recipe()
-    spe = 50_000 // cifar.unique_batch_size
+    spe = 50_000 // cifar.batch_size
     assert spe == 390
     assert lr_factor(0, cifar, spe) == pytest.approx(1 / 390)
     assert lr_factor(389, cifar, spe) == pytest.approx(1.0)
@@ -151,7 +154,7 @@ def test_recipes_match_the_paper():
     assert lr_factor(225 * 390, cifar, spe) == pytest.approx(0.2**3)
     assert cifar.total_steps(spe) == 250 * 390
     imagenet = imagenet_recipe()
-    assert imagenet.unique_batch_size == 1024
+    assert imagenet.batch_size == 1024
     assert lr_factor(120 * 1251, imagenet, 1251) == pytest.approx(1e-3)
 
 
@@ -166,8 +169,17 @@ def test_config_round_trips_and_names_bad_fields():
         TrainConfig.from_dict({"optim": {"lr": -1.0}})
     with pytest.raises(ConfigError, match="'method'"):
         TrainConfig.from_dict({"method": "mc-dropout"})
-    with pytest.raises(ConfigError, match="'batch_size'"):
-        TrainConfig.from_dict({"batch_size": 30})  # not a multiple of K=4
+    assert TrainConfig.from_dict({"batch_size": 30}).batch_size == 30  # unique, any K
+    with pytest.raises(ConfigError, match="'batch_size': must be >= 1, got 0"):
+        TrainConfig.from_dict({"batch_size": 0})
+    with pytest.raises(ConfigError, match="'seed': must be an integer, got True"):
+        TrainConfig.from_dict({"seed": True})
+    with pytest.raises(ConfigError, match="'optim.lr': must be a number, got '1'"):
+        TrainConfig.from_dict({"optim": {"lr": "1"}})
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"optim": {"lr": -1.0}})
+    assert info.value.field == "optim.lr"
+    assert info.value.reason == "must be a finite number > 0, got -1.0"
     with pytest.raises(ConfigError, match=r"'schedule.decay_at\[1\]'"):
         TrainConfig.from_dict({"schedule": {"decay_at": [1, "x"]}})
     with pytest.raises(ConfigError, match="'bf16'"):

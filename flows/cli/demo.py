@@ -9,24 +9,32 @@ import typer
 
 from flows.cli import options
 from flows.cli.running import print_uis, run_flow
+from flows.params import DemoParams, defaults
+
+_DEMO = defaults(DemoParams)
+_SEVERITIES = ",".join(str(level) for level in _DEMO.severities)
 
 
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", help="Output root.")] = Path("outputs"),
+    out: Annotated[Path, typer.Option("--out", help="Output root.")] = _DEMO.out_dir,
     patients: Annotated[
         int, typer.Option("--patients", min=200, help="Synthetic patients.")
-    ] = 1000,
-    steps: Annotated[int, typer.Option("--steps", min=10, help="EHR training steps.")] = 300,
+    ] = _DEMO.patients,
+    steps: Annotated[
+        int, typer.Option("--steps", min=10, help="EHR training steps.")
+    ] = _DEMO.steps,
     image_epochs: Annotated[
         float | None,
         typer.Option("--image-epochs", min=0.01, help="Digits training epochs (recipe: 30)."),
     ] = None,
-    severities: options.Severities = "1,3,5",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort.")] = 0,
-    device: Annotated[str, typer.Option("--device", help="cpu (default) | auto | cuda.")] = "cpu",
+    severities: options.Severities = _SEVERITIES,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic cohort.")] = _DEMO.seed,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu (default) | auto | cuda.")
+    ] = _DEMO.device,
     threads: Annotated[
         int, typer.Option("--threads", min=0, help="torch CPU threads (0: one per core).")
-    ] = 1,
+    ] = _DEMO.torch_threads,
     tracking_uri: Annotated[
         str | None,
         typer.Option(
@@ -43,21 +51,22 @@ def demo_command(
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     from flows.demo import demo
-    from flows.params import DemoParams
 
     started = time.perf_counter()
     result = run_flow(
         demo,
         DemoParams,
-        out_dir=out,
-        patients=patients,
-        steps=steps,
-        image_epochs=image_epochs,
-        severities=levels,
-        seed=seed,
-        device=device,
-        torch_threads=threads or None,
-        progress=sys.stderr.isatty(),
+        {
+            "out_dir": out,
+            "patients": patients,
+            "steps": steps,
+            "image_epochs": image_epochs,
+            "severities": levels,
+            "seed": seed,
+            "device": device,
+            "torch_threads": threads,
+            "progress": sys.stderr.isatty(),
+        },
     )
     clinical, images = result["clinical"], result["images"]
 

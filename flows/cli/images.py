@@ -13,13 +13,12 @@ import typer
 
 from flows.cli import error_line, fail, options
 from flows.cli.running import print_uis
+from flows.image_params import ImageValidateParams
+from flows.params import defaults
+from pipeline.recipes import DATASET_PRESETS
 
-_DEFAULT_IMAGE_PRESETS = {
-    "digits": "cnn-digits",
-    "cifar10": "wrn28-10-cifar10",
-    "cifar100": "wrn28-10-cifar100",
-    "imagenet": "resnet50-imagenet",
-}
+_VALIDATE = defaults(ImageValidateParams)
+_SEVERITIES = ",".join(str(level) for level in _VALIDATE.severities)
 
 
 def train_images_command(
@@ -42,9 +41,7 @@ def train_images_command(
     epochs: Annotated[
         float | None, typer.Option("--epochs", min=0.01, help="Epochs (schedule scales).")
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Unique images per step.")
-    ] = None,
+    batch_size: options.ImageBatchSize = None,
     ensemble_size: options.EnsembleSize = None,
     seed: options.TrainingSeed = None,
     device: options.Device = None,
@@ -60,11 +57,11 @@ def train_images_command(
     from pipeline.config import ConfigError
     from pipeline.images import image_preset, train_images
 
-    if dataset not in _DEFAULT_IMAGE_PRESETS:
-        fail(f"unknown dataset {dataset!r}; choose from {', '.join(_DEFAULT_IMAGE_PRESETS)}")
+    if dataset not in DATASET_PRESETS:
+        fail(f"unknown dataset {dataset!r}; choose from {', '.join(DATASET_PRESETS)}")
     try:
         job = image_preset(
-            preset or _DEFAULT_IMAGE_PRESETS[dataset],
+            preset or DATASET_PRESETS[dataset],
             dataset=dataset,
             data_dir=data_dir,
             method=method,
@@ -97,7 +94,7 @@ def validate_images_command(
         str | None,
         typer.Option("--corruptions", help="Comma-separated names (default: all generated)."),
     ] = None,
-    severities: options.Severities = "1,2,3,4,5",
+    severities: options.Severities = _SEVERITIES,
     compare: Annotated[
         str | None, typer.Option("--compare", help="Run id drawn beside this one in the plot.")
     ] = None,
@@ -108,7 +105,7 @@ def validate_images_command(
         Path | None,
         typer.Option("--corrupted-dir", help="Official CIFAR-C / ImageNet-C (else generated)."),
     ] = None,
-    device: options.DeviceName = "auto",
+    device: options.DeviceName = _VALIDATE.device,
 ) -> None:
     """Evaluate a run on clean and corrupted test images; log the metrics and plot to it."""
     from pipeline.config import ConfigError, check_device
@@ -119,7 +116,7 @@ def validate_images_command(
     try:
         check_device(device, "--device")  # before the run's model is fetched
     except ConfigError as err:
-        fail(str(err).removeprefix("config field "))
+        fail(f"{err.field}: {err.reason}")
     try:
         metrics = validate_images(
             run,

@@ -8,12 +8,20 @@ and ``report`` call :mod:`pipeline.ehr`, ``pipeline`` runs the Prefect flow
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from flows.cli import error_line, fail, options
 from flows.cli.running import print_uis, run_flow
+from flows.params import ClinicalParams, ExtractParams, ReportParams, TrainParams, defaults
+
+# The flows' parameter models are the home of the defaults the options show.
+_EXTRACT, _REPORT = defaults(ExtractParams), defaults(ReportParams)
+_CLINICAL = defaults(ClinicalParams)
+#: The MLflow experiment of the EHR runs.
+EXPERIMENT = defaults(TrainParams).experiment
+_METHODS = ",".join(_CLINICAL.methods)
 
 
 def synth_command(
@@ -45,13 +53,13 @@ def synth_command(
 def extract_command(
     mimic_dir: Annotated[Path, typer.Option("--mimic-dir", help="Folder with MIMIC-III CSV(.gz).")],
     out: Annotated[Path, typer.Option("--out", help="Feature folder to write.")],
-    seed: options.SplitSeed = 0,
+    seed: options.SplitSeed = _EXTRACT.seed,
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Share of subjects.")
-    ] = 0.15,
+    ] = _EXTRACT.val_fraction,
     test_fraction: Annotated[
         float, typer.Option("--test-fraction", help="Share of subjects.")
-    ] = 0.15,
+    ] = _EXTRACT.test_fraction,
 ) -> None:
     """Extract the in-hospital-mortality features (mimic3-benchmarks definitions)."""
     from features.mimic.extract import extract
@@ -105,48 +113,30 @@ def train_command(
     ] = None,
     device: options.Device = None,
     config_file: options.TrainConfigFile = None,
-    experiment: options.Experiment = "mimic-ihm",
+    experiment: options.Experiment = EXPERIMENT,
     run_name: options.RunName = None,
     checkpoint_dir: options.CheckpointDir = None,
     resume: options.Resume = False,
 ) -> None:
     """Train an EHR model (rank-1 BNN, deterministic or deep ensemble) and log it to MLflow."""
-    import dataclasses
-
     from pipeline.config import ConfigError, TrainConfig, check_device
 
     try:
-        config = _config_file(config_file)
-        changes = {}
-        for name, value in (
-            ("method", method),
-            ("posterior", posterior),
-            ("seed", seed),
-            ("device", device),
-            ("batch_size", batch_size),
-            ("ensemble_size", ensemble_size),
-            ("num_eval_samples", num_eval_samples),
-            ("eval_every", eval_every),
-            ("patience", patience),
-        ):
-            if value is not None:
-                changes[name] = value
-        schedule = config.schedule
-        if steps is not None:
-            # Keep the recipe's proportion: the KL is annealed over the first half.
-            schedule = dataclasses.replace(schedule, unit="steps", length=steps)
-            schedule.kl_anneal = steps // 2 if kl_anneal is None else kl_anneal
-        elif kl_anneal is not None:
-            schedule = dataclasses.replace(schedule, kl_anneal=kl_anneal)
-        optim = config.optim if lr is None else dataclasses.replace(config.optim, lr=lr)
-        config = TrainConfig.from_dict(
-            {
-                **config.to_dict(),
-                **changes,
-                "schedule": dataclasses.asdict(schedule),
-                "optim": dataclasses.asdict(optim),
-            }
+        overrides = train_overrides(config_file, steps, batch_size, device)
+        overrides |= _given(
+            method=method,
+            posterior=posterior,
+            seed=seed,
+            ensemble_size=ensemble_size,
+            num_eval_samples=num_eval_samples,
+            eval_every=eval_every,
+            patience=patience,
         )
+        if lr is not None:
+            overrides["optim"] = {**overrides.get("optim", {}), "lr": lr}
+        if kl_anneal is not None:
+            overrides["schedule"] = {**overrides.get("schedule", {}), "kl_anneal": kl_anneal}
+        config = TrainConfig.from_dict(overrides)
         # Before the data is loaded: a missing GPU is known now.
         check_device(config.device)
     except ConfigError as err:
@@ -156,8 +146,7 @@ def train_command(
     from pipeline.ehr import train_ehr
     from rank1.models import EHRConfig
 
-    sizes = {"rnn_dim": rnn_dim, "hidden_dim": hidden_dim}
-    model_config = EHRConfig(**{k: v for k, v in sizes.items() if v is not None})
+    model_config = EHRConfig(**_given(rnn_dim=rnn_dim, hidden_dim=hidden_dim))
     try:
         result = train_ehr(
             features,
@@ -176,31 +165,53 @@ def train_command(
     print_uis([experiment], prefect_runs=False)
 
 
-def _config_file(config_file: Path | None):
-    """The ``TrainConfig`` of a YAML file (the defaults without one); errors name the file.
+def train_overrides(
+    config_file: Path | None, steps: int | None, batch_size: int | None, device: str | None
+) -> dict[str, Any]:
+    """``TrainConfig`` overrides of ``--config``, ``--steps``, ``--batch-size``, ``--device``.
+
+    The one translation of these options, so ``rank1 train`` and ``rank1 pipeline`` build the
+    same config from the same options. ``--steps`` keeps the recipe's proportions: the KL is
+    annealed over the first half, and a short run still validates (and checkpoints, so a
+    killed run resumes from the last evaluation) at least ten times; the file's own
+    ``eval_every`` / ``checkpoint_every`` win.
 
     Raises:
-        pipeline.config.ConfigError: One line naming the file.
+        pipeline.config.ConfigError: A bad file, one line naming it.
     """
     from pipeline.config import ConfigError, TrainConfig, read_yaml
 
-    if config_file is None:
-        return TrainConfig()
-    data = read_yaml(config_file)  # its errors name the file, line and column
-    try:
-        return TrainConfig.from_dict({} if data is None else data)
-    except ConfigError as err:
-        raise ConfigError(f"{config_file}: {err}") from None
+    overrides: dict[str, Any] = {}
+    if config_file is not None:
+        overrides = read_yaml(config_file) or {}  # its errors name the file, line and column
+        try:
+            TrainConfig.from_dict(overrides)
+        except ConfigError as err:
+            raise ConfigError(f"{config_file}: {err}") from None
+    if steps is not None:
+        overrides["schedule"] = {
+            **overrides.get("schedule", {}),
+            **{"unit": "steps", "length": steps, "kl_anneal": steps // 2},
+        }
+        recipe_every = TrainConfig.model_fields["eval_every"].default
+        overrides.setdefault("eval_every", min(recipe_every, max(steps // 10, 1)))
+        overrides.setdefault("checkpoint_every", overrides["eval_every"])
+    return overrides | _given(batch_size=batch_size, device=device)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options that were given (not None): the others keep the recipe's value."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def report_command(
     run: Annotated[str, typer.Option("--run", help="MLflow run id of a `rank1 train` run.")],
     features: Annotated[Path, typer.Option("--features", help="Feature folder.")],
     out: Annotated[Path, typer.Option("--out", help="Report folder (owner-only).")],
-    split: Annotated[str, typer.Option("--split", help="train | val | test.")] = "test",
+    split: Annotated[str, typer.Option("--split", help="train | val | test.")] = _REPORT.split,
     coverage: Annotated[
         float, typer.Option("--coverage", min=0.0, max=1.0, help="Share not referred.")
-    ] = 0.8,
+    ] = _REPORT.coverage,
 ) -> None:
     """Write the per-patient risk and uncertainty report of one split (Parquet/CSV/HTML)."""
     from features.mimic.loader import FeatureFolderError
@@ -218,35 +229,6 @@ def _methods(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _train_overrides(
-    config_file: Path | None, steps: int | None, batch_size: int | None, device: str | None
-) -> dict:
-    """TrainConfig overrides from a YAML file and the shortcut options."""
-    from pipeline.config import ConfigError, read_yaml
-
-    overrides: dict = {}
-    if config_file is not None:
-        try:
-            overrides = read_yaml(config_file) or {}  # its errors name file, line, column
-        except ConfigError as err:
-            fail(str(err))
-        if not isinstance(overrides, dict):
-            fail(f"{config_file}: must hold a mapping of TrainConfig fields")
-    if steps is not None:
-        # Keep the recipe's proportion: the KL is annealed over the first half.
-        schedule = dict(overrides.get("schedule") or {})
-        schedule.update(unit="steps", length=steps, kl_anneal=steps // 2)
-        overrides["schedule"] = schedule
-        overrides.setdefault("eval_every", max(steps // 10, 1))
-        # Checkpoints as often as evaluations: a killed run resumes from the last one.
-        overrides.setdefault("checkpoint_every", max(steps // 10, 1))
-    if batch_size is not None:
-        overrides["batch_size"] = batch_size
-    if device is not None:
-        overrides["device"] = device
-    return overrides
-
-
 def pipeline_command(
     mimic_dir: Annotated[
         Path,
@@ -256,21 +238,21 @@ def pipeline_command(
     ],
     out: Annotated[
         Path, typer.Option("--out", help="Output root: features/ and reports/<method>/.")
-    ] = Path("outputs/mimic"),
+    ] = _CLINICAL.out_dir,
     methods: Annotated[
         str, typer.Option("--methods", help="Comma-separated: rank1, deterministic, ensemble.")
-    ] = "rank1,deterministic",
+    ] = _METHODS,
     config_file: options.TrainConfigFile = None,
     steps: options.Steps = None,
     batch_size: options.EhrBatchSize = None,
     device: options.Device = None,
-    rnn_dim: options.RnnDim = 256,
-    hidden_dim: options.HiddenDim = 128,
-    experiment: options.Experiment = "mimic-ihm",
-    seed: options.SplitSeed = 0,
+    rnn_dim: options.RnnDimOrDefault = None,
+    hidden_dim: options.HiddenDimOrDefault = None,
+    experiment: options.Experiment = EXPERIMENT,
+    seed: options.SplitSeed = _CLINICAL.seed,
     coverage: Annotated[
         float, typer.Option("--coverage", help="Share of stays not referred in the report.")
-    ] = 0.8,
+    ] = _CLINICAL.coverage,
     force_extract: Annotated[
         bool, typer.Option("--force-extract", help="Extract even if the tables are unchanged.")
     ] = False,
@@ -279,21 +261,27 @@ def pipeline_command(
     import sys
 
     from flows.mimic import clinical_pipeline
-    from flows.params import ClinicalParams
+    from pipeline.config import ConfigError
 
+    try:
+        overrides = train_overrides(config_file, steps, batch_size, device)
+    except ConfigError as err:
+        fail(str(err))
     result = run_flow(
         clinical_pipeline,
         ClinicalParams,
-        mimic_dir=mimic_dir,
-        out_dir=out,
-        methods=_methods(methods),
-        train=_train_overrides(config_file, steps, batch_size, device),
-        model={"rnn_dim": rnn_dim, "hidden_dim": hidden_dim},
-        experiment=experiment,
-        seed=seed,
-        coverage=coverage,
-        force_extract=force_extract,
-        progress=sys.stderr.isatty(),
+        {
+            "mimic_dir": mimic_dir,
+            "out_dir": out,
+            "methods": _methods(methods),
+            "train": overrides,
+            "model": _given(rnn_dim=rnn_dim, hidden_dim=hidden_dim),
+            "experiment": experiment,
+            "seed": seed,
+            "coverage": coverage,
+            "force_extract": force_extract,
+            "progress": sys.stderr.isatty(),
+        },
     )
     state = "extracted" if result["extracted"] else "unchanged inputs, kept"
     typer.echo(f"features: {result['features_dir']} ({state})")

@@ -2,7 +2,7 @@
 
 Each is a type for a command's parameter: ``device: options.Device = None``. An option
 whose meaning differs between commands (``--out``, ``--patients``, the demo's ``--steps``
-and ``--device``, image batch size) is declared by its command instead. A command passes
+and ``--device``, the demo's ``--seed``) is declared by its command instead. A command passes
 each value on by name, so every option can be followed to the code that uses it.
 """
 
@@ -34,13 +34,28 @@ TrainingSeed = Annotated[int | None, typer.Option("--seed", help="Training seed 
 #: Seed of the subject-level train/val/test split of an extraction.
 SplitSeed = Annotated[int, typer.Option("--seed", help="Seed of the subject-level split.")]
 
-#: EHR training length and batch: the recipe's proportions are kept (see each command).
+#: EHR training length and batch: the recipe's proportions are kept (see
+#: flows.cli.mimic.train_overrides, the one place that applies them).
 Steps = Annotated[
     int | None, typer.Option("--steps", min=1, help="Optimiser steps (recipe: 10000).")
 ]
 EhrBatchSize = Annotated[
     int | None,
-    typer.Option("--batch-size", min=1, help="Rows per step (recipe: 64; rank-1: K x unique)."),
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Unique stays per step; the rank-1 model tiles them K times "
+        "(recipe: 16 for rank-1, 64 otherwise).",
+    ),
+]
+#: Image batch: the learning rate scales with it (pipeline.recipes.image_preset).
+ImageBatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Unique images per step; the rank-1 model tiles them K times (LR scales).",
+    ),
 ]
 #: A YAML file of TrainConfig fields.
 TrainConfigFile = Annotated[
@@ -50,10 +65,8 @@ TrainConfigFile = Annotated[
     ),
 ]
 
-#: EHR model sizes; ``...OrDefault``: None keeps the recipe's.
-RnnDim = Annotated[int, _RNN_DIM]
+#: EHR model sizes; None keeps rank1.models.EHRConfig's.
 RnnDimOrDefault = Annotated[int | None, _RNN_DIM]
-HiddenDim = Annotated[int, _HIDDEN_DIM]
 HiddenDimOrDefault = Annotated[int | None, _HIDDEN_DIM]
 
 #: The model family and its rank-1 posterior (None: the recipe's).

@@ -76,11 +76,12 @@ def _quiet_console() -> None:
             handler.addFilter(_HideCompletedTasks())
 
 
-def run_flow(flow_fn: Callable[..., Any], params_model: type, **kwargs: Any) -> Any:
+def run_flow(flow_fn: Callable[..., Any], params_model: type, values: dict[str, Any]) -> Any:
     """Check a flow's parameters, run it, turn errors a user can fix into one line.
 
-    The parameters are checked here first, so a bad value fails at once (the flow checks
-    them again for runs started from the Prefect UI or a schedule). Parameter errors, bad
+    The parameters (``values``: the command's options by parameter name) are checked here
+    first, so a bad value fails at once; the flow receives the checked model (it checks a
+    mapping itself, for runs started from the Prefect UI or a schedule). Parameter errors, bad
     input data, unreadable files and MLflow errors (unknown run, unreachable server: a
     ``pipeline.tracking.TrackingError``) become ``error: ...`` and exit status 1; anything
     else is a bug and keeps its traceback.
@@ -88,7 +89,7 @@ def run_flow(flow_fn: Callable[..., Any], params_model: type, **kwargs: Any) -> 
     from flows.params import ParameterError, validate
 
     try:
-        validate(flow_fn.__name__, params_model, kwargs)
+        params = validate(flow_fn.__name__, params_model, values)
     except ParameterError as err:
         fail(str(err))
     _quiet_console()
@@ -97,7 +98,7 @@ def run_flow(flow_fn: Callable[..., Any], params_model: type, **kwargs: Any) -> 
     try:
         # Tagged with this process, so a rerun after kill -9 can set its runs Crashed.
         with owned_by_this_process():
-            return flow_fn(**kwargs)
+            return flow_fn(params)
     except ParameterError as err:
         fail(str(err))
     except (OSError, ValueError, RuntimeError) as err:

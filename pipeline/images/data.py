@@ -1,6 +1,6 @@
 """Image data of the jobs: the training loader (on the trainer's sampler), and seeded evaluation.
 
-Batch semantics: a step draws ``job.unique_batch_size`` **unique images** (all processes
+Batch semantics: a step draws ``job.train.batch_size`` **unique images** (all processes
 together); the rank-1 model sees them tiled K times, a deterministic model or ensemble
 member sees them once.
 """
@@ -33,7 +33,7 @@ def train_loader(dataset, job: ImageJobConfig, device: torch.device):
     (or ensemble member's) seed.
     """
     info = dist_info()
-    unique = job.unique_batch_size
+    unique = job.train.batch_size
     sampler = EpochShuffleSampler(len(dataset), unique, info.world_size, info.rank)
     return torch.utils.data.DataLoader(
         dataset,

@@ -82,7 +82,7 @@ def build_model(job: ImageJobConfig, num_classes: int, in_channels: int, bayesia
         return ResNet50(ResNet50Config(**common))
     if job.model == "small-cnn":
         return SmallCNN(SmallCNNConfig(**common))
-    raise ConfigError(f"config field 'model': unknown model {job.model!r}")
+    raise ConfigError(f"unknown model {job.model!r}", "model")
 
 
 def count_parameters(model: nn.Module) -> int:
