@@ -45,7 +45,7 @@ def cpu_config(method: str, steps: int, lr: float, seed: int) -> TrainConfig:
     """The CPU-sized training config documented in the module docstring."""
     return TrainConfig(
         method=method,
-        batch_size=128,
+        batch_size=32 if method == "rank1" else 128,  # unique stays per step: 128 rows either way
         optim=OptimConfig(lr=lr),
         schedule=ScheduleConfig(length=steps, kl_anneal=steps // 2),
         seed=seed,

@@ -50,7 +50,7 @@ def run_case(args, bayesian: bool, channels_last: bool) -> dict:
     config = TrainConfig(
         method="rank1" if bayesian else "deterministic",
         ensemble_size=args.k,
-        batch_size=args.rows,
+        batch_size=unique,
         optim=OptimConfig(name="sgd", lr=0.1, weight_decay=2e-4, grad_clip_norm=None),
         device=args.device,
     )

@@ -185,7 +185,9 @@ class OptimConfig(_Config):
             gradient is ``2 * lambda * theta``; with lambda = 1e-4 the PyTorch equivalent
             is ``weight_decay = 2e-4``.
         grad_clip_norm: Global gradient-norm clip, or None for no clipping.
-        fast_weight_lr_multiplier: LR multiplier of the rank-1 factor posteriors.
+        fast_weight_lr_multiplier: Multiplies the gradients of the rank-1 factor posteriors,
+            as the reference does (``rank1.scale_factor_grads_``); under SGD that equals an
+            LR multiplier, under Adam it is nearly a no-op (Adam ignores gradient scale).
         decay_norm: Apply ``weight_decay`` to normalisation layers (BatchNorm gamma/beta).
             True for CIFAR; the ImageNet recipe sets False, reproducing the reference,
             whose name filter missed ResNet-50's ``bn*`` layers (spec 1.7).

@@ -268,7 +268,7 @@ def test_image_loader_and_tensor_batches_share_one_epoch_order():
     from pipeline.train.distributed import DistInfo
 
     job = image_preset("cnn-digits", method="deterministic", num_workers=0)
-    unique = job.unique_batch_size
+    unique = job.train.batch_size
     n = 3 * unique + 5  # a partial last batch, dropped
     x, y = torch.arange(n).float().unsqueeze(1), torch.arange(n)
     loader = train_loader(torch.utils.data.TensorDataset(x, y), job, torch.device("cpu"))

@@ -80,8 +80,9 @@ def fit(
         likelihood: ``"bernoulli"`` (``(K*B,)`` logits) or ``"categorical"``
             (``(K*B, C)`` logits).
         n_train: N, which divides the KL.
-        config: The training config; ``batch_size`` rows per step are
-            ``batch_size // K`` unique examples tiled K times.
+        config: The training config; ``batch_size`` unique examples per step (all
+            processes together), which a rank-1 model sees tiled K times
+            (``K * batch_size`` rows).
         ensemble_size: K for tiling; defaults to the model's ``ensemble_size`` (1 for a
             plain model).
         checkpoint_dir: Folder for ``checkpoint.pt``; None writes no checkpoints.
@@ -124,13 +125,6 @@ def fit(
     )
 
 
-def _unique_batch(config: TrainConfig, k: int) -> int:
-    """Unique examples per step (all processes): ``batch_size`` counts the K-tiled rows."""
-    if config.batch_size % k:
-        raise ValueError(f"batch_size {config.batch_size} is not a multiple of K={k}")
-    return config.batch_size // k
-
-
 def _build(
     model: nn.Module,
     train: Data,
@@ -147,7 +141,7 @@ def _build(
 ) -> Trainer:
     """A ready :class:`Trainer`: seeded, resumed when asked, DDP-wrapped under torchrun."""
     k = model_ensemble_size(model) if ensemble_size is None else ensemble_size
-    batches = training_batches(train, _unique_batch(config, k), config.seed, info)
+    batches = training_batches(train, config.batch_size, config.seed, info)
     steps_per_epoch = batches.steps_per_epoch
     model.to(device)
     optimizer = build_optimizer(model, config)
