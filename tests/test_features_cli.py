@@ -41,3 +41,16 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "missing" in lines[0]
     assert not (tmp_path / "f").exists()
+
+
+def test_synth_writes_a_named_shift_and_refuses_an_unknown_one(tmp_path):
+    args = ["synth", "--patients", "40", "--seed", "2", "--out"]
+    result = runner.invoke(app, [*args, str(tmp_path / "db"), "--shift", "mechanism"])
+    assert result.exit_code == 0, result.output
+    assert "(shift mechanism)" in result.output
+    assert (tmp_path / "db" / "synthetic_shift.json").is_file()
+    result = runner.invoke(app, [*args, str(tmp_path / "bad"), "--shift", "third-site"])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "second-site" in lines[0] and "third-site" in lines[0]
+    assert not (tmp_path / "bad").exists()

@@ -8,10 +8,11 @@ and ``report`` call :mod:`pipeline.ehr`, ``pipeline`` runs the Prefect flow
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
+from features.shifts import ShiftName
 from flows.cli import error_line, fail, options
 from flows.cli.running import print_uis, run_flow
 from flows.params import ClinicalParams, ExtractParams, ReportParams, TrainParams, defaults
@@ -30,6 +31,15 @@ def synth_command(
     seed: Annotated[
         int, typer.Option("--seed", help="Seed; the same seed gives the same files.")
     ] = 0,
+    shift: Annotated[
+        str | None,
+        typer.Option(
+            "--shift",
+            metavar="NAME",
+            help=f"Write a shifted cohort ({', '.join(get_args(ShiftName))}; see "
+            "features/shifts.py); omit for the base cohort.",
+        ),
+    ] = None,
 ) -> None:
     """Write a synthetic MIMIC-III database with a planted, known mortality risk."""
     from rich.console import Console
@@ -39,12 +49,14 @@ def synth_command(
     console = Console(stderr=True)
     try:
         with console.status(f"generating {patients} patients into {out}"):
-            summary = generate(out, patients=patients, seed=seed)
+            summary = generate(out, patients=patients, seed=seed, shift=shift)
     except (OSError, ValueError) as err:
         fail(str(err))
     rows = ", ".join(f"{name} {count:,}" for name, count in summary["rows"].items())
+    shifted = f" (shift {summary['shift']})" if summary["shift"] else ""
     typer.echo(
-        f"wrote {out}: {summary['patients']:,} patients, {summary['icustays']:,} ICU stays, "
+        f"wrote {out}{shifted}: {summary['patients']:,} patients, "
+        f"{summary['icustays']:,} ICU stays, "
         f"{summary['deaths']:,} in-hospital deaths (mean planted risk "
         f"{summary['mean_true_risk']:.3f}); rows: {rows}"
     )
