@@ -17,11 +17,11 @@ CELLS = [(c, s) for c in ("gaussian_noise", "contrast") for s in (1, 5)]
 def digits_model():
     """An untrained rank-1 digits CNN: its rank-1 layers draw noise at every prediction."""
     job = image_preset("cnn-digits", method="rank1", experiment="t")
-    # Small evaluation batches: many forward passes per cell, so threads that share torch's
-    # global generator interleave their draws (with the default batch a cell is one or two
-    # passes, and a race would show only now and then).
+    # Small evaluation batches: 23 forward passes per cell, so threads that share torch's
+    # global generator interleave their draws every time (with the default batch a cell is
+    # one pass, and a race would show only now and then). One sample per pass is enough.
     job = dataclasses.replace(
-        job, train=dataclasses.replace(job.train, eval_batch_size=8, num_eval_samples=2)
+        job, train=dataclasses.replace(job.train, eval_batch_size=16, num_eval_samples=1)
     )
     torch.manual_seed(0)
     model = build_model(job, num_classes=10, in_channels=1, bayesian=True).eval()
