@@ -45,7 +45,9 @@ def auprc(risk: Any, labels: Any) -> float:
     return float(average_precision_score(y, to_numpy(risk)))
 
 
-def _checked(member_logits: Any, labels: Any, ndim: int, shape_error: str):
+def _checked(
+    member_logits: Any, labels: Any, ndim: int, shape_error: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits of the task's rank ``ndim`` and int64 labels of matching length, else ValueError."""
     logits = _check_logits(member_logits)
     if logits.ndim != ndim:
