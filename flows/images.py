@@ -28,8 +28,10 @@ TRAIN_TIMEOUT_S = 72 * 3600
 #: Bound of a whole validation. The cells run in worker threads, where Prefect cannot
 #: interrupt a task, so the bound is set on the flow (which runs in the calling thread).
 VALIDATE_TIMEOUT_S = 24 * 3600
-#: Cells evaluated at once. Each cell's forward passes already use every core (or the
-#: GPU); a few at a time overlap data loading and corruption with compute.
+#: Cells evaluated at once. Their seeded predictions (with the loading and on-the-fly
+#: corruption inside them) take turns, so that each cell's numbers are those of a
+#: sequential run (``pipeline.images.validation._PREDICT_LOCK``); the threads overlap
+#: opening each cell's dataset and Prefect's task bookkeeping.
 PARALLEL_CELLS = 4
 
 

@@ -128,6 +128,20 @@ class Server:
             f"--- {path.name} ---\n{path.read_text()}" for path in sorted(self.root.glob("*.log"))
         )
 
+    def wait_for_run(self, marker: Path, deployment: str, process: subprocess.Popen) -> None:
+        """Wait until ``deployment`` has a completed run that wrote ``marker``."""
+        try:
+            _wait(
+                lambda: marker.exists() and _completed_runs(self.api, deployment),
+                RUN_DONE_S,
+                f"before a scheduled run of {deployment} completed",
+                process,
+            )
+        except BaseException:
+            sys.stderr.write(self.logs())
+            raise
+        assert marker.read_text() == "ran\n"
+
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
@@ -171,43 +185,40 @@ def test_served_deployment_runs_on_its_schedule(prefect_server, tmp_path):
     marker = tmp_path / "served.txt"
     config = _touch_config(tmp_path, "touch-served", marker)
     serve = prefect_server.start("serve", [str(BIN / "rank1"), "serve", "--config", str(config)])
-    try:
-        _wait(
-            lambda: marker.exists() and _completed_runs(prefect_server.api, "touch-served"),
-            RUN_DONE_S,
-            "before a scheduled run completed",
-            serve,
-        )
-    except BaseException:
-        sys.stderr.write(prefect_server.logs())
-        raise
-    assert marker.read_text() == "ran\n"
+    prefect_server.wait_for_run(marker, "touch-served", serve)
     assert prefect_server.stop(serve) == 0  # SIGTERM is a clean stop for `rank1 serve`
     assert "stopped serving" in (prefect_server.root / "serve.log").read_text()
 
 
 @pytest.mark.slow
 def test_deployment_on_a_work_pool_runs_on_a_worker(prefect_server, tmp_path):
+    from prefect.workers.process import ProcessWorker
+
     marker = tmp_path / "worker.txt"
     config = _touch_config(tmp_path, "touch-pooled", marker)
-    prefect = str(BIN / "prefect")
-    prefect_server.run([prefect, "work-pool", "create", "test-pool", "--type", "process"])
+    # The pool is set-up, not under test: created through the API, as `prefect work-pool
+    # create test-pool --type process` does, without a CLI process (about 3 s) for it.
+    httpx.post(
+        prefect_server.api + "/work_pools/",
+        json={
+            "name": "test-pool",
+            "type": "process",
+            "base_job_template": ProcessWorker.get_default_base_job_template(),
+        },
+        timeout=10,
+    ).raise_for_status()
+    # The worker starts up (seconds of imports) while `rank1 deploy` runs; it polls the
+    # pool and picks up the deployment's first scheduled run once there is one. One flow
+    # run at a time: by its first poll several 2-second runs are due, and unlimited it
+    # started 5-7 flow-run processes at once on 2 cores, each importing Prefect.
+    worker = prefect_server.start(
+        "worker", [str(BIN / "prefect"), "worker", "start", "--pool", "test-pool", "--limit", "1"]
+    )
     out = prefect_server.run(
         [str(BIN / "rank1"), "deploy", "--config", str(config), "--pool", "test-pool"]
     )
     assert "registered 1 deployment(s) with work pool 'test-pool'" in out
-    worker = prefect_server.start("worker", [prefect, "worker", "start", "--pool", "test-pool"])
-    try:
-        _wait(
-            lambda: marker.exists() and _completed_runs(prefect_server.api, "touch-pooled"),
-            RUN_DONE_S,
-            "before the worker completed a scheduled run",
-            worker,
-        )
-    except BaseException:
-        sys.stderr.write(prefect_server.logs())
-        raise
-    assert marker.read_text() == "ran\n"
+    prefect_server.wait_for_run(marker, "touch-pooled", worker)
     prefect_server.stop(worker)
 
 

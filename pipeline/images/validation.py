@@ -11,6 +11,7 @@ computed elsewhere (e.g. by parallel Prefect tasks).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Mapping, Sequence
 
 from torch import nn
@@ -25,6 +26,17 @@ from pipeline.train import resolve_device
 SUMMARY_PLOT = "plots/corruption_severity.png"
 #: Metrics that get per-cell and summary entries under ``corrupt/``.
 CORRUPTION_METRICS = ("accuracy", "nll", "ece")
+
+#: One cell's seeded prediction at a time. The rank-1 layers draw their noise from torch's
+#: global generator (``rank1`` takes no generator), and ``predict_logits`` seeds that
+#: generator with ``EVAL_SEED`` inside ``torch.random.fork_rng``, which does not guard
+#: against other threads: cells evaluated in parallel threads (``flows.images`` runs up to
+#: four) drew from each other's stream, restored each other's RNG state and switched the
+#: shared model between eval and train mode, so corrupted metrics changed from run to run.
+#: Under this lock every cell draws exactly what it draws in a sequential run. The cost:
+#: predictions (including the on-the-fly corruption, which runs inside the loader) no
+#: longer overlap; a ``generator=`` argument in ``rank1``'s sampling would lift it.
+_PREDICT_LOCK = threading.Lock()
 
 
 def load_image_run(run_id: str) -> tuple[nn.Module, ImageJobConfig]:
@@ -68,6 +80,8 @@ def evaluate_corruption(
 
     Returns:
         ``multiclass_metrics`` of the cell: accuracy, nll, ece, brier, per-member, ...
+        They depend only on the model, the job's seeds, the corruption and the severity,
+        also when several cells are evaluated at once in threads (see ``_PREDICT_LOCK``).
     """
     from features.images.datasets import load_corrupted
 
@@ -82,7 +96,8 @@ def evaluate_corruption(
         seed=job.split_seed,
         image_size=job.image_size,
     )
-    return evaluate_on(model.to(dev), dataset, job, dev, num_workers)
+    with _PREDICT_LOCK:
+        return evaluate_on(model.to(dev), dataset, job, dev, num_workers)
 
 
 def corruption_summary(
