@@ -243,9 +243,17 @@ def validate_images(
     if bad or not severities:
         raise ValueError(f"severities must be among {SEVERITIES}, got {list(severities)}")
     model, job = load_image_run(run_id)
-    kwargs = dict(data_dir=data_dir, device=device, num_workers=num_workers)
     cells = {
-        (c, s): evaluate_corruption(model, job, c, s, corrupted_dir=corrupted_dir, **kwargs)
+        (c, s): evaluate_corruption(
+            model,
+            job,
+            c,
+            s,
+            data_dir=data_dir,
+            corrupted_dir=corrupted_dir,
+            device=device,
+            num_workers=num_workers,
+        )  # fmt: skip
         for c in names
         for s in severities
     }
