@@ -54,6 +54,7 @@ def test_build_report_table_columns_and_values():
         "uncertainty_aleatoric",
         "uncertainty_epistemic",
         "refer",
+        "unlike_training",
         "outcome",
         "true_risk",
     ]
@@ -92,10 +93,15 @@ def test_write_report_files_contents_and_permissions(tmp_path):
     paths = write_report(table, out, title="Test <cohort>", metrics={"auroc": 0.81, "ece": 0.04})
 
     assert mode(out) == 0o700 and mode(tmp_path / "reports") == 0o700  # each created folder
-    assert set(paths) == {"parquet", "csv", "html"}
+    assert set(paths) == {"parquet", "csv", "json", "html"}
     for path in paths.values():
         assert mode(path) == 0o600, path
-    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.html", "report.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "report.csv",
+        "report.html",
+        "report.json",
+        "report.parquet",
+    ]
 
     assert pl.read_parquet(paths["parquet"]).equals(table)
     csv = pl.read_csv(paths["csv"])
