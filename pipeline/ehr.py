@@ -356,7 +356,9 @@ def report_ehr(
         coverage: Share of stays the model keeps; the most uncertain rest get refer=True.
 
     Returns:
-        ``{"parquet": path, "csv": path, "html": path}``.
+        ``{"parquet": path, "csv": path, "json": path, "html": path}``; each states the
+        run's provenance and warnings, and flags stays above the run's recorded validation
+        epistemic percentile (none for runs logged before it was recorded).
 
     Raises:
         FeatureFolderError: If the feature folder is not the one the run was trained on
