@@ -441,7 +441,7 @@ def _parquet_bytes(table: pl.DataFrame, document: Mapping[str, Any]) -> bytes:
     """
     metadata = {PARQUET_METADATA_KEY: json.dumps(document, sort_keys=True)}
     for key, value in document["provenance"].items():
-        metadata[f"provenance.{key}"] = NOT_RECORDED if value is None else str(value)
+        metadata[f"provenance.{key}"] = _provenance_value(key, value)
     arrow = table.to_arrow()
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **metadata})
     buffer = io.BytesIO()
