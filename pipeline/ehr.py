@@ -307,7 +307,7 @@ def _evaluate(
     )
 
 
-def _log_epistemic_reference(val_calibrated: torch.Tensor) -> EpistemicReference:
+def _log_epistemic_reference(val_calibrated: torch.Tensor) -> None:
     """Record the validation stays' epistemic percentile, the report's "unlike" threshold.
 
     From calibrated logits, since the report's uncertainties are calibrated. Only the
@@ -317,7 +317,6 @@ def _log_epistemic_reference(val_calibrated: torch.Tensor) -> EpistemicReference
     record = reference.to_dict()
     tracking.check_no_patient_data(record, "reference")
     tracking.log_dict(record, REFERENCE_FILE)
-    return reference
 
 
 def _log_figures(

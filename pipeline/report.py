@@ -41,6 +41,7 @@ from pipeline.provenance import (
     Provenance,
     cohort_counts,
     has_epistemic_part,
+    intervals_collapse,
     report_warnings,
     share_text,
 )
@@ -303,7 +304,12 @@ def _summary_html(table: pl.DataFrame) -> str:
     """The counts as they are: "2 of 7 stays referred (29%)", not the nominal coverage."""
     counts = cohort_counts(table)
     referred = share_text(counts.n_referred, counts.n_stays, "referred for review")
-    if counts.n_unlike_training is None:
+    if intervals_collapse(table):
+        unlike = (
+            "No stay can be flagged as unlike the training population: the model has no "
+            "epistemic part."
+        )
+    elif counts.n_unlike_training is None:
         unlike = "The 'unlike the training population' flag is unavailable."
     else:
         unlike = (
@@ -364,9 +370,10 @@ def render_html(
             _figure_html(
                 plots.reliability_figure(risk, outcome, raw=raw, n_bins=n_bins),
                 "Reliability diagram: share of patients who died against their predicted "
-                "risk of death, before (raw) and after calibration; points on the diagonal "
-                "mean the stated risks can be taken at face value. The bars below count "
-                "the stays in each bin: a bin of a few stays says little.",
+                f"risk of death{' before (raw) and after calibration' if raw is not None else ''}"
+                "; points on the diagonal mean the stated risks can be taken at face value. "
+                "The bars below count the stays in each bin: a bin of a few stays says "
+                "little.",
             ),
             _figure_html(
                 plots.referral_figure(
