@@ -191,7 +191,7 @@ def write_report(params: ReportParams) -> dict[str, str]:
     """Write the per-patient report with ``pipeline.ehr.report_ehr`` (owner-only files).
 
     Returns:
-        Paths of the ``parquet``, ``csv`` and ``html`` files.
+        Paths of the ``parquet``, ``csv``, ``json`` (provenance and warnings) and ``html`` files.
     """
     from pipeline.ehr import report_ehr
 

@@ -12,6 +12,12 @@ Patient identifiers never reach MLflow: only cohort-level numbers and plots are 
 (``pipeline.tracking`` refuses identifier-like keys and values), and the per-patient report
 is written to owner-only files.
 
+The run also records the epistemic uncertainty its model showed on the validation stays
+(the 95th percentile of the mutual information, artifact ``reference/epistemic.json``,
+cohort-level numbers only); the report flags each stay above it as unlike the training
+population, and states the run, its logged model, method, posterior, the feature folder's
+fingerprint and the split (:mod:`pipeline.provenance`).
+
 A run records the fingerprint of its feature folder's channels, hours and normaliser
 (param ``data.feature_fingerprint``); :func:`report_ehr` refuses, before any work, a
 feature folder whose fingerprint differs, since the model would read columns it was not
@@ -37,6 +43,7 @@ from pipeline.config import EHR_EXPERIMENT, TrainConfig
 from pipeline.jobs import RunSpec, TrainingResult, model_tag, run_training
 from pipeline.metrics import auroc, binary_metrics, ece_against_truth, mixture_probs
 from pipeline.predict import model_ensemble_size, predict_logits
+from pipeline.provenance import REFERENCE_FILE, EpistemicReference, Provenance, epistemic_reference
 from pipeline.report import DEFAULT_COVERAGE
 from pipeline.train import dist_info, resolve_device
 from pipeline.uncertainty import referral_curve
@@ -48,6 +55,8 @@ TASK = "in-hospital-mortality"
 CALIBRATION_FILE = "calibration/temperature.json"
 #: The run param holding :func:`feature_fingerprint` of the training feature folder.
 FINGERPRINT_PARAM = "data.feature_fingerprint"
+#: The name the runner logs the model under (``tracking.log_model``'s default).
+MODEL_NAME = "model"
 
 
 def feature_fingerprint(manifest: FeatureManifest) -> str:
@@ -68,7 +77,7 @@ def feature_fingerprint(manifest: FeatureManifest) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
-def check_trained_on(run_id: str, features_dir: str | os.PathLike) -> None:
+def check_trained_on(run_id: str, features_dir: str | os.PathLike) -> str:
     """Refuse a feature folder other than the one (or an identical one) a run trained on.
 
     Runs logged before fingerprints were recorded have nothing to compare and pass.
@@ -76,6 +85,9 @@ def check_trained_on(run_id: str, features_dir: str | os.PathLike) -> None:
     Args:
         run_id: A run written by :func:`train_ehr`.
         features_dir: The feature folder about to be scored.
+
+    Returns:
+        The folder's fingerprint (the run's, when it recorded one).
 
     Raises:
         FeatureFolderError: One line naming the folder's manifest, if the fingerprints
@@ -91,6 +103,7 @@ def check_trained_on(run_id: str, features_dir: str | os.PathLike) -> None:
             f"feature folder run {run_id} was trained on (fingerprint {actual}, expected "
             f"{recorded}); report on the run's own feature folder"
         )
+    return actual
 
 
 def model_config_for(config: TrainConfig, base: Any = None, input_features: int = 76):
@@ -259,6 +272,7 @@ def _evaluate(
     tracking.log_metrics(test_metrics["raw"], prefix="test/")
     tracking.log_metrics(test_metrics["calibrated"], prefix="test_calibrated/")
     tracking.log_metrics({"temperature": scaler.temperature}, prefix="calibration/")
+    _log_epistemic_reference(scaler.apply(val_logits))
     calibrated = scaler.apply(test_logits)
     risk = mixture_probs(calibrated)
     truth: dict[str, float] = {}
@@ -269,7 +283,7 @@ def _evaluate(
             "calibrated_ece_true_risk": ece_against_truth(risk, true_risk),
         }
         tracking.log_metrics(truth, prefix="test/")
-    _log_figures(risk, calibrated, y_test)
+    _log_figures(risk, mixture_probs(test_logits), calibrated, y_test)
     tracking.log_dict(
         {
             **scaler.to_dict(),
@@ -293,13 +307,27 @@ def _evaluate(
     )
 
 
-def _log_figures(risk: np.ndarray, calibrated: torch.Tensor, y_test: torch.Tensor) -> None:
+def _log_epistemic_reference(val_calibrated: torch.Tensor) -> None:
+    """Record the validation stays' epistemic percentile, the report's "unlike" threshold.
+
+    From calibrated logits, since the report's uncertainties are calibrated. Only the
+    percentile and the number of stays are logged, never a per-stay value.
+    """
+    reference = epistemic_reference(val_calibrated, split="val")
+    record = reference.to_dict()
+    tracking.check_no_patient_data(record, "reference")
+    tracking.log_dict(record, REFERENCE_FILE)
+
+
+def _log_figures(
+    risk: np.ndarray, raw_risk: np.ndarray, calibrated: torch.Tensor, y_test: torch.Tensor
+) -> None:
     """The cohort-level test plots: reliability, risk histogram, referral curve."""
     import matplotlib.pyplot as plt
 
     figures = {
         "plots/reliability_test_calibrated.png": plots.reliability_figure(
-            risk, y_test, title="Test reliability (calibrated)"
+            risk, y_test, raw=raw_risk, title="Test reliability: predicted risk of death"
         ),
         "plots/risk_histogram_test.png": plots.risk_histogram_figure(risk, y_test),
         "plots/referral_test.png": plots.referral_figure(referral_curve(calibrated, y_test)),
@@ -327,7 +355,9 @@ def report_ehr(
         coverage: Share of stays the model keeps; the most uncertain rest get refer=True.
 
     Returns:
-        ``{"parquet": path, "csv": path, "html": path}``.
+        ``{"parquet": path, "csv": path, "json": path, "html": path}``; each states the
+        run's provenance and warnings, and flags stays above the run's recorded validation
+        epistemic percentile (none for runs logged before it was recorded).
 
     Raises:
         FeatureFolderError: If the feature folder is not the one the run was trained on
@@ -337,7 +367,7 @@ def report_ehr(
     from features.mimic.loader import load_split
     from pipeline.report import build_report_table, write_report
 
-    check_trained_on(run_id, features_dir)
+    fingerprint = check_trained_on(run_id, features_dir)
     model = tracking.load_model(run_id, map_location="cpu")
     record = tracking.load_dict(run_id, CALIBRATION_FILE)
     scaler = TemperatureScaler.from_dict(record)
@@ -348,10 +378,55 @@ def report_ehr(
         num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu", bf16=False
     )
     logits = predict_logits(model, x, config, torch.device("cpu"))
-    table = build_report_table(stays, logits, scaler, coverage=coverage)
+    reference = load_epistemic_reference(run_id)
+    table = build_report_table(
+        stays,
+        logits,
+        scaler,
+        coverage=coverage,
+        epistemic_threshold=None if reference is None else reference.threshold,
+    )
     scored = binary_metrics(scaler.apply(logits), y, num_members=model_ensemble_size(model))
     metrics = {
         f"{split} {name}": scored[name] for name in ("auroc", "auprc", "nll", "ece", "brier")
     }
     metrics["temperature"] = scaler.temperature
-    return write_report(table, out_dir, metrics=metrics, coverage=coverage)
+    return write_report(
+        table,
+        out_dir,
+        provenance=run_provenance(run_id, fingerprint, split),
+        metrics=metrics,
+        coverage=coverage,
+        raw_risk=mixture_probs(logits),
+    )
+
+
+def load_epistemic_reference(run_id: str) -> EpistemicReference | None:
+    """The run's recorded validation epistemic percentile; None for runs logged before it."""
+    if not tracking.has_artifact(run_id, REFERENCE_FILE):
+        return None
+    return EpistemicReference.from_dict(tracking.load_dict(run_id, REFERENCE_FILE))
+
+
+def run_provenance(run_id: str, fingerprint: str, split: str) -> Provenance:
+    """What a report of this run states about its origin (see :class:`Provenance`).
+
+    Args:
+        run_id: A run written by :func:`train_ehr`.
+        fingerprint: The scored feature folder's fingerprint (:func:`check_trained_on`).
+        split: The reported split.
+
+    Returns:
+        The provenance; the posterior only for a rank-1 model (others have none).
+    """
+    params = tracking.run_params(run_id)
+    method = params.get("train.method")
+    return Provenance(
+        run_id=run_id,
+        model_name=MODEL_NAME,
+        model_id=tracking.logged_model_id(run_id, MODEL_NAME),
+        method=method,
+        posterior=params.get("train.posterior") if method == "rank1" else None,
+        feature_fingerprint=fingerprint,
+        split=split,
+    )

@@ -1,5 +1,9 @@
 """Evaluation plots: reliability diagram, risk histogram by outcome, referral curve.
 
+A binary risk's reliability diagram is of the predicted risk itself (bins over [0, 1],
+observed share of the outcome, per-bin counts); a multi-class one is of top-label
+confidence.
+
 Figures are built with ``matplotlib.figure.Figure`` directly and rendered by the Agg canvas,
 never through ``pyplot``: no GUI backend is touched, no window can open, and figures are not
 kept alive in pyplot's global registry (which leaks memory in long pipelines).
@@ -21,7 +25,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from features.io import write_private_bytes
-from pipeline.metrics import DEFAULT_N_BINS, as_labels, reliability_bins, to_numpy
+from pipeline.metrics import DEFAULT_N_BINS, as_labels, reliability_bins, risk_bins, to_numpy
 from pipeline.uncertainty import ReferralCurve
 
 _FIGSIZE = (5.0, 4.0)
@@ -62,22 +66,43 @@ def reliability_figure(
     probs: Any,
     labels: Any,
     *,
+    raw: Any = None,
     n_bins: int = DEFAULT_N_BINS,
     title: str = "Reliability diagram",
     path: str | os.PathLike | None = None,
 ) -> Figure:
-    """Reliability diagram: accuracy vs mean top-label confidence per equal-width bin.
+    """Reliability diagram; a binary risk gets :func:`risk_reliability_figure`.
+
+    A binary task is drawn as predicted risk of the outcome against the observed share
+    (top-label confidence would fold it into [0.5, 1] and mix the two outcomes); a
+    multi-class task as accuracy against top-label confidence, which is the right reading
+    there.
 
     Args:
         probs: mixture probabilities, (N,) binary risk or (N, C).
         labels: shape (N,).
+        raw: optional uncalibrated probabilities of the same shape, drawn beside ``probs``
+            (binary only).
         n_bins: number of bins (same binning as the ECE).
-        title: axes title.
+        title: figure title.
         path: optional PNG destination.
 
     Returns:
         The figure.
     """
+    if to_numpy(probs).ndim == 1:
+        return risk_reliability_figure(
+            probs, labels, raw=raw, n_bins=n_bins, title=title, path=path
+        )
+    if raw is not None:
+        raise ValueError("raw probabilities are drawn for a binary risk only")
+    return _top_label_reliability_figure(probs, labels, n_bins=n_bins, title=title, path=path)
+
+
+def _top_label_reliability_figure(
+    probs: Any, labels: Any, *, n_bins: int, title: str, path: str | os.PathLike | None
+) -> Figure:
+    """Accuracy vs mean top-label confidence per equal-width bin (multi-class)."""
     bins = reliability_bins(probs, labels, n_bins)
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -110,12 +135,73 @@ def reliability_figure(
     return _maybe_save(fig, path)
 
 
+def risk_reliability_figure(
+    risk: Any,
+    labels: Any,
+    *,
+    raw: Any = None,
+    n_bins: int = DEFAULT_N_BINS,
+    title: str = "Reliability diagram",
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Observed share who died against predicted risk of death, with per-bin counts.
+
+    The upper panel has one point per non-empty bin of predicted risk on [0, 1] at (mean
+    predicted risk, share who died), for the calibrated and, if given, the raw risk, and
+    the diagonal where the two agree. The lower panel shows how many stays each bin
+    holds, since a bin of three stays says little.
+
+    Args:
+        risk: shape (N,), calibrated predicted risk of death.
+        labels: shape (N,), 1 = died, 0 = survived.
+        raw: optional shape (N,), the risk before calibration.
+        n_bins: number of equal-width bins on [0, 1] (same binning as the ECE).
+        title: figure title.
+        path: optional PNG destination.
+
+    Returns:
+        The figure.
+    """
+    curves = [("calibrated", risk_bins(risk, labels, n_bins), "#e45756", "o")]
+    if raw is not None:
+        curves.insert(0, ("raw", risk_bins(raw, labels, n_bins), "#4c78a8", "s"))
+    fig = Figure(figsize=(_FIGSIZE[0], _FIGSIZE[1] * 1.3), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="predicted = observed")
+    for name, bins, color, marker in curves:
+        shown = bins.count > 0
+        top.plot(
+            bins.mean_risk[shown],
+            bins.observed[shown],
+            marker=marker,
+            color=color,
+            label=f"{name} risk",
+        )
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("observed share who died")
+    top.set_title(title)
+    top.legend(loc="upper left", fontsize="small")
+    calibrated = curves[-1][1]
+    centers = (calibrated.lower + calibrated.upper) / 2
+    width = calibrated.upper - calibrated.lower
+    bottom.bar(centers, calibrated.count, width=width, color="#bbbbbb", edgecolor="black")
+    for x, count in zip(centers, calibrated.count, strict=True):
+        if count > 0:
+            bottom.text(x, count, str(int(count)), ha="center", va="bottom", fontsize="x-small")
+    bottom.set_ylabel("stays")
+    bottom.set_ylim(0, max(1, int(calibrated.count.max())) * 1.3)
+    bottom.set_xlabel("predicted risk of death (calibrated; 0 = survives, 1 = dies)")
+    return _maybe_save(fig, path)
+
+
 def risk_histogram_figure(
     risk: Any,
     labels: Any,
     *,
     n_bins: int = 20,
-    title: str = "Predicted risk by outcome",
+    title: str = "Predicted risk of death, by outcome",
     path: str | os.PathLike | None = None,
 ) -> Figure:
     """Histogram of predicted risk, one series per observed outcome (binary task).
@@ -137,12 +223,12 @@ def risk_histogram_figure(
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     fig = _new_figure()
     ax = fig.add_subplot()
-    for outcome, color, name in ((0, "#4c78a8", "outcome 0"), (1, "#e45756", "outcome 1")):
+    for outcome, color, name in ((0, "#4c78a8", "survived"), (1, "#e45756", "died")):
         subset = r[y == outcome]
         ax.hist(subset, bins=edges, alpha=0.6, color=color, label=f"{name} (n={subset.size})")
     ax.set_xlim(0, 1)
-    ax.set_xlabel("predicted risk")
-    ax.set_ylabel("number of cases")
+    ax.set_xlabel("predicted risk of death")
+    ax.set_ylabel("number of stays")
     ax.set_title(title)
     ax.legend(fontsize="small")
     return _maybe_save(fig, path)

@@ -6,26 +6,45 @@ calibrated predictive distribution. The HTML page is self-contained (inline CSS,
 base64 PNG, no scripts or external links) so it opens offline on a hospital workstation, and
 every output file is owner-only (directory 0700, files 0600) because it holds patient
 identifiers.
+
+Each report states where it comes from and what to read with care, the same in all its
+files (:mod:`pipeline.provenance`): the HTML page shows the provenance and the warnings at
+the top; the Parquet file carries them as key-value metadata (written with pyarrow,
+since polars cannot set custom Parquet metadata in every version); and ``report.json``,
+beside the CSV, holds them with the column descriptions. A sidecar rather than a comment
+header, because most CSV readers (spreadsheets, ``pandas.read_csv`` by default, polars)
+would take comment lines for data.
 """
 
 from __future__ import annotations
 
 import html
 import io
+import json
 import math
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from features.io import make_private_dir, write_private_bytes, write_private_text
 from pipeline import plots
 from pipeline.calibration import TemperatureScaler
 from pipeline.metrics import to_numpy
+from pipeline.provenance import (
+    NOT_RECORDED,
+    UNLIKE_TRAINING_PERCENTILE,
+    Provenance,
+    cohort_counts,
+    has_epistemic_part,
+    intervals_collapse,
+    report_warnings,
+    share_text,
+)
 from pipeline.uncertainty import (
     DEFAULT_INTERVAL,
     UncertaintyKind,
@@ -85,6 +104,13 @@ def column_descriptions(
             f"{referral_by} uncertainty: the model suggests these cases get a clinician's "
             "review rather than relying on the score."
         ),
+        "unlike_training": (
+            "True when this stay's epistemic uncertainty is above the "
+            f"{UNLIKE_TRAINING_PERCENTILE:g}th percentile of the model's validation stays "
+            "at training: the patient is unlike the training population, so the risk is "
+            "an extrapolation. Empty when it cannot be told (a deterministic model, or a "
+            "run that recorded no reference)."
+        ),
         "outcome": "Observed outcome where known (1 = died in hospital, 0 = survived).",
         "true_risk": "True risk of the synthetic generator (synthetic cohorts only).",
     }
@@ -97,6 +123,7 @@ def build_report_table(
     coverage: float = DEFAULT_COVERAGE,
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     referral_by: UncertaintyKind = "total",
+    epistemic_threshold: float | None = None,
 ) -> pl.DataFrame:
     """One row per stay with calibrated risk, interval, uncertainties and a refer flag.
 
@@ -109,11 +136,15 @@ def build_report_table(
         coverage: share of stays the model keeps; the rest (most uncertain) get refer=True.
         interval: percentiles (low, high) of the member risks.
         referral_by: uncertainty that ranks stays for referral ('total' or 'epistemic').
+        epistemic_threshold: the epistemic uncertainty recorded at training above which a
+            stay is unlike the training population
+            (:class:`pipeline.provenance.EpistemicReference`); None: unknown.
 
     Returns:
         DataFrame in the same row order as ``stays`` with columns subject_id, hadm_id,
         icustay_id, risk, risk_low, risk_high, uncertainty_total, uncertainty_aleatoric,
-        uncertainty_epistemic, refer, and outcome / true_risk when given.
+        uncertainty_epistemic, refer, unlike_training (null without a threshold or for a
+        model without an epistemic part), and outcome / true_risk when given.
     """
     missing = [c for c in ID_COLUMNS if c not in stays.columns]
     if missing:
@@ -138,12 +169,27 @@ def build_report_table(
         pl.Series("uncertainty_aleatoric", unc.aleatoric),
         pl.Series("uncertainty_epistemic", unc.epistemic),
         pl.Series("refer", refer_flags(unc.score(referral_by), coverage)),
+        _unlike_training(unc.epistemic, logits, epistemic_threshold),
     )
     if "label" in stays.columns:
         table = table.with_columns(stays["label"].cast(pl.Int64).alias("outcome"))
     if "true_risk" in stays.columns:
         table = table.with_columns(stays["true_risk"].cast(pl.Float64).alias("true_risk"))
     return table
+
+
+def _unlike_training(
+    epistemic: np.ndarray, logits: np.ndarray, threshold: float | None
+) -> pl.Series:
+    """The ``unlike_training`` column: epistemic above the training reference, else null.
+
+    Null, not False, where it cannot be told: a model whose paths all agree has no
+    epistemic part to compare, and without a recorded threshold there is nothing to
+    compare with.
+    """
+    if threshold is None or not has_epistemic_part(logits):
+        return pl.Series("unlike_training", [None] * epistemic.shape[0], dtype=pl.Boolean)
+    return pl.Series("unlike_training", epistemic > threshold)
 
 
 def _format_metric(value: Any) -> str:
@@ -165,6 +211,9 @@ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f0f0f0; position: sticky; top: 0; }
 td.id { text-align: left; font-family: monospace; }
 tr.refer td { background: #fff3cd; }
+.warnings { border: 2px solid #b45309; background: #fff7ed; padding: 0.5em 1em;
+            margin: 1em 0; }
+.warnings h2 { margin-top: 0.3em; color: #b45309; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; }
 .figures figure { margin: 0; }
 dl dt { font-weight: bold; font-family: monospace; margin-top: 0.5em; }
@@ -195,6 +244,8 @@ def _cohort_rows(table: pl.DataFrame, columns: list[str]) -> str:
                 cells.append(f"<td>{value:.3f}</td>")
             elif col == "refer":
                 cells.append(f"<td>{'REFER' if value else ''}</td>")
+            elif col == "unlike_training":
+                cells.append(f"<td>{_unlike_cell(value)}</td>")
             else:
                 cells.append(f"<td>{'' if value is None else html.escape(str(value))}</td>")
         css = ' class="refer"' if record["refer"] else ""
@@ -202,29 +253,102 @@ def _cohort_rows(table: pl.DataFrame, columns: list[str]) -> str:
     return "\n".join(rows)
 
 
+def _unlike_cell(value: bool | None) -> str:
+    if value is None:
+        return "n/a"
+    return "UNLIKE" if value else ""
+
+
+#: How each provenance field is labelled on the page.
+_PROVENANCE_LABELS = {
+    "run_id": "MLflow run",
+    "model_name": "Logged model name",
+    "model_id": "Logged model id",
+    "model_registry_version": "Model registry version",
+    "method": "Method",
+    "posterior": "Posterior",
+    "feature_fingerprint": "Feature folder fingerprint",
+    "split": "Split",
+    "created_at": "Created (UTC)",
+}
+
+
+#: What an empty provenance field says, where "not recorded" would mislead.
+_PROVENANCE_MISSING = {
+    "model_registry_version": "not registered (no model registry yet)",
+    "posterior": "none (not a rank-1 model, or not recorded)",
+}
+
+
+def _provenance_value(key: str, value: str | None) -> str:
+    return _PROVENANCE_MISSING.get(key, NOT_RECORDED) if value is None else str(value)
+
+
+def _provenance_html(provenance: Provenance) -> str:
+    rows = "".join(
+        f'<tr><th>{html.escape(_PROVENANCE_LABELS[key])}</th><td class="id">'
+        f"{html.escape(_provenance_value(key, value))}</td></tr>"
+        for key, value in provenance.to_dict().items()
+    )
+    return f"<h2>Provenance</h2><table>{rows}</table>"
+
+
+def _warnings_html(warnings: tuple[str, ...]) -> str:
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return f'<div class="warnings" role="alert"><h2>Read with care</h2><ul>{items}</ul></div>'
+
+
+def _summary_html(table: pl.DataFrame) -> str:
+    """The counts as they are: "2 of 7 stays referred (29%)", not the nominal coverage."""
+    counts = cohort_counts(table)
+    referred = share_text(counts.n_referred, counts.n_stays, "referred for review")
+    if intervals_collapse(table):
+        unlike = (
+            "No stay can be flagged as unlike the training population: the model has no "
+            "epistemic part."
+        )
+    elif counts.n_unlike_training is None:
+        unlike = "The 'unlike the training population' flag is unavailable."
+    else:
+        unlike = (
+            share_text(counts.n_unlike_training, counts.n_stays, "flagged")
+            + " as unlike the training population (epistemic uncertainty above the "
+            f"{UNLIKE_TRAINING_PERCENTILE:g}th percentile of the validation stays)."
+        )
+    return (
+        f'<p class="note">{counts.n_stays} stays; {html.escape(referred)}. '
+        f"{html.escape(unlike)} "
+        "Contains patient identifiers: handle under your data-use agreement.</p>"
+    )
+
+
 def render_html(
     table: pl.DataFrame,
     *,
     title: str,
+    provenance: Provenance | None = None,
     metrics: Mapping[str, Any] | None = None,
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     coverage: float = DEFAULT_COVERAGE,
     referral_by: UncertaintyKind = "total",
     n_bins: int = 15,
+    raw_risk: Any = None,
 ) -> str:
     """The self-contained HTML page of :func:`write_report` (see there for arguments)."""
     descriptions = column_descriptions(interval, coverage, referral_by)
     columns = [c for c in table.columns if c in descriptions]
-    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    provenance = provenance or Provenance()
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="note">Created {created}. {table.height} stays; '
-        f"{int(table['refer'].sum())} flagged for review (coverage {100 * coverage:g}%). "
-        "Contains patient identifiers: handle under your data-use agreement.</p>",
+        _summary_html(table),
+        _warnings_html(report_warnings(table)),
+        _provenance_html(provenance),
     ]
     if metrics:
         parts.append("<h2>Model performance</h2><table><tr><th>metric</th><th>value</th></tr>")
@@ -235,16 +359,21 @@ def render_html(
             )
         parts.append("</table>")
 
-    known = table.filter(pl.col("outcome").is_not_null()) if "outcome" in columns else None
+    with_raw = table if raw_risk is None else table.with_columns(_raw_risk_series(raw_risk))
+    known = with_raw.filter(pl.col("outcome").is_not_null()) if "outcome" in columns else None
     parts.append("<h2>Calibration and referral</h2>")
     if known is not None and known.height > 0:
         risk = known["risk"].to_numpy()
         outcome = known["outcome"].to_numpy()
+        raw = known[_RAW_RISK].to_numpy() if raw_risk is not None else None
         figures = [
             _figure_html(
-                plots.reliability_figure(risk, outcome, n_bins=n_bins),
-                "Reliability diagram: observed accuracy against model confidence; bars on "
-                "the diagonal mean the stated risks can be taken at face value.",
+                plots.reliability_figure(risk, outcome, raw=raw, n_bins=n_bins),
+                "Reliability diagram: share of patients who died against their predicted "
+                f"risk of death{' before (raw) and after calibration' if raw is not None else ''}"
+                "; points on the diagonal mean the stated risks can be taken at face value. "
+                "The bars below count the stays in each bin: a bin of a few stays says "
+                "little.",
             ),
             _figure_html(
                 plots.referral_figure(
@@ -260,7 +389,7 @@ def render_html(
             ),
             _figure_html(
                 plots.risk_histogram_figure(risk, outcome),
-                "Predicted risk of patients who died (outcome 1) and survived (outcome 0).",
+                "Predicted risk of death of the patients who died and of those who survived.",
             ),
         ]
         parts.append(f'<div class="figures">{"".join(figures)}</div>')
@@ -286,49 +415,120 @@ def render_html(
     return "\n".join(parts)
 
 
+#: Key of the report document (provenance, warnings, counts) in the Parquet metadata.
+PARQUET_METADATA_KEY = "rank1.report"
+#: A temporary column name for the uncalibrated risk while the figures are drawn.
+_RAW_RISK = "__raw_risk"
+
+
+def _raw_risk_series(raw_risk: Any) -> pl.Series:
+    return pl.Series(_RAW_RISK, to_numpy(raw_risk).astype(np.float64))
+
+
+def report_document(
+    table: pl.DataFrame, provenance: Provenance, descriptions: Mapping[str, str]
+) -> dict[str, Any]:
+    """The report's statement about itself, for ``report.json`` and the Parquet metadata.
+
+    Cohort-level only: provenance, warnings, counts and what the columns mean; no row.
+    """
+    return {
+        "provenance": provenance.to_dict(),
+        "warnings": list(report_warnings(table)),
+        "counts": cohort_counts(table).to_dict(),
+        "columns": {c: descriptions[c] for c in table.columns if c in descriptions},
+    }
+
+
+def _parquet_bytes(table: pl.DataFrame, document: Mapping[str, Any]) -> bytes:
+    """The table as Parquet with the document as key-value metadata.
+
+    Each provenance field also gets its own key (``provenance.run_id``, ...) so a schema
+    viewer shows them without parsing JSON.
+    """
+    metadata = {PARQUET_METADATA_KEY: json.dumps(document, sort_keys=True)}
+    for key, value in document["provenance"].items():
+        metadata[f"provenance.{key}"] = _provenance_value(key, value)
+    arrow = table.to_arrow()
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **metadata})
+    buffer = io.BytesIO()
+    pq.write_table(arrow, buffer)
+    return buffer.getvalue()
+
+
+def read_report_document(path: str | os.PathLike) -> dict[str, Any]:
+    """The document :func:`write_report` stored in a report's Parquet metadata.
+
+    Raises:
+        ValueError: If the file carries none (not a report of this project).
+    """
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(PARQUET_METADATA_KEY.encode("utf-8"))
+    if raw is None:
+        raise ValueError(f"{path}: no {PARQUET_METADATA_KEY} metadata (not a rank1 report)")
+    return json.loads(raw)
+
+
 def write_report(
     table: pl.DataFrame,
     out_dir: str | os.PathLike,
     *,
     title: str = "In-hospital mortality: per-patient risk and uncertainty",
+    provenance: Provenance | None = None,
     metrics: Mapping[str, Any] | None = None,
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     coverage: float = DEFAULT_COVERAGE,
     referral_by: UncertaintyKind = "total",
     n_bins: int = 15,
+    raw_risk: Any = None,
 ) -> dict[str, Path]:
-    """Write report.parquet, report.csv and a self-contained report.html, owner-only.
+    """Write report.parquet, report.csv, report.json and a self-contained report.html.
+
+    All owner-only (0600), each written to a temporary name and renamed into place. The
+    provenance, warnings and counts are the same in all of them: the HTML shows them, the
+    Parquet file carries them as metadata, ``report.json`` (the CSV's sidecar) holds them.
 
     Args:
         table: output of :func:`build_report_table`.
         out_dir: directory for the report; created (or tightened) to mode 0700.
         title: page title.
+        provenance: run, model, method, fingerprint, split and creation time; default:
+            only the creation time (fields shown as not recorded).
         metrics: optional cohort-level metrics shown at the top (e.g. test metrics).
         interval: the percentiles used to build ``table`` (for the column explanations).
         coverage: the coverage used to build ``table``.
         referral_by: the uncertainty that ranked stays for referral.
         n_bins: reliability-diagram bins.
+        raw_risk: optional (N,) uncalibrated risk in the table's row order, drawn beside
+            the calibrated one in the reliability diagram.
 
     Returns:
-        {'parquet': path, 'csv': path, 'html': path}.
+        {'parquet': path, 'csv': path, 'json': path, 'html': path}.
     """
+    provenance = provenance or Provenance()
+    if raw_risk is not None and to_numpy(raw_risk).shape != (table.height,):
+        raise ValueError(f"raw_risk must have shape ({table.height},) like the table")
+    descriptions = column_descriptions(interval, coverage, referral_by)
+    document = report_document(table, provenance, descriptions)
     directory = make_private_dir(out_dir)
-    parquet = io.BytesIO()
-    table.write_parquet(parquet)
-    paths = {
-        "parquet": write_private_bytes(directory / "report.parquet", parquet.getvalue()),
-        "csv": write_private_text(directory / "report.csv", table.write_csv()),
-        "html": write_private_text(
-            directory / "report.html",
-            render_html(
-                table,
-                title=title,
-                metrics=metrics,
-                interval=interval,
-                coverage=coverage,
-                referral_by=referral_by,
-                n_bins=n_bins,
-            ),
+    page = render_html(
+        table,
+        title=title,
+        provenance=provenance,
+        metrics=metrics,
+        interval=interval,
+        coverage=coverage,
+        referral_by=referral_by,
+        n_bins=n_bins,
+        raw_risk=raw_risk,
+    )
+    return {
+        "parquet": write_private_bytes(
+            directory / "report.parquet", _parquet_bytes(table, document)
         ),
+        "csv": write_private_text(directory / "report.csv", table.write_csv()),
+        "json": write_private_text(
+            directory / "report.json", json.dumps(document, indent=2, sort_keys=True) + "\n"
+        ),
+        "html": write_private_text(directory / "report.html", page),
     }
-    return paths

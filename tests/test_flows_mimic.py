@@ -117,7 +117,7 @@ def test_clinical_pipeline_end_to_end(prefect_harness, workdir, synthetic_mimic)
     for method, html in result["reports"].items():
         folder = out / "reports" / method
         assert html == str(folder / "report.html")
-        for name in ("report.html", "report.csv", "report.parquet"):
+        for name in ("report.html", "report.csv", "report.json", "report.parquet"):
             assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
         report = pl.read_parquet(folder / "report.parquet")
         assert report.height == stays.filter(pl.col("split") == "test").height

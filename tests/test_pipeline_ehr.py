@@ -16,6 +16,7 @@ from pipeline import tracking
 from pipeline.config import OptimConfig, ScheduleConfig, TrainConfig
 from pipeline.ehr import CALIBRATION_FILE, feature_fingerprint, report_ehr, train_ehr
 from pipeline.predict import predict_member_logits
+from pipeline.provenance import REFERENCE_FILE, UNLIKE_TRAINING_PERCENTILE
 from rank1.models import EHRConfig
 
 SMALL = EHRConfig(projection_dim=8, rnn_dim=16, hidden_dim=16)
@@ -109,9 +110,42 @@ def test_train_ehr_logs_run_and_reports(tiny_ehr_features, mlflow_store, tmp_pat
     assert table["risk"].is_between(0, 1).all()
     assert 0 < table["refer"].sum() < table.height
 
+    # The run recorded its validation stays' epistemic percentile; the report flags by it.
+    reference = tracking.load_dict(run_id, REFERENCE_FILE)
+    assert reference["percentile"] == UNLIKE_TRAINING_PERCENTILE and reference["split"] == "val"
+    assert reference["n_stays"] == int(params["data.n_val"]) and reference["threshold"] > 0
+    expected = (table["uncertainty_epistemic"] > reference["threshold"]).to_list()
+    assert table["unlike_training"].to_list() == expected
+    document = json.loads(paths["json"].read_text())
+    (logged,) = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    assert document["provenance"] | {"created_at": None} == {
+        "run_id": run_id,
+        "model_name": "model",
+        "model_id": logged.model_id,
+        "model_registry_version": None,
+        "method": "rank1",
+        "posterior": "normal",
+        "feature_fingerprint": fingerprint,
+        "split": "test",
+        "created_at": None,
+    }
+    assert document["counts"]["n_unlike_training"] == sum(expected)
+
+    # A run logged before the percentile was recorded still reports; the flag is unavailable.
+    folder = Path(urlparse(run.info.artifact_uri).path)
+    (folder / REFERENCE_FILE).unlink()
+    old = report_ehr(run_id, tiny_ehr_features, tmp_path / "old-report", coverage=0.75)
+    old_table = pl.read_parquet(old["parquet"])
+    assert old_table["unlike_training"].null_count() == old_table.height
+    warnings = json.loads(old["json"].read_text())["warnings"]
+    assert any("flag is unavailable" in w for w in warnings)
+    assert "flag is unavailable" in old["html"].read_text()
+
 
 @pytest.mark.parametrize("method", ["deterministic", "ensemble"])
-def test_train_ehr_baselines(tiny_ehr_features, mlflow_store, method):
+def test_train_ehr_baselines(tiny_ehr_features, mlflow_store, tmp_path, method):
     import mlflow
 
     config = _config(method).replace(ensemble_size=2)
@@ -129,6 +163,15 @@ def test_train_ehr_baselines(tiny_ehr_features, mlflow_store, method):
     else:
         assert run.data.tags["model"] == "deterministic-lstm"
         assert tracking.load_dict(run_id, CALIBRATION_FILE)["ensemble_size"] == 1
+        # No epistemic part: nothing to compare with, and the report says why.
+        assert tracking.load_dict(run_id, REFERENCE_FILE)["threshold"] is None
+        paths = report_ehr(run_id, tiny_ehr_features, tmp_path / "report")
+        table = pl.read_parquet(paths["parquet"])
+        assert table["unlike_training"].null_count() == table.height
+        document = json.loads(paths["json"].read_text())
+        assert document["provenance"]["method"] == "deterministic"
+        assert document["provenance"]["posterior"] is None
+        assert any(w.startswith("Deterministic model") for w in document["warnings"])
 
 
 def test_train_ehr_refuses_torchrun(tiny_ehr_features, monkeypatch):

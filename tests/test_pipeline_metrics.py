@@ -66,6 +66,20 @@ def test_ece_shared_bin_and_multiclass():
     assert bins["accuracy"][9] == 0.0 and bins["confidence"][10] == pytest.approx(0.7)
 
 
+def test_risk_bins_are_of_the_risk_itself_over_0_to_1():
+    # Risks below 0.5 stay below 0.5 (top-label confidence would fold 0.1 onto 0.9).
+    risk = np.array([0.0, 0.1, 0.12, 0.45, 0.9, 1.0])
+    labels = np.array([0, 0, 1, 0, 1, 1])
+    bins = metrics.risk_bins(risk, labels, n_bins=5)
+    assert bins.lower[0] == 0.0 and bins.upper[-1] == 1.0
+    assert bins.count.tolist() == [3, 0, 1, 0, 2] and bins.count.sum() == risk.size
+    assert bins.mean_risk[0] == pytest.approx(0.22 / 3) and math.isnan(bins.mean_risk[1])
+    assert bins.observed[0] == pytest.approx(1 / 3) and bins.observed[2] == 0.0
+    assert bins.observed[4] == 1.0 and bins.mean_risk[4] == pytest.approx(0.95)
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        metrics.risk_bins(np.full((3, 2), 0.5), [0, 1, 0])
+
+
 def test_ece_against_truth_by_hand():
     pred = [0.1, 0.15, 0.9]
     true = [0.2, 0.1, 0.7]

@@ -77,7 +77,7 @@ def demo_command(
     row("synthetic MIMIC-III tables", out / "mimic-synthetic")
     row("feature folder", clinical["features_dir"])
     for method, html in clinical["reports"].items():
-        row(f"{method} report", f"{Path(html).parent} (report.parquet, report.csv)")
+        row(f"{method} report", f"{Path(html).parent} (report.parquet, report.csv, report.json)")
         row("  HTML summary", html)
     for method, run_id in clinical["runs"].items():
         row(f"MLflow run {method}", f"{run_id} (experiment demo-mimic-ihm)")

@@ -40,14 +40,17 @@ from pipeline.metrics.predictive import (
 )
 from pipeline.metrics.reliability import (
     DEFAULT_N_BINS,
+    RiskBins,
     ece,
     ece_against_truth,
     reliability_bins,
+    risk_bins,
 )
 from pipeline.metrics.tasks import auprc, auroc, binary_metrics, multiclass_metrics, task_metrics
 
 __all__ = [
     "DEFAULT_N_BINS",
+    "RiskBins",
     "accuracy",
     "as_labels",
     "auprc",
@@ -68,6 +71,7 @@ __all__ = [
     "per_member_metrics",
     "predicted_class",
     "reliability_bins",
+    "risk_bins",
     "split_paths",
     "task_metrics",
     "to_numpy",

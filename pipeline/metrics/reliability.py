@@ -6,6 +6,7 @@ diagram's bars always add up to the ECE that is logged beside it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,57 @@ def reliability_bins(
         "confidence": mean_conf,
         "accuracy": accuracy,
     }
+
+
+@dataclass(frozen=True)
+class RiskBins:
+    """Reliability of a binary risk: per equal-width bin of predicted risk on [0, 1].
+
+    Unlike :func:`reliability_bins` (top-label confidence, which folds a binary risk into
+    [0.5, 1] and mixes the patients who died with those who survived), these bins are of
+    the predicted probability of the positive outcome itself, so a clinician reads
+    "of the patients given about 30%, how many died".
+
+    Attributes:
+        lower: (n_bins,) lower bin edges.
+        upper: (n_bins,) upper bin edges.
+        count: (n_bins,) number of cases per bin; sums to N.
+        mean_risk: (n_bins,) mean predicted risk per bin (NaN for an empty bin).
+        observed: (n_bins,) share of positive outcomes per bin (NaN for an empty bin).
+    """
+
+    lower: np.ndarray
+    upper: np.ndarray
+    count: np.ndarray
+    mean_risk: np.ndarray
+    observed: np.ndarray
+
+
+def risk_bins(risk: Any, labels: Any, n_bins: int = DEFAULT_N_BINS) -> RiskBins:
+    """Observed share of positive outcomes per equal-width bin of predicted risk.
+
+    Same binning rule as the ECE (1.0 in the last bin).
+
+    Args:
+        risk: shape (N,), predicted probability of the positive outcome.
+        labels: shape (N,), 0/1.
+        n_bins: number of equal-width bins on [0, 1].
+
+    Returns:
+        The :class:`RiskBins`.
+    """
+    r = to_numpy(risk).astype(np.float64)
+    y = as_labels(labels)
+    if r.ndim != 1:
+        raise ValueError(f"risk must have shape (N,), got {r.shape}")
+    _check_lengths(r.shape[0], y)
+    bins = _bin_index(r, n_bins)
+    counts = np.bincount(bins, minlength=n_bins).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_risk = np.bincount(bins, weights=r, minlength=n_bins) / counts
+        observed = np.bincount(bins, weights=(y == 1).astype(np.float64), minlength=n_bins) / counts
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return RiskBins(edges[:-1], edges[1:], counts, mean_risk, observed)
 
 
 def ece_against_truth(pred_risk: Any, true_risk: Any, n_bins: int = DEFAULT_N_BINS) -> float:

@@ -290,6 +290,24 @@ def _logged_model(mlflow, run_id: str, name: str):
     return max(ours, key=lambda m: m.creation_timestamp)
 
 
+@_translates_mlflow_errors
+def logged_model_id(run_id: str, name: str = "model") -> str:
+    """MLflow's id of a run's logged model (e.g. ``m-...``), to state in a report.
+
+    Args:
+        run_id: the run that logged the model.
+        name: the model name given to :func:`log_model`.
+
+    Returns:
+        The newest logged model of that name's id.
+
+    Raises:
+        ModelArtifactError: If the run has no logged model of that name.
+    """
+    mlflow = _mlflow()
+    return str(_logged_model(mlflow, run_id, name).model_id)
+
+
 def _display(uri: str) -> str:
     """A local file URI as a plain path, other URIs as they are."""
     parsed = urlparse(uri)

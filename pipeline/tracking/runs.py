@@ -187,6 +187,22 @@ def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
 
 
 @_translates_mlflow_errors
+def has_artifact(run_id: str, artifact_file: str) -> bool:
+    """Whether a run holds an artifact file (e.g. one that older runs did not log).
+
+    Args:
+        run_id: the run to look in.
+        artifact_file: the file's path within the run's artifacts.
+
+    Returns:
+        True if the file is listed among the run's artifacts.
+    """
+    parent = artifact_file.rpartition("/")[0] or None
+    listed = _mlflow().MlflowClient().list_artifacts(run_id, parent)
+    return any(entry.path == artifact_file and not entry.is_dir for entry in listed)
+
+
+@_translates_mlflow_errors
 def load_dict(run_id: str, artifact_file: str) -> dict[str, Any]:
     """Read back a JSON artifact written by :func:`log_dict` (e.g. the temperature).
 
