@@ -77,7 +77,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from features.mimic.extract import extract
-from features.mimic.loader import load_split
+from features.mimic.loader import FeatureFolderError, load_split
 from features.synthetic import SHIFT_NAMES, generate
 from pipeline import tracking
 from pipeline.calibration import TemperatureScaler
@@ -421,7 +421,10 @@ def main() -> None:
 
     started = time.perf_counter()
     if args.run_id is not None:
-        rows = run_own_cohorts(args)
+        try:
+            rows = run_own_cohorts(args)
+        except FeatureFolderError as err:  # a folder the run did not train on: one line
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
     else:
         work = args.work or Path(tempfile.mkdtemp(prefix="bench_shift_"))
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{(work / 'mlflow.db').resolve()}"
