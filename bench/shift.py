@@ -9,8 +9,10 @@ store), and scores, with each model's temperature-scaled member logits (temperat
 on the base validation split by ``train_ehr``):
 
 * the base test split (in distribution) and each shifted cohort: AUROC, mixture NLL, ECE
-  against the cohort's own true risk (``pipeline.metrics.ece_against_truth``), and the
-  planted risk's own AUROC on the same stays for reference;
+  against the cohort's own true risk (``pipeline.metrics.ece_against_truth``) and against
+  the base formula's risk on the same stays (what a perfect model of the training cohort
+  predicts; only ``mechanism`` makes the two differ), the planted risk's own AUROC on the
+  same stays for reference, and each model's parameter count;
 * for each uncertainty of ``pipeline.uncertainty.decompose`` (total entropy, aleatoric
   entropy, epistemic mutual information, width of the 5-95% member interval) the AUROC with
   which it separates the shifted stays (label 1) from the in-distribution test stays
@@ -78,7 +80,7 @@ from sklearn.metrics import roc_auc_score
 
 from features.mimic.extract import extract
 from features.mimic.loader import FeatureFolderError, load_split
-from features.synthetic import SHIFT_NAMES, generate
+from features.synthetic import SHIFT_NAMES, TRUTH_FILE, generate
 from pipeline import tracking
 from pipeline.calibration import TemperatureScaler
 from pipeline.cohorts import load_normalised_as
@@ -111,12 +113,15 @@ class Cohort:
         x: (N, hours, channels) float32 inputs.
         y: (N,) 0/1 outcomes.
         true_risk: (N,) the risk each outcome was drawn from, or None (real data).
+        base_risk: (N,) the base cohort's planted formula on the same levels, i.e. what a
+            perfect model of the training cohort predicts, or None (real data).
     """
 
     name: str
     x: torch.Tensor
     y: torch.Tensor
     true_risk: np.ndarray | None
+    base_risk: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -127,12 +132,17 @@ class ShiftRow:
         seed: Seed of cohorts and training; -1 for a mean over seeds.
         method: Key of :data:`METHODS` (or the run id of a user's model).
         cohort: ``"in-distribution"`` or the shift's name.
+        parameters: The model's parameter count, all members together (the issue's target
+            compares rank-1 with an ensemble of four times its size).
         stays: Stays scored.
         deaths: Of which died.
         auroc: AUROC of the calibrated mixture risk.
         planted_auroc: AUROC of the cohort's true risk on the same stays.
         nll: Mixture NLL of the calibrated member logits, nats.
         ece_true_risk: ECE of the calibrated risk against the true risk.
+        ece_base_risk: ECE against the base formula's risk on the same stays: low here and
+            high against the true risk means the model learnt the base cohort well and the
+            world changed (``mechanism``); equal to ``ece_true_risk`` in distribution.
         detect_total: AUROC of total entropy separating these stays from the in-distribution
             test stays (NaN for the in-distribution row itself).
         detect_aleatoric: The same for the aleatoric entropy.
@@ -144,12 +154,14 @@ class ShiftRow:
     seed: int
     method: str
     cohort: str
+    parameters: int
     stays: int
     deaths: int
     auroc: float
     planted_auroc: float
     nll: float
     ece_true_risk: float
+    ece_base_risk: float
     detect_total: float
     detect_aleatoric: float
     detect_epistemic: float
@@ -234,6 +246,7 @@ def score_cohorts(
         logits = calibrated_logits(model, scaler, config, cohort.x)
         scored.append((cohort, logits, decomposed(logits)))
     reference = uncertainty_scores(scored[0][2])
+    parameters = sum(p.numel() for p in model.parameters())
     rows = []
     for index, (cohort, logits, u) in enumerate(scored):
         scores = uncertainty_scores(u)
@@ -242,18 +255,20 @@ def score_cohorts(
             for name in UNCERTAINTIES
         }
         y = cohort.y.numpy()
-        truth = cohort.true_risk
+        truth, base = cohort.true_risk, cohort.base_risk
         rows.append(
             ShiftRow(
                 seed=seed,
                 method=method,
                 cohort=cohort.name,
+                parameters=parameters,
                 stays=int(y.size),
                 deaths=int(y.sum()),
                 auroc=auroc(u.probs, y),
                 planted_auroc=math.nan if truth is None else auroc(truth, y),
                 nll=mixture_nll(logits, y),
                 ece_true_risk=math.nan if truth is None else ece_against_truth(u.probs, truth),
+                ece_base_risk=math.nan if base is None else ece_against_truth(u.probs, base),
                 **{f"detect_{name}": value for name, value in detect.items()},
                 spearman_epistemic_risk=rank_correlation(u.epistemic, u.probs),
             )
@@ -263,6 +278,13 @@ def score_cohorts(
 
 def _true_risk(stays: pl.DataFrame) -> np.ndarray | None:
     return stays["true_risk"].to_numpy() if "true_risk" in stays.columns else None
+
+
+def _base_risk(mimic_dir: Path, stays: pl.DataFrame) -> np.ndarray:
+    """The truth file's ``base_risk`` of each stay (only shifted cohorts record it)."""
+    truth = pl.read_csv(mimic_dir / TRUTH_FILE).select("icustay_id", "base_risk")
+    joined = stays.select("icustay_id").join(truth, on="icustay_id", how="left")
+    return joined["base_risk"].to_numpy()
 
 
 def synthetic_cohorts(
@@ -278,15 +300,20 @@ def synthetic_cohorts(
     generate(work / "mimic-base", patients=patients, seed=seed)
     extract(work / "mimic-base", base_dir, seed=seed, progress=False)
     x, y, stays = load_split(base_dir, "test")
-    cohorts = [Cohort(IN_DISTRIBUTION, x, y, _true_risk(stays))]
+    # In the base cohort the true risk is the base formula's.
+    cohorts = [Cohort(IN_DISTRIBUTION, x, y, _true_risk(stays), _true_risk(stays))]
     test_subjects = stays["subject_id"]
     for shift in shifts:
-        generate(work / f"mimic-{shift}", patients=patients, seed=seed, shift=shift)
-        extract(work / f"mimic-{shift}", work / f"features-{shift}", seed=seed, progress=False)
+        mimic_dir = work / f"mimic-{shift}"
+        generate(mimic_dir, patients=patients, seed=seed, shift=shift)
+        extract(mimic_dir, work / f"features-{shift}", seed=seed, progress=False)
         x, y, stays = load_normalised_as(work / f"features-{shift}", base_dir)
         keep = stays["subject_id"].is_in(test_subjects.to_list()).to_numpy()
         rows = torch.from_numpy(np.flatnonzero(keep))
-        cohorts.append(Cohort(shift, x[rows], y[rows], _true_risk(stays.filter(keep))))
+        kept = stays.filter(keep)
+        cohorts.append(
+            Cohort(shift, x[rows], y[rows], _true_risk(kept), _base_risk(mimic_dir, kept))
+        )
     return base_dir, cohorts
 
 
@@ -334,10 +361,15 @@ def run_own_cohorts(args: argparse.Namespace) -> list[ShiftRow]:
         num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu", bf16=False
     )
     x, y, stays = load_split(args.in_dist, "test")
-    cohorts = [Cohort(IN_DISTRIBUTION, x, y, _true_risk(stays))]
+    # A user's cohorts record no base formula (a synthetic shifted one does, in its raw
+    # folder's truth file, which a feature folder does not keep).
+    cohorts = [Cohort(IN_DISTRIBUTION, x, y, _true_risk(stays), None)]
     x, y, stays = load_normalised_as(args.shifted, args.in_dist)
-    cohorts.append(Cohort(Path(args.shifted).name, x, y, _true_risk(stays)))
+    cohorts.append(Cohort(Path(args.shifted).name, x, y, _true_risk(stays), None))
     return score_cohorts(model, scaler, config, cohorts, method=args.run_id, seed=0)
+
+
+_TEXT_FIELDS = ("method", "cohort")
 
 
 def seed_means(rows: list[ShiftRow]) -> list[ShiftRow]:
@@ -345,7 +377,7 @@ def seed_means(rows: list[ShiftRow]) -> list[ShiftRow]:
     groups: dict[tuple[str, str], list[ShiftRow]] = {}
     for row in rows:
         groups.setdefault((row.method, row.cohort), []).append(row)
-    numeric = [f.name for f in dataclasses.fields(ShiftRow) if f.type in ("float", "int")]
+    numeric = [f.name for f in dataclasses.fields(ShiftRow) if f.name not in _TEXT_FIELDS]
     means = []
     for (method, cohort), group in groups.items():
         values = {}
@@ -353,7 +385,8 @@ def seed_means(rows: list[ShiftRow]) -> list[ShiftRow]:
             column = np.array([getattr(r, name) for r in group], dtype=np.float64)
             finite = column[np.isfinite(column)]
             values[name] = float(finite.mean()) if finite.size else math.nan
-        values["stays"], values["deaths"] = round(values["stays"]), round(values["deaths"])
+        for name in ("parameters", "stays", "deaths"):
+            values[name] = round(values[name])
         means.append(ShiftRow(**{**values, "seed": -1, "method": method, "cohort": cohort}))
     return means
 
@@ -361,8 +394,18 @@ def seed_means(rows: list[ShiftRow]) -> list[ShiftRow]:
 #: The two printed tables: (title, ShiftRow fields).
 TABLES = (
     (
-        "Predictions (calibrated; ECE against the cohort's true risk)",
-        ("stays", "deaths", "auroc", "planted_auroc", "nll", "ece_true_risk"),
+        "Predictions (calibrated; ECE against the cohort's true risk and against the base "
+        "formula's risk)",
+        (
+            "parameters",
+            "stays",
+            "deaths",
+            "auroc",
+            "planted_auroc",
+            "nll",
+            "ece_true_risk",
+            "ece_base_risk",
+        ),
     ),
     (
         "Shift detection: AUROC of each uncertainty, shifted vs in-distribution test stays; "

@@ -39,16 +39,17 @@ def test_a_single_forward_path_has_exactly_zero_epistemic_uncertainty_and_width(
 
 def _row(seed, auroc, detect):
     return shift.ShiftRow(
-        seed=seed, method="m", cohort="c", stays=10, deaths=3, auroc=auroc,
-        planted_auroc=0.8, nll=0.4, ece_true_risk=0.02, detect_total=detect,
-        detect_aleatoric=detect, detect_epistemic=detect, detect_interval=detect,
+        seed=seed, method="m", cohort="c", parameters=100, stays=10, deaths=3, auroc=auroc,
+        planted_auroc=0.8, nll=0.4, ece_true_risk=0.02, ece_base_risk=0.03,
+        detect_total=detect, detect_aleatoric=detect, detect_epistemic=detect,
+        detect_interval=detect,
         spearman_epistemic_risk=math.nan,
     )  # fmt: skip
 
 
 def test_seed_means_average_each_number_and_ignore_nan():
     (mean,) = shift.seed_means([_row(0, 0.7, math.nan), _row(1, 0.8, 0.6)])
-    assert mean.seed == -1 and mean.stays == 10
+    assert mean.seed == -1 and mean.stays == 10 and mean.parameters == 100
     assert mean.auroc == pytest.approx(0.75)
     assert mean.detect_epistemic == pytest.approx(0.6)
     assert math.isnan(mean.spearman_epistemic_risk)
