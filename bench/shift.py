@@ -283,7 +283,9 @@ def _true_risk(stays: pl.DataFrame) -> np.ndarray | None:
 def _base_risk(mimic_dir: Path, stays: pl.DataFrame) -> np.ndarray:
     """The truth file's ``base_risk`` of each stay (only shifted cohorts record it)."""
     truth = pl.read_csv(mimic_dir / TRUTH_FILE).select("icustay_id", "base_risk")
-    joined = stays.select("icustay_id").join(truth, on="icustay_id", how="left")
+    joined = stays.select("icustay_id").join(
+        truth, on="icustay_id", how="left", maintain_order="left"
+    )
     return joined["base_risk"].to_numpy()
 
 
