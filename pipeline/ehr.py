@@ -39,7 +39,7 @@ from pipeline.metrics import auroc, binary_metrics, ece_against_truth, mixture_p
 from pipeline.predict import model_ensemble_size, predict_logits
 from pipeline.report import DEFAULT_COVERAGE
 from pipeline.train import dist_info, resolve_device
-from pipeline.uncertainty import referral_curve
+from pipeline.uncertainty import default_ranking, referral_curve
 
 if TYPE_CHECKING:
     from features.mimic.manifest import FeatureManifest
@@ -302,7 +302,10 @@ def _log_figures(risk: np.ndarray, calibrated: torch.Tensor, y_test: torch.Tenso
             risk, y_test, title="Test reliability (calibrated)"
         ),
         "plots/risk_histogram_test.png": plots.risk_histogram_figure(risk, y_test),
-        "plots/referral_test.png": plots.referral_figure(referral_curve(calibrated, y_test)),
+        # Ranked by default_ranking (epistemic for members), as the report ranks them.
+        "plots/referral_test.png": plots.referral_figure(
+            referral_curve(calibrated, y_test, report_coverage=DEFAULT_COVERAGE)
+        ),
     }
     for artifact, fig in figures.items():
         tracking.log_figure(fig, artifact)
@@ -354,4 +357,10 @@ def report_ehr(
         f"{split} {name}": scored[name] for name in ("auroc", "auprc", "nll", "ece", "brier")
     }
     metrics["temperature"] = scaler.temperature
-    return write_report(table, out_dir, metrics=metrics, coverage=coverage)
+    return write_report(
+        table,
+        out_dir,
+        metrics=metrics,
+        coverage=coverage,
+        referral_by=default_ranking(logits.shape[0]),  # the ranking behind table's flags
+    )

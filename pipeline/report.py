@@ -96,7 +96,7 @@ def build_report_table(
     temperature: float | TemperatureScaler,
     coverage: float = DEFAULT_COVERAGE,
     interval: tuple[float, float] = DEFAULT_INTERVAL,
-    referral_by: UncertaintyKind = "total",
+    referral_by: UncertaintyKind | None = None,
 ) -> pl.DataFrame:
     """One row per stay with calibrated risk, interval, uncertainties and a refer flag.
 
@@ -108,7 +108,8 @@ def build_report_table(
         temperature: fitted temperature (float or :class:`TemperatureScaler`).
         coverage: share of stays the model keeps; the rest (most uncertain) get refer=True.
         interval: percentiles (low, high) of the member risks.
-        referral_by: uncertainty that ranks stays for referral ('total' or 'epistemic').
+        referral_by: uncertainty that ranks stays for referral ('total' or 'epistemic');
+            None = :func:`pipeline.uncertainty.default_ranking` (epistemic when M > 1).
 
     Returns:
         DataFrame in the same row order as ``stays`` with columns subject_id, hadm_id,
@@ -209,10 +210,17 @@ def render_html(
     metrics: Mapping[str, Any] | None = None,
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     coverage: float = DEFAULT_COVERAGE,
-    referral_by: UncertaintyKind = "total",
+    referral_by: UncertaintyKind = "epistemic",
     n_bins: int = 15,
 ) -> str:
     """The self-contained HTML page of :func:`write_report` (see there for arguments)."""
+    ranked = table[UNCERTAINTY_COLUMNS[referral_by]].to_numpy()
+    # The page names the ranking and plots its curve: it must be the one behind the flags.
+    if not np.array_equal(refer_flags(ranked, coverage), table["refer"].to_numpy()):
+        raise ValueError(
+            f"the table's refer flags are not the {referral_by} ranking at coverage "
+            f"{coverage:g}; pass the referral_by and coverage the table was built with"
+        )
     descriptions = column_descriptions(interval, coverage, referral_by)
     columns = [c for c in table.columns if c in descriptions]
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -253,10 +261,13 @@ def render_html(
                         outcome,
                         known[UNCERTAINTY_COLUMNS[referral_by]].to_numpy(),
                         by=referral_by,
+                        report_coverage=coverage,
                     )
                 ),
-                "Referral curve: performance on the stays the model keeps when the most "
-                "uncertain ones are referred to a clinician.",
+                f"Referral: log loss, Brier score, calibration error and AUROC of the stays "
+                f"the model keeps when the rest, ranked by {referral_by} uncertainty, go to a "
+                "clinician; against random referral and an oracle that knows the outcomes. "
+                "The vertical line is this report's share kept.",
             ),
             _figure_html(
                 plots.risk_histogram_figure(risk, outcome),
@@ -294,7 +305,7 @@ def write_report(
     metrics: Mapping[str, Any] | None = None,
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     coverage: float = DEFAULT_COVERAGE,
-    referral_by: UncertaintyKind = "total",
+    referral_by: UncertaintyKind = "epistemic",
     n_bins: int = 15,
 ) -> dict[str, Path]:
     """Write report.parquet, report.csv and a self-contained report.html, owner-only.
@@ -306,7 +317,9 @@ def write_report(
         metrics: optional cohort-level metrics shown at the top (e.g. test metrics).
         interval: the percentiles used to build ``table`` (for the column explanations).
         coverage: the coverage used to build ``table``.
-        referral_by: the uncertainty that ranked stays for referral.
+        referral_by: the uncertainty that ranked stays for referral, as
+            :func:`pipeline.uncertainty.default_ranking` chose it for ``table``
+            ('total' for a one-path model); checked against the table's refer flags.
         n_bins: reliability-diagram bins.
 
     Returns:
