@@ -165,7 +165,7 @@ _RANKING_WORDS = {
 def referral_figure(
     curve: ReferralCurve,
     *,
-    title: str = "Referral: how the kept stays fare as more are sent for review",
+    title: str = "Referral: how the stays the model keeps fare as the rest go to a clinician",
     path: str | os.PathLike | None = None,
 ) -> Figure:
     """Retained-stays NLL, Brier, ECE and AUROC against coverage, three referral strategies.
@@ -173,8 +173,10 @@ def referral_figure(
     One panel per metric (2 x 2), each with the model's ranking, random referral and the
     oracle (which uses the outcomes). AUROC is shown beside the others, never alone: at low
     prevalence referring uncertain stays removes most deaths, so the kept stays' AUROC can
-    fall while every kept risk is better. For a multi-class curve (AUROC undefined) the
-    fourth panel shows accuracy.
+    fall while every kept risk is better. The ECE of few stays is biased upwards by its
+    binning (see the random curve rise as coverage falls), so compare strategies at the
+    same coverage, not a coverage with another. For a multi-class curve (AUROC undefined)
+    the fourth panel shows accuracy.
 
     Args:
         curve: a :class:`pipeline.uncertainty.ReferralCurve`.
@@ -184,7 +186,7 @@ def referral_figure(
     Returns:
         The figure.
     """
-    fig = Figure(figsize=(9.0, 7.0), dpi=_DPI, layout="constrained")
+    fig = Figure(figsize=(9.0, 7.5), dpi=_DPI, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2, sharex=True).ravel()
     percent = 100 * curve.coverages
@@ -216,8 +218,11 @@ def referral_figure(
             )
         ax.set_ylabel(label, fontsize="small")
         ax.grid(alpha=0.3)
-    fig.supxlabel("share of stays kept by the model (%); the rest go to a clinician")
-    axes[0].legend(fontsize="x-small")
+    for ax in axes[2:]:
+        ax.set_xlabel("share of stays kept by the model (%)")
+    # One legend below the panels: inside an axes it hides the curves it explains.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
     fig.suptitle(title)
     return _maybe_save(fig, path)
 
