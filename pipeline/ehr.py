@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 TASK = "in-hospital-mortality"
 CALIBRATION_FILE = "calibration/temperature.json"
+REFERRAL_FILE = "referral/test.json"  # test referral curves (ReferralCurve.to_dict)
 #: The run param holding :func:`feature_fingerprint` of the training feature folder.
 FINGERPRINT_PARAM = "data.feature_fingerprint"
 
@@ -297,15 +298,17 @@ def _log_figures(risk: np.ndarray, calibrated: torch.Tensor, y_test: torch.Tenso
     """The cohort-level test plots: reliability, risk histogram, referral curve."""
     import matplotlib.pyplot as plt
 
+    # Ranked by default_ranking (epistemic for members), as the report ranks them; the
+    # numbers go beside the figure so the three strategies can be compared without reading
+    # a plot.
+    referral = referral_curve(calibrated, y_test, report_coverage=DEFAULT_COVERAGE)
+    tracking.log_dict(referral.to_dict(), REFERRAL_FILE)
     figures = {
         "plots/reliability_test_calibrated.png": plots.reliability_figure(
             risk, y_test, title="Test reliability (calibrated)"
         ),
         "plots/risk_histogram_test.png": plots.risk_histogram_figure(risk, y_test),
-        # Ranked by default_ranking (epistemic for members), as the report ranks them.
-        "plots/referral_test.png": plots.referral_figure(
-            referral_curve(calibrated, y_test, report_coverage=DEFAULT_COVERAGE)
-        ),
+        "plots/referral_test.png": plots.referral_figure(referral),
     }
     for artifact, fig in figures.items():
         tracking.log_figure(fig, artifact)

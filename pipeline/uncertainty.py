@@ -215,9 +215,12 @@ class RetainedMetrics:
     auroc: np.ndarray
     accuracy: np.ndarray
 
-    def to_dict(self) -> dict[str, list[float]]:
-        """Plain lists (NaN stays NaN), for JSON or MLflow ``log_dict``."""
-        return {name: getattr(self, name).tolist() for name in RETAINED_METRICS}
+    def to_dict(self) -> dict[str, list[float | None]]:
+        """Plain lists, NaN as None (strict JSON has no NaN), for MLflow ``log_dict``."""
+        return {
+            name: [None if math.isnan(v) else v for v in getattr(self, name).tolist()]
+            for name in RETAINED_METRICS
+        }
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Referral: the default ranking, and curves against random referral and the oracle."""
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -161,3 +163,11 @@ def test_report_flags_follow_the_default_ranking_and_the_page_checks_it():
     total = unc.decompose(logits[:1]).total
     np.testing.assert_array_equal(one_path["refer"].to_numpy(), unc.refer_flags(total, 0.6))
     assert "ranked by total" in render_html(one_path, title="t", coverage=0.6, referral_by="total")
+
+
+def test_to_dict_is_strict_json():
+    logits = np.array([[[5.0, 0.0]], [[0.0, 5.0]]]).repeat(4, axis=1)
+    curve = unc.referral_curve(logits, [0, 1, 0, 1], n_random=2)
+    record = json.loads(json.dumps(curve.to_dict(), allow_nan=False))
+    assert record["ranked"]["auroc"] == [None] * 11  # undefined for multi-class
+    assert record["ranked"]["nll"] == pytest.approx(curve.ranked.nll.tolist())
