@@ -26,9 +26,9 @@ Referral curves (:func:`referral_curve`) show, for each coverage (share of stays
 keeps), the retained stays' NLL, Brier, ECE, AUROC and accuracy for three strategies: the
 chosen ranking, random referral (the mean over seeded random orders) and an oracle that
 refers the stays with the largest per-stay NLL first. The oracle uses the labels, so it is a
-bound, not a strategy a clinic could run. AUROC alone misleads here: at low prevalence,
-referring uncertain stays removes most positives and the retained AUROC can fall even when
-every retained risk got better.
+bound on the retained NLL (not on ECE or AUROC), not a strategy a clinic could run. AUROC
+alone misleads here: at low prevalence, referring uncertain stays removes most positives and
+the retained AUROC can fall even when every retained risk got better.
 """
 
 from __future__ import annotations
@@ -232,8 +232,9 @@ class ReferralCurve:
         n_retained: (F,) number of retained stays at each coverage.
         ranked: metrics when the stays ranked most uncertain by ``by`` are referred first.
         random: mean metrics over ``n_random`` random referral orders (seeded by ``seed``).
-        oracle: metrics when the stays with the largest per-stay NLL are referred first;
-            this uses the labels, so it bounds what any ranking could reach.
+        oracle: metrics when the stays with the largest per-stay NLL are referred first.
+            It uses the labels: its NLL (and, binary, its Brier) is the lowest any ranking
+            could reach; its ECE and AUROC are no such bound (it keeps almost no deaths).
         by: the uncertainty that ranked the stays.
         report_coverage: the report's coverage (marked in the figure), or None.
         n_random: number of random orders averaged.
@@ -402,7 +403,7 @@ def referral_curve_from_scores(
         n_retained=sizes,
         ranked=_as_metrics(_curve(scored, order, sizes)),
         random=_as_metrics(_random_mean(scored, sizes, n_random, seed)),
-        # Largest loss first: uses the labels, so it is the best any ranking could do.
+        # Largest loss first: uses the labels; the lowest retained NLL any ranking can reach.
         oracle=_as_metrics(_curve(scored, referral_order(scored.nll), sizes)),
         by=by,
         report_coverage=None if report_coverage is None else float(report_coverage),
