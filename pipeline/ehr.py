@@ -46,13 +46,14 @@ from pipeline.predict import model_ensemble_size, predict_logits
 from pipeline.provenance import REFERENCE_FILE, EpistemicReference, Provenance, epistemic_reference
 from pipeline.report import DEFAULT_COVERAGE
 from pipeline.train import dist_info, resolve_device
-from pipeline.uncertainty import referral_curve
+from pipeline.uncertainty import default_ranking, referral_curve
 
 if TYPE_CHECKING:
     from features.mimic.manifest import FeatureManifest
 
 TASK = "in-hospital-mortality"
 CALIBRATION_FILE = "calibration/temperature.json"
+REFERRAL_FILE = "referral/test.json"  # test referral curves (ReferralCurve.to_dict)
 #: The run param holding :func:`feature_fingerprint` of the training feature folder.
 FINGERPRINT_PARAM = "data.feature_fingerprint"
 #: The name the runner logs the model under (``tracking.log_model``'s default).
@@ -325,12 +326,17 @@ def _log_figures(
     """The cohort-level test plots: reliability, risk histogram, referral curve."""
     import matplotlib.pyplot as plt
 
+    # Ranked by default_ranking (epistemic for members), as the report ranks them; the
+    # numbers go beside the figure so the three strategies can be compared without reading
+    # a plot.
+    referral = referral_curve(calibrated, y_test, report_coverage=DEFAULT_COVERAGE)
+    tracking.log_dict(referral.to_dict(), REFERRAL_FILE)
     figures = {
         "plots/reliability_test_calibrated.png": plots.reliability_figure(
             risk, y_test, raw=raw_risk, title="Test reliability: predicted risk of death"
         ),
         "plots/risk_histogram_test.png": plots.risk_histogram_figure(risk, y_test),
-        "plots/referral_test.png": plots.referral_figure(referral_curve(calibrated, y_test)),
+        "plots/referral_test.png": plots.referral_figure(referral),
     }
     for artifact, fig in figures.items():
         tracking.log_figure(fig, artifact)
@@ -398,6 +404,7 @@ def report_ehr(
         metrics=metrics,
         coverage=coverage,
         raw_risk=mixture_probs(logits),
+        referral_by=default_ranking(logits.shape[0]),  # the ranking behind table's flags
     )
 
 

@@ -234,33 +234,82 @@ def risk_histogram_figure(
     return _maybe_save(fig, path)
 
 
+# What each referral panel shows, in words a clinician reads; lower is better except AUROC.
+_REFERRAL_PANELS = (
+    ("nll", "log loss (NLL) of kept stays (lower is better)"),
+    ("brier", "Brier score of kept stays (lower is better)"),
+    ("ece", "calibration error of kept stays (lower is better)"),
+    ("auroc", "AUROC of kept stays (higher is better)"),
+)
+_RANKING_WORDS = {
+    "epistemic": "model disagreement (epistemic)",
+    "total": "total uncertainty",
+    "aleatoric": "data noise (aleatoric)",
+}
+
+
 def referral_figure(
     curve: ReferralCurve,
     *,
-    title: str = "Referral curve",
+    title: str = "Referral: how the stays the model keeps fare as the rest go to a clinician",
     path: str | os.PathLike | None = None,
 ) -> Figure:
-    """Accuracy (and AUROC where defined) of the retained cases vs fraction referred.
+    """Retained-stays NLL, Brier, ECE and AUROC against coverage, three referral strategies.
+
+    One panel per metric (2 x 2), each with the model's ranking, random referral and the
+    oracle (which uses the outcomes). AUROC is shown beside the others, never alone: at low
+    prevalence referring uncertain stays removes most deaths, so the kept stays' AUROC can
+    fall while every kept risk is better. The ECE of few stays is biased upwards by its
+    binning (see the random curve rise as coverage falls), so compare strategies at the
+    same coverage, not a coverage with another. For a multi-class curve (AUROC undefined)
+    the fourth panel shows accuracy.
 
     Args:
         curve: a :class:`pipeline.uncertainty.ReferralCurve`.
-        title: axes title.
+        title: figure title.
         path: optional PNG destination.
 
     Returns:
         The figure.
     """
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    percent = 100 * curve.fractions
-    ax.plot(percent, curve.accuracy, marker="o", color="#4c78a8", label="accuracy")
-    if np.any(np.isfinite(curve.auroc)):
-        ax.plot(percent, curve.auroc, marker="s", color="#e45756", label="AUROC")
-    ax.set_xlabel(f"cases referred, most uncertain first (%) [by {curve.by}]")
-    ax.set_ylabel("score on retained cases")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    fig = Figure(figsize=(9.0, 7.5), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    percent = 100 * curve.coverages
+    strategies = (
+        (curve.ranked, f"refer by {_RANKING_WORDS[curve.by]}", "#4c78a8", "o", "-"),
+        (curve.random, f"refer at random (mean of {curve.n_random})", "grey", None, "--"),
+        (curve.oracle, "oracle: refer worst-predicted first (uses outcomes)", "#54a24b", None, ":"),
+    )
+    panels = list(_REFERRAL_PANELS)
+    if not np.any(np.isfinite(curve.ranked.auroc)):
+        panels[3] = ("accuracy", "accuracy of kept stays (higher is better)")
+    for ax, (metric, label) in zip(axes, panels, strict=True):
+        for metrics, name, color, marker, style in strategies:
+            ax.plot(
+                percent,
+                getattr(metrics, metric),
+                marker=marker,
+                markersize=3,
+                linestyle=style,
+                color=color,
+                label=name,
+            )
+        if curve.report_coverage is not None:
+            ax.axvline(
+                100 * curve.report_coverage,
+                color="#e45756",
+                linewidth=1,
+                label=f"this report keeps {100 * curve.report_coverage:g}%",
+            )
+        ax.set_ylabel(label, fontsize="small")
+        ax.grid(alpha=0.3)
+    for ax in axes[2:]:
+        ax.set_xlabel("share of stays kept by the model (%)")
+    # One legend below the panels: inside an axes it hides the curves it explains.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
+    fig.suptitle(title)
     return _maybe_save(fig, path)
 
 

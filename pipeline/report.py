@@ -122,7 +122,7 @@ def build_report_table(
     temperature: float | TemperatureScaler,
     coverage: float = DEFAULT_COVERAGE,
     interval: tuple[float, float] = DEFAULT_INTERVAL,
-    referral_by: UncertaintyKind = "total",
+    referral_by: UncertaintyKind | None = None,
     epistemic_threshold: float | None = None,
 ) -> pl.DataFrame:
     """One row per stay with calibrated risk, interval, uncertainties and a refer flag.
@@ -135,7 +135,8 @@ def build_report_table(
         temperature: fitted temperature (float or :class:`TemperatureScaler`).
         coverage: share of stays the model keeps; the rest (most uncertain) get refer=True.
         interval: percentiles (low, high) of the member risks.
-        referral_by: uncertainty that ranks stays for referral ('total' or 'epistemic').
+        referral_by: uncertainty that ranks stays for referral ('total' or 'epistemic');
+            None = :func:`pipeline.uncertainty.default_ranking` (epistemic when M > 1).
         epistemic_threshold: the epistemic uncertainty recorded at training above which a
             stay is unlike the training population
             (:class:`pipeline.provenance.EpistemicReference`); None: unknown.
@@ -332,11 +333,18 @@ def render_html(
     metrics: Mapping[str, Any] | None = None,
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     coverage: float = DEFAULT_COVERAGE,
-    referral_by: UncertaintyKind = "total",
+    referral_by: UncertaintyKind = "epistemic",
     n_bins: int = 15,
     raw_risk: Any = None,
 ) -> str:
     """The self-contained HTML page of :func:`write_report` (see there for arguments)."""
+    ranked = table[UNCERTAINTY_COLUMNS[referral_by]].to_numpy()
+    # The page names the ranking and plots its curve: it must be the one behind the flags.
+    if not np.array_equal(refer_flags(ranked, coverage), table["refer"].to_numpy()):
+        raise ValueError(
+            f"the table's refer flags are not the {referral_by} ranking at coverage "
+            f"{coverage:g}; pass the referral_by and coverage the table was built with"
+        )
     descriptions = column_descriptions(interval, coverage, referral_by)
     columns = [c for c in table.columns if c in descriptions]
     provenance = provenance or Provenance()
@@ -382,10 +390,13 @@ def render_html(
                         outcome,
                         known[UNCERTAINTY_COLUMNS[referral_by]].to_numpy(),
                         by=referral_by,
+                        report_coverage=coverage,
                     )
                 ),
-                "Referral curve: performance on the stays the model keeps when the most "
-                "uncertain ones are referred to a clinician.",
+                f"Referral: log loss, Brier score, calibration error and AUROC of the stays "
+                f"the model keeps when the rest, ranked by {referral_by} uncertainty, go to a "
+                "clinician; against random referral and an oracle that knows the outcomes. "
+                "The vertical line is this report's share kept.",
             ),
             _figure_html(
                 plots.risk_histogram_figure(risk, outcome),
@@ -478,7 +489,7 @@ def write_report(
     metrics: Mapping[str, Any] | None = None,
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     coverage: float = DEFAULT_COVERAGE,
-    referral_by: UncertaintyKind = "total",
+    referral_by: UncertaintyKind = "epistemic",
     n_bins: int = 15,
     raw_risk: Any = None,
 ) -> dict[str, Path]:
@@ -497,7 +508,9 @@ def write_report(
         metrics: optional cohort-level metrics shown at the top (e.g. test metrics).
         interval: the percentiles used to build ``table`` (for the column explanations).
         coverage: the coverage used to build ``table``.
-        referral_by: the uncertainty that ranked stays for referral.
+        referral_by: the uncertainty that ranked stays for referral, as
+            :func:`pipeline.uncertainty.default_ranking` chose it for ``table``
+            ('total' for a one-path model); checked against the table's refer flags.
         n_bins: reliability-diagram bins.
         raw_risk: optional (N,) uncalibrated risk in the table's row order, drawn beside
             the calibrated one in the reliability diagram.

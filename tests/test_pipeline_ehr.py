@@ -14,7 +14,13 @@ import torch
 from features.mimic.loader import FeatureFolderError, load_manifest
 from pipeline import tracking
 from pipeline.config import OptimConfig, ScheduleConfig, TrainConfig
-from pipeline.ehr import CALIBRATION_FILE, feature_fingerprint, report_ehr, train_ehr
+from pipeline.ehr import (
+    CALIBRATION_FILE,
+    REFERRAL_FILE,
+    feature_fingerprint,
+    report_ehr,
+    train_ehr,
+)
 from pipeline.predict import predict_member_logits
 from pipeline.provenance import REFERENCE_FILE, UNLIKE_TRAINING_PERCENTILE
 from rank1.models import EHRConfig
@@ -87,6 +93,9 @@ def test_train_ehr_logs_run_and_reports(tiny_ehr_features, mlflow_store, tmp_pat
     record = tracking.load_dict(run_id, CALIBRATION_FILE)
     assert record["temperature"] == pytest.approx(result.metrics.temperature)
     assert record["ensemble_size"] == 4 and record["num_eval_samples"] == 2
+    referral = tracking.load_dict(run_id, REFERRAL_FILE)
+    assert referral["by"] == "epistemic" and referral["report_coverage"] == 0.8
+    assert len(referral["random"]["nll"]) == len(referral["coverages"]) == 11
 
     # The logged model reloads and predicts the same as a fresh copy of its weights.
     from features.mimic.loader import load_split

@@ -23,7 +23,7 @@ from pipeline.provenance import (
 )
 from pipeline.report import ID_COLUMNS, build_report_table, read_report_document, write_report
 from pipeline.tracking import check_no_patient_data
-from pipeline.uncertainty import decompose, referral_curve
+from pipeline.uncertainty import decompose, default_ranking, referral_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -192,7 +192,9 @@ def big_cohort(n=400, members=4, seed=1):
 
 def written(tmp_path, stays, logits, threshold=0.01, provenance=PROVENANCE, name="out"):
     table = build_report_table(stays, logits, 1.0, epistemic_threshold=threshold)
-    paths = write_report(table, tmp_path / name, provenance=provenance)
+    # The ranking the table's refer flags were built with (total entropy for one path).
+    ranking = default_ranking(np.asarray(logits).shape[0])
+    paths = write_report(table, tmp_path / name, provenance=provenance, referral_by=ranking)
     return table, paths, json.loads(paths["json"].read_text())
 
 

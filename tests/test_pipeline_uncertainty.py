@@ -79,22 +79,37 @@ def constructed_cohort():
 
 def test_referral_raises_retained_accuracy():
     logits, labels = constructed_cohort()
-    curve = unc.referral_curve(logits, labels, fractions=[0.0, 0.1, 0.2, 1 / 3, 0.5])
-    np.testing.assert_array_equal(curve.n_retained, [30, 27, 24, 20, 15])
-    assert curve.accuracy[0] == pytest.approx(20 / 30)
-    assert curve.accuracy[3] == pytest.approx(1.0)
-    assert np.all(np.diff(curve.accuracy[:4]) > 0)
-    assert curve.auroc[3] == pytest.approx(1.0) and curve.auroc[0] < 1.0
-    by_mi = unc.referral_curve(logits, labels, fractions=[0.0, 1 / 3], by="epistemic")
-    assert by_mi.by == "epistemic" and by_mi.accuracy[1] == pytest.approx(1.0)
-    assert set(curve.to_dict()) == {"fractions", "n_retained", "accuracy", "auroc", "by"}
+    curve = unc.referral_curve(logits, labels, coverages=[1.0, 0.9, 0.8, 2 / 3, 0.5])
+    np.testing.assert_allclose(curve.coverages, [0.5, 2 / 3, 0.8, 0.9, 1.0])
+    np.testing.assert_array_equal(curve.n_retained, [15, 20, 24, 27, 30])
+    assert curve.by == "epistemic"  # two members: the default ranking
+    assert curve.ranked.accuracy[-1] == pytest.approx(20 / 30)
+    assert curve.ranked.accuracy[1] == pytest.approx(1.0)
+    assert np.all(np.diff(curve.ranked.accuracy[1:]) < 0)
+    assert curve.ranked.auroc[1] == pytest.approx(1.0) and curve.ranked.auroc[-1] < 1.0
+    by_total = unc.referral_curve(logits, labels, coverages=[2 / 3, 1.0], by="total")
+    assert by_total.by == "total" and by_total.ranked.accuracy[0] == pytest.approx(1.0)
+    assert set(curve.to_dict()) == {
+        "coverages",
+        "n_retained",
+        "ranked",
+        "random",
+        "oracle",
+        "by",
+        "report_coverage",
+        "n_random",
+        "seed",
+    }
+    assert set(curve.to_dict()["oracle"]) == {"nll", "brier", "ece", "auroc", "accuracy"}
 
 
-def test_referral_curve_multiclass_has_accuracy_only():
+def test_referral_curve_multiclass_has_no_auroc():
     logits = np.array([[[5.0, 0.0]], [[0.0, 5.0]]]).repeat(4, axis=1)
-    curve = unc.referral_curve(logits, [0, 1, 0, 1])
-    assert np.all(np.isnan(curve.auroc))
-    assert curve.fractions[-1] == pytest.approx(0.5) and len(curve.fractions) == 11
+    curve = unc.referral_curve(logits, [0, 1, 0, 1], n_random=3)
+    assert np.all(np.isnan(curve.ranked.auroc)) and np.all(np.isnan(curve.random.auroc))
+    assert np.all(np.isfinite(curve.ranked.nll)) and np.all(np.isfinite(curve.ranked.accuracy))
+    np.testing.assert_allclose(curve.coverages, unc.DEFAULT_COVERAGES)
+    assert len(curve.coverages) == 11 and curve.coverages[0] == pytest.approx(0.5)
 
 
 def test_refer_flags_at_coverage():
