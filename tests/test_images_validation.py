@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,9 +19,7 @@ def digits_model():
     # Small evaluation batches: 23 forward passes per cell, so threads that share torch's
     # global generator interleave their draws every time (with the default batch a cell is
     # one pass, and a race would show only now and then). One sample per pass is enough.
-    job = dataclasses.replace(
-        job, train=dataclasses.replace(job.train, eval_batch_size=16, num_eval_samples=1)
-    )
+    job = job.replace(train=job.train.replace(eval_batch_size=16, num_eval_samples=1))
     torch.manual_seed(0)
     model = build_model(job, num_classes=10, in_channels=1, bayesian=True).eval()
     return model, job
