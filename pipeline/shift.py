@@ -410,7 +410,7 @@ def compare_cohorts(
         # The run fitted its training stays (and their noise): as "shifted" they would
         # look more familiar than any unseen stay and the detection AUROC would mean nothing.
         raise ValueError(
-            f"{shifted}: is the run's own feature folder; compare another split of it "
+            f"{shifted}: the run's own feature folder; compare another of its splits "
             "(val or test), not stays the model was trained on"
         )
     fingerprint = check_trained_on(run_id, features)
