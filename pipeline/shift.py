@@ -46,7 +46,7 @@ from pipeline import tracking
 from pipeline.calibration import TemperatureScaler
 from pipeline.cohorts import load_normalised_as
 from pipeline.config import TrainConfig
-from pipeline.ehr import CALIBRATION_FILE, check_trained_on, feature_fingerprint
+from pipeline.ehr import check_trained_on, feature_fingerprint, load_scorer
 from pipeline.metrics import auroc, ece_against_truth, mixture_nll
 from pipeline.predict import predict_logits
 from pipeline.uncertainty import PredictiveUncertainty, decompose
@@ -333,21 +333,6 @@ def score_cohorts(
 def true_risk(stays: pl.DataFrame) -> np.ndarray | None:
     """The stays' ``true_risk`` column (synthetic cohorts only), or None."""
     return stays["true_risk"].to_numpy() if "true_risk" in stays.columns else None
-
-
-def load_scorer(run_id: str) -> tuple[torch.nn.Module, TemperatureScaler, TrainConfig]:
-    """A logged run's model (on the CPU), its temperature and its evaluation settings.
-
-    Raises:
-        pipeline.tracking.TrackingError: If the run does not exist or cannot be read.
-        pipeline.tracking.ModelArtifactError: If its model files are missing or tampered with.
-    """
-    model = tracking.load_model(run_id, map_location="cpu")
-    record = tracking.load_dict(run_id, CALIBRATION_FILE)
-    config = TrainConfig(
-        num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu", bf16=False
-    )
-    return model, TemperatureScaler.from_dict(record), config
 
 
 def _subset(
