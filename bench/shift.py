@@ -6,7 +6,7 @@ so a shifted cohort holds the base cohort's patients where the shift does not re
 extracts each. Trains rank-1 Gaussian, rank-1 Cauchy, the deterministic twin and a deep
 ensemble of 4 on the base cohort with ``pipeline.ehr.train_ehr`` (into a throw-away MLflow
 store), and scores, with each model's temperature-scaled member logits (temperature fitted
-on the base validation split by ``train_ehr``):
+on the base validation split by ``train_ehr``), by ``pipeline.shift.score_cohorts``:
 
 * the base test split (in distribution) and each shifted cohort: AUROC, mixture NLL, ECE
   against the cohort's own true risk (``pipeline.metrics.ece_against_truth``) and against
@@ -56,7 +56,10 @@ With ``--in-dist FEATURES --shifted FEATURES --run-id RUN`` the benchmark skips 
 and training: it loads the run's model and temperature from the MLflow store named by
 ``MLFLOW_TRACKING_URI``, checks that ``--in-dist`` is the folder the run trained on, and
 scores its test split against *every* stay of ``--shifted`` (a user's cohorts are not
-paired). Without a ``true_risk`` column the ECE against the true risk is NaN.
+paired), with ``pipeline.shift.compare_cohorts``, the function behind ``rank1
+compare-cohorts`` (which also chooses stays by a stays column, e.g. ``dbsource``, and logs
+the comparison to MLflow). Without a ``true_risk`` column the ECE against the true risk is
+NaN.
 """
 
 from __future__ import annotations
@@ -75,25 +78,18 @@ import polars as pl
 import torch
 from ehr_synthetic import cpu_config  # noqa: E402
 from machine import describe  # noqa: E402
-from scipy.stats import spearmanr
-from sklearn.metrics import roc_auc_score
 
 from features.mimic.extract import extract
-from features.mimic.loader import FeatureFolderError, load_split
+from features.mimic.loader import load_split
 from features.synthetic import SHIFT_NAMES, TRUTH_FILE, generate
-from pipeline import tracking
 from pipeline.calibration import TemperatureScaler
 from pipeline.cohorts import load_normalised_as
 from pipeline.config import TrainConfig
-from pipeline.ehr import CALIBRATION_FILE, check_trained_on, train_ehr
-from pipeline.metrics import auroc, ece_against_truth, mixture_nll
-from pipeline.predict import predict_logits
+from pipeline.ehr import train_ehr
 from pipeline.recipes import CAUCHY_EVAL_SAMPLES
-from pipeline.uncertainty import PredictiveUncertainty, decompose
+from pipeline.shift import IN_DISTRIBUTION, Cohort, compare_cohorts, true_risk
+from pipeline.shift import score_cohorts as score_each
 from rank1.models import EHRConfig
-
-IN_DISTRIBUTION = "in-distribution"
-UNCERTAINTIES = ("total", "aleatoric", "epistemic", "interval")
 
 #: Benchmark name -> (TrainConfig.method, posterior, Monte Carlo samples per member).
 METHODS: dict[str, tuple[str, str, int]] = {
@@ -102,26 +98,6 @@ METHODS: dict[str, tuple[str, str, int]] = {
     "deterministic": ("deterministic", "normal", 1),
     "ensemble": ("ensemble", "normal", 1),
 }
-
-
-@dataclass(frozen=True)
-class Cohort:
-    """Stays scored by every model, normalised with the training folder's statistics.
-
-    Attributes:
-        name: ``"in-distribution"`` or the shift's name.
-        x: (N, hours, channels) float32 inputs.
-        y: (N,) 0/1 outcomes.
-        true_risk: (N,) the risk each outcome was drawn from, or None (real data).
-        base_risk: (N,) the base cohort's planted formula on the same levels, i.e. what a
-            perfect model of the training cohort predicts, or None (real data).
-    """
-
-    name: str
-    x: torch.Tensor
-    y: torch.Tensor
-    true_risk: np.ndarray | None
-    base_risk: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -176,61 +152,6 @@ def method_config(name: str, steps: int, lr: float, seed: int) -> TrainConfig:
     return TrainConfig.from_dict({**base, "posterior": posterior, "num_eval_samples": samples})
 
 
-def uncertainty_scores(u: PredictiveUncertainty) -> dict[str, np.ndarray]:
-    """The four per-stay uncertainties compared, by name (:data:`UNCERTAINTIES`)."""
-    return {
-        "total": u.total,
-        "aleatoric": u.aleatoric,
-        "epistemic": u.epistemic,
-        "interval": u.interval_high - u.interval_low,
-    }
-
-
-def detection_auroc(in_dist: np.ndarray, shifted: np.ndarray) -> float:
-    """AUROC with which a score separates shifted stays (label 1) from in-distribution ones.
-
-    Args:
-        in_dist: (N0,) scores of the in-distribution stays.
-        shifted: (N1,) scores of the shifted stays; larger should mean "shifted".
-
-    Returns:
-        The AUROC (ties count one half, so a constant score gives 0.5); NaN if either side
-        is empty.
-    """
-    if in_dist.size == 0 or shifted.size == 0:
-        return math.nan
-    labels = np.concatenate([np.zeros(in_dist.size), np.ones(shifted.size)])
-    return float(roc_auc_score(labels, np.concatenate([in_dist, shifted])))
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho, NaN when either side is constant (e.g. a deterministic model's MI)."""
-    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return math.nan
-    return float(spearmanr(a, b).statistic)
-
-
-def decomposed(logits: np.ndarray) -> PredictiveUncertainty:
-    """``decompose``, with the epistemic part of a single forward path set to exactly 0.
-
-    With one path the mutual information is 0 by definition, but ``decompose`` computes it
-    as a difference of two entropies evaluated in different ways, which leaves float noise
-    of ~1e-17 nats; ranking stays by that noise would give the deterministic twin a
-    meaningless detection AUROC and Spearman instead of 0.5 and NaN.
-    """
-    u = decompose(logits)
-    if logits.shape[0] == 1:
-        u = dataclasses.replace(u, epistemic=np.zeros_like(u.epistemic))
-    return u
-
-
-def calibrated_logits(
-    model: torch.nn.Module, scaler: TemperatureScaler, config: TrainConfig, x: torch.Tensor
-) -> np.ndarray:
-    """Temperature-scaled member logits (S * K, N), evaluated as every job does (EVAL_SEED)."""
-    return scaler.apply(predict_logits(model, x, config, torch.device("cpu")))
-
-
 def score_cohorts(
     model: torch.nn.Module,
     scaler: TemperatureScaler,
@@ -240,44 +161,12 @@ def score_cohorts(
     method: str,
     seed: int,
 ) -> list[ShiftRow]:
-    """One row per cohort; ``cohorts[0]`` is the in-distribution test set."""
-    scored = []
-    for cohort in cohorts:
-        logits = calibrated_logits(model, scaler, config, cohort.x)
-        scored.append((cohort, logits, decomposed(logits)))
-    reference = uncertainty_scores(scored[0][2])
+    """One row per cohort (``pipeline.shift.score_cohorts``); ``cohorts[0]`` is in distribution."""
     parameters = sum(p.numel() for p in model.parameters())
-    rows = []
-    for index, (cohort, logits, u) in enumerate(scored):
-        scores = uncertainty_scores(u)
-        detect = {
-            name: math.nan if index == 0 else detection_auroc(reference[name], scores[name])
-            for name in UNCERTAINTIES
-        }
-        y = cohort.y.numpy()
-        truth, base = cohort.true_risk, cohort.base_risk
-        rows.append(
-            ShiftRow(
-                seed=seed,
-                method=method,
-                cohort=cohort.name,
-                parameters=parameters,
-                stays=int(y.size),
-                deaths=int(y.sum()),
-                auroc=auroc(u.probs, y),
-                planted_auroc=math.nan if truth is None else auroc(truth, y),
-                nll=mixture_nll(logits, y),
-                ece_true_risk=math.nan if truth is None else ece_against_truth(u.probs, truth),
-                ece_base_risk=math.nan if base is None else ece_against_truth(u.probs, base),
-                **{f"detect_{name}": value for name, value in detect.items()},
-                spearman_epistemic_risk=rank_correlation(u.epistemic, u.probs),
-            )
-        )
-    return rows
-
-
-def _true_risk(stays: pl.DataFrame) -> np.ndarray | None:
-    return stays["true_risk"].to_numpy() if "true_risk" in stays.columns else None
+    return [
+        ShiftRow(seed=seed, method=method, parameters=parameters, **dataclasses.asdict(score))
+        for score in score_each(model, scaler, config, cohorts)
+    ]
 
 
 def _base_risk(mimic_dir: Path, stays: pl.DataFrame) -> np.ndarray:
@@ -303,7 +192,7 @@ def synthetic_cohorts(
     extract(work / "mimic-base", base_dir, seed=seed, progress=False)
     x, y, stays = load_split(base_dir, "test")
     # In the base cohort the true risk is the base formula's.
-    cohorts = [Cohort(IN_DISTRIBUTION, x, y, _true_risk(stays), _true_risk(stays))]
+    cohorts = [Cohort(IN_DISTRIBUTION, x, y, true_risk(stays), true_risk(stays))]
     test_subjects = stays["subject_id"]
     for shift in shifts:
         mimic_dir = work / f"mimic-{shift}"
@@ -314,7 +203,7 @@ def synthetic_cohorts(
         rows = torch.from_numpy(np.flatnonzero(keep))
         kept = stays.filter(keep)
         cohorts.append(
-            Cohort(shift, x[rows], y[rows], _true_risk(kept), _base_risk(mimic_dir, kept))
+            Cohort(shift, x[rows], y[rows], true_risk(kept), _base_risk(mimic_dir, kept))
         )
     return base_dir, cohorts
 
@@ -355,20 +244,16 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> list[ShiftRow]:
 
 def run_own_cohorts(args: argparse.Namespace) -> list[ShiftRow]:
     """Score a logged run's model on its own test split and on every stay of another folder."""
-    check_trained_on(args.run_id, args.in_dist)
-    model = tracking.load_model(args.run_id, map_location="cpu")
-    record = tracking.load_dict(args.run_id, CALIBRATION_FILE)
-    scaler = TemperatureScaler.from_dict(record)
-    config = TrainConfig(
-        num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu", bf16=False
-    )
-    x, y, stays = load_split(args.in_dist, "test")
-    # A user's cohorts record no base formula (a synthetic shifted one does, in its raw
-    # folder's truth file, which a feature folder does not keep).
-    cohorts = [Cohort(IN_DISTRIBUTION, x, y, _true_risk(stays), None)]
-    x, y, stays = load_normalised_as(args.shifted, args.in_dist)
-    cohorts.append(Cohort(Path(args.shifted).name, x, y, _true_risk(stays), None))
-    return score_cohorts(model, scaler, config, cohorts, method=args.run_id, seed=0)
+    comparison = compare_cohorts(args.run_id, args.in_dist, args.shifted)
+    return [
+        ShiftRow(
+            seed=0,
+            method=args.run_id,
+            parameters=comparison.parameters,
+            **dataclasses.asdict(score),
+        )
+        for score in (comparison.in_distribution, comparison.shifted)
+    ]
 
 
 _TEXT_FIELDS = ("method", "cohort")
@@ -468,7 +353,7 @@ def main() -> None:
     if args.run_id is not None:
         try:
             rows = run_own_cohorts(args)
-        except FeatureFolderError as err:  # a folder the run did not train on: one line
+        except (ValueError, RuntimeError) as err:  # a bad folder or run: one line
             parser.exit(2, f"{parser.prog}: error: {err}\n")
     else:
         work = args.work or Path(tempfile.mkdtemp(prefix="bench_shift_"))

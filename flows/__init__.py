@@ -9,6 +9,7 @@ Modules:
     params: each flow's parameter model (the MIMIC and demo flows; shared field types).
     image_params: the image flows' parameter models.
     mimic: ``extract_mimic``, ``train_mimic``, ``report_mimic`` and ``clinical_pipeline``.
+    shift: ``compare_cohorts``, a trained run's uncertainty on a second cohort.
     images: ``train_images``, ``validate_images`` and ``image_benchmark``.
     resume: whether a training resumes from its checkpoint folder.
     tasks: the task retry policy and the per-method training loop.

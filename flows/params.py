@@ -91,6 +91,9 @@ Severity = Annotated[int, Field(ge=1, le=5)]
 Severities = Annotated[list[Severity], Field(min_length=1), _each_once("severity")]
 ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
 FeatureFolder = Annotated[Path, AfterValidator(_feature_folder)]
+#: ``COLUMN=VALUE`` of a stays table (``pipeline.shift.Where``, which also refuses
+#: identifier and time columns; not imported here: it loads torch).
+CohortFilter = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*=.+$")]
 Positive = Annotated[int, Field(ge=1)]
 
 
@@ -258,6 +261,37 @@ class ReportParams(_Coverage):
     features_dir: FeatureFolder
     out_dir: Path
     split: Split = "test"
+
+
+class CompareParams(_Params):
+    """Parameters of ``compare_cohorts`` (``flows.shift``): a run scored on two cohorts.
+
+    Attributes:
+        run_id: MLflow run written by ``train_mimic`` (or ``rank1 train``).
+        features_dir: The feature folder the run trained on (in distribution).
+        shifted_dir: The feature folder to compare with (same channels; scored with the
+            run's normaliser). May be ``features_dir`` itself with ``shifted_split`` val
+            or test and filters (e.g. CareVue vs MetaVision test stays).
+        split: The in-distribution split of ``features_dir``.
+        shifted_split: The split of ``shifted_dir`` to score; None for every stay.
+        in_dist_where: Keep only the in-distribution stays with ``COLUMN=VALUE``, e.g.
+            ``dbsource=carevue``; None for all.
+        shifted_where: The same for the shifted stays, e.g. ``dbsource=metavision``.
+        experiment: MLflow experiment of the comparison run (tagged with ``run_id``):
+            apart from the training runs, so their runs table stays one of trainings.
+        out_dir: Folder for ``comparison.json`` (cohort-level numbers, owner-only); None
+            for none.
+    """
+
+    run_id: RunId
+    features_dir: FeatureFolder
+    shifted_dir: FeatureFolder
+    split: Split = "test"
+    shifted_split: Split | None = None
+    in_dist_where: CohortFilter | None = None
+    shifted_where: CohortFilter | None = None
+    experiment: Name = "mimic-ihm-shift"
+    out_dir: Path | None = None
 
 
 class ClinicalParams(TrainSettings, SplitSettings, _Coverage):

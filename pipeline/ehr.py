@@ -374,15 +374,10 @@ def report_ehr(
     from pipeline.report import build_report_table, write_report
 
     fingerprint = check_trained_on(run_id, features_dir)
-    model = tracking.load_model(run_id, map_location="cpu")
-    record = tracking.load_dict(run_id, CALIBRATION_FILE)
-    scaler = TemperatureScaler.from_dict(record)
+    model, scaler, config = load_scorer(run_id)
     x, y, stays = load_split(features_dir, split)
     if x.shape[0] == 0:
         raise ValueError(f"{features_dir}: the {split} split is empty")
-    config = TrainConfig(
-        num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu", bf16=False
-    )
     logits = predict_logits(model, x, config, torch.device("cpu"))
     reference = load_epistemic_reference(run_id)
     table = build_report_table(
@@ -406,6 +401,29 @@ def report_ehr(
         raw_risk=mixture_probs(logits),
         referral_by=default_ranking(logits.shape[0]),  # the ranking behind table's flags
     )
+
+
+def load_scorer(run_id: str) -> tuple[Any, TemperatureScaler, TrainConfig]:
+    """A logged run's model (on the CPU), its temperature and its evaluation settings.
+
+    Args:
+        run_id: An MLflow run written by :func:`train_ehr`.
+
+    Returns:
+        ``(model, scaler, config)``: the ``torch.nn.Module``, its fitted
+        :class:`TemperatureScaler`, and a CPU :class:`TrainConfig` with the run's
+        ``num_eval_samples`` (what ``predict_logits`` needs to evaluate it as it was).
+
+    Raises:
+        pipeline.tracking.TrackingError: If the run does not exist or cannot be read.
+        ModelArtifactError: If its model files are missing, foreign or tampered with.
+    """
+    model = tracking.load_model(run_id, map_location="cpu")
+    record = tracking.load_dict(run_id, CALIBRATION_FILE)
+    config = TrainConfig(
+        num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu", bf16=False
+    )
+    return model, TemperatureScaler.from_dict(record), config
 
 
 def load_epistemic_reference(run_id: str) -> EpistemicReference | None:

@@ -1,4 +1,7 @@
-"""bench/shift.py's helpers on constructed arrays (the benchmark itself is run by hand)."""
+"""bench/shift.py's seed means and tables (the benchmark itself is run by hand).
+
+Its scoring helpers are ``pipeline.shift``'s, tested in tests/test_pipeline_shift.py.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +9,11 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 # The bench scripts import their siblings (machine, ehr_synthetic) as top-level modules.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import shift  # noqa: E402
-
-
-def test_detection_auroc_is_chance_for_equal_scores_and_one_for_separated_ones():
-    same = np.full(5, 0.3)
-    assert shift.detection_auroc(same, np.full(7, 0.3)) == 0.5
-    assert shift.detection_auroc(np.array([0.1, 0.2]), np.array([0.3, 0.4, 0.5])) == 1.0
-    assert shift.detection_auroc(np.array([0.3, 0.4]), np.array([0.1, 0.2])) == 0.0
-    assert math.isnan(shift.detection_auroc(np.array([]), np.array([0.1])))
-
-
-def test_rank_correlation_is_nan_for_a_constant_side():
-    a = np.array([0.1, 0.5, 0.2, 0.9])
-    assert shift.rank_correlation(a, a**3) == pytest.approx(1.0)
-    assert math.isnan(shift.rank_correlation(np.zeros(4), a))
-
-
-def test_a_single_forward_path_has_exactly_zero_epistemic_uncertainty_and_width():
-    logits = np.array([[-3.0, -1.2, 0.4, 2.0]])
-    u = shift.decomposed(logits)
-    assert np.array_equal(u.epistemic, np.zeros(4))
-    assert np.array_equal(u.interval_high - u.interval_low, np.zeros(4))
-    members = shift.decomposed(np.array([[-3.0, 0.0], [-1.0, 0.5]]))
-    assert (members.epistemic > 0).all()
 
 
 def _row(seed, auroc, detect):

@@ -1,7 +1,8 @@
-"""``rank1`` commands of the clinical pipeline: synth, extract, train, report, pipeline.
+"""``rank1`` commands of the clinical pipeline: synth to pipeline, and compare-cohorts.
 
 ``synth`` and ``extract`` call :mod:`features.synthetic` and :mod:`features.mimic`, ``train``
-and ``report`` call :mod:`pipeline.ehr`, ``pipeline`` runs the Prefect flow
+and ``report`` call :mod:`pipeline.ehr`, ``compare-cohorts`` runs the Prefect flow
+:func:`flows.shift.compare_cohorts` and ``pipeline`` the flow
 :func:`flows.mimic.clinical_pipeline`.
 """
 
@@ -15,11 +16,18 @@ import typer
 from features.shifts import ShiftName
 from flows.cli import error_line, fail, options
 from flows.cli.running import print_uis, run_flow
-from flows.params import ClinicalParams, ExtractParams, ReportParams, TrainParams, defaults
+from flows.params import (
+    ClinicalParams,
+    CompareParams,
+    ExtractParams,
+    ReportParams,
+    TrainParams,
+    defaults,
+)
 
 # The flows' parameter models are the home of the defaults the options show.
 _EXTRACT, _REPORT = defaults(ExtractParams), defaults(ReportParams)
-_CLINICAL = defaults(ClinicalParams)
+_CLINICAL, _COMPARE = defaults(ClinicalParams), defaults(CompareParams)
 #: The MLflow experiment of the EHR runs.
 EXPERIMENT = defaults(TrainParams).experiment
 _METHODS = ",".join(_CLINICAL.methods)
@@ -235,6 +243,112 @@ def report_command(
         fail(error_line(err))
     for kind, path in paths.items():
         typer.echo(f"wrote {kind}: {path}")
+
+
+#: The columns of compare-cohorts' table: (heading, CohortScore field).
+_COMPARE_COLUMNS = (
+    ("stays", "stays"),
+    ("deaths", "deaths"),
+    ("AUROC", "auroc"),
+    ("NLL", "nll"),
+    ("ECE vs true risk", "ece_true_risk"),
+    ("detect total", "detect_total"),
+    ("detect aleatoric", "detect_aleatoric"),
+    ("detect epistemic", "detect_epistemic"),
+    ("detect interval", "detect_interval"),
+    ("Spearman(epistemic, risk)", "spearman_epistemic_risk"),
+)
+
+
+def compare_command(
+    run_id: Annotated[
+        str, typer.Option("--run-id", help="MLflow run id of a `rank1 train` / pipeline run.")
+    ],
+    features: Annotated[
+        Path, typer.Option("--features", help="Feature folder the run trained on.")
+    ],
+    shifted: Annotated[
+        Path,
+        typer.Option(
+            "--shifted",
+            help="Feature folder to compare with (may be --features itself, with "
+            "--shifted-split and filters).",
+        ),
+    ],
+    split: Annotated[
+        str, typer.Option("--split", help="In-distribution split: train | val | test.")
+    ] = _COMPARE.split,
+    shifted_split: Annotated[
+        str | None,
+        typer.Option("--shifted-split", help="Split of --shifted (default: every stay)."),
+    ] = _COMPARE.shifted_split,
+    in_dist_where: Annotated[
+        str | None,
+        typer.Option(
+            "--in-dist-where",
+            metavar="COLUMN=VALUE",
+            help="Only in-distribution stays with this stays column value, e.g. dbsource=carevue.",
+        ),
+    ] = _COMPARE.in_dist_where,
+    shifted_where: Annotated[
+        str | None,
+        typer.Option(
+            "--shifted-where",
+            metavar="COLUMN=VALUE",
+            help="Only shifted stays with this value, e.g. dbsource=metavision.",
+        ),
+    ] = _COMPARE.shifted_where,
+    experiment: options.Experiment = _COMPARE.experiment,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write comparison.json here (owner-only)."),
+    ] = _COMPARE.out_dir,
+) -> None:
+    """Does a run's uncertainty flag another cohort? Detection AUROCs, logged to MLflow."""
+    from flows.shift import compare_cohorts
+
+    result = run_flow(
+        compare_cohorts,
+        CompareParams,
+        {
+            "run_id": run_id,
+            "features_dir": features,
+            "shifted_dir": shifted,
+            "split": split,
+            "shifted_split": shifted_split,
+            "in_dist_where": in_dist_where,
+            "shifted_where": shifted_where,
+            "experiment": experiment,
+            "out_dir": out,
+        },
+    )
+    typer.echo(compare_table(result))
+    typer.echo(
+        "\ndetect: AUROC with which each uncertainty separates the shifted stays from the "
+        "in-distribution ones (0.5: chance)"
+    )
+    typer.echo(f"MLflow run {result['comparison_run_id']} (source run {run_id})")
+    if result["json"] is not None:
+        typer.echo(f"wrote {result['json']}")
+    print_uis([experiment])
+
+
+def compare_table(result: dict[str, Any]) -> str:
+    """The two cohorts of a ``compare_cohorts`` result as a markdown table."""
+    import math
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "n/a" if math.isnan(value) else f"{value:.4f}"
+        return str(value)
+
+    header = ("cohort", *(title for title, _ in _COMPARE_COLUMNS))
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for key in ("in_distribution", "shifted"):
+        score = result[key]
+        cells = [score["cohort"], *(cell(score[field]) for _, field in _COMPARE_COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _methods(text: str) -> list[str]:
