@@ -386,6 +386,26 @@ def test_mlflow_errors_leave_as_one_line_tracking_errors(tmp_path, monkeypatch):
             pass
 
 
+def test_an_unknown_run_is_not_retried_by_the_flows(tmp_path, monkeypatch):
+    from flows.tasks import retry_transient
+
+    class Failed:  # the part of a Prefect state that retry_transient reads
+        def __init__(self, error):
+            self.error = error
+
+        def result(self, raise_on_failure):
+            return self.error
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with pytest.raises(tracking.TrackingNotFoundError) as caught:
+        tracking.run_params("0123456789abcdef0123456789abcdef")
+    # Asking again gives the same answer: a ValueError, which the flows fail at once.
+    assert isinstance(caught.value, ValueError)
+    assert not retry_transient(None, None, Failed(caught.value))
+    # An unreachable server may come back: still retried.
+    assert retry_transient(None, None, Failed(tracking.TrackingError("connection refused")))
+
+
 def test_tracking_error_hides_the_password_of_a_server_uri(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://user:secret@127.0.0.1:9")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

@@ -30,7 +30,7 @@
 
 from __future__ import annotations
 
-from pipeline.tracking.errors import TrackingError
+from pipeline.tracking.errors import TrackingError, TrackingNotFoundError
 from pipeline.tracking.guard import (
     MAX_SEQUENCE_LENGTH,
     PATIENT_ID_MARKERS,
@@ -108,6 +108,7 @@ __all__ = [
     "SPEC_FILE",
     "StoredModel",
     "TrackingError",
+    "TrackingNotFoundError",
     "WEIGHTS_ARTIFACT",
     "WEIGHTS_FILE",
     "check_no_patient_data",

@@ -21,6 +21,17 @@ class TrackingError(RuntimeError):
     """
 
 
+class TrackingNotFoundError(TrackingError, ValueError):
+    """The run, model or artifact asked for does not exist (or the request was malformed).
+
+    Also a ``ValueError``: asking again gives the same answer, so the flows do not retry
+    it (``flows.tasks.retry_transient``) and the user sees the error at once.
+    """
+
+
+#: MLflow error codes that no retry can change.
+_PERMANENT_CODES = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
 # ``scheme://user:password@host``: MLflow quotes such URIs in its messages.
 _URL_CREDENTIALS_RE = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -39,8 +50,10 @@ def _mlflow_errors() -> Iterator[None]:
         yield
     except MlflowException as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        message = f"{first} (MLflow store {tracking_uri()})"
-        raise TrackingError(_without_credentials(message)) from err
+        message = _without_credentials(f"{first} (MLflow store {tracking_uri()})")
+        if getattr(err, "error_code", None) in _PERMANENT_CODES:
+            raise TrackingNotFoundError(message) from err
+        raise TrackingError(message) from err
 
 
 def _translates_mlflow_errors(function: Callable[_P, _R]) -> Callable[_P, _R]:
