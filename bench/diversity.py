@@ -67,8 +67,6 @@ from machine import describe  # noqa: E402
 from shift import (  # noqa: E402
     Cohort,
     ShiftRow,
-    calibrated_logits,
-    decomposed,
     method_config,
     score_cohorts,
     synthetic_cohorts,
@@ -77,6 +75,7 @@ from shift import (  # noqa: E402
 import rank1
 from pipeline.calibration import TemperatureScaler
 from pipeline.ehr import train_ehr
+from pipeline.shift import calibrated_logits, decomposed
 from rank1.models import EHRConfig
 
 #: The shifts that change the inputs (``mechanism`` is undetectable by construction).
