@@ -87,7 +87,7 @@ from pipeline.cohorts import load_normalised_as
 from pipeline.config import TrainConfig
 from pipeline.ehr import train_ehr
 from pipeline.recipes import CAUCHY_EVAL_SAMPLES
-from pipeline.shift import IN_DISTRIBUTION, Cohort, compare_cohorts, true_risk
+from pipeline.shift import IN_DISTRIBUTION, Cohort, CohortScore, compare_cohorts, true_risk
 from pipeline.shift import score_cohorts as score_each
 from rank1.models import EHRConfig
 
@@ -101,48 +101,18 @@ METHODS: dict[str, tuple[str, str, int]] = {
 
 
 @dataclass(frozen=True)
-class ShiftRow:
-    """One model on one cohort (NaN where a number is undefined).
+class ShiftRow(CohortScore):
+    """One model on one cohort: a :class:`pipeline.shift.CohortScore` with its run's labels.
 
     Attributes:
         seed: Seed of cohorts and training; -1 for a mean over seeds.
         method: Key of :data:`METHODS` (or the run id of a user's model).
-        cohort: ``"in-distribution"`` or the shift's name.
-        parameters: The model's parameter count, all members together (the issue's target
-            compares rank-1 with an ensemble of four times its size).
-        stays: Stays scored.
-        deaths: Of which died.
-        auroc: AUROC of the calibrated mixture risk.
-        planted_auroc: AUROC of the cohort's true risk on the same stays.
-        nll: Mixture NLL of the calibrated member logits, nats.
-        ece_true_risk: ECE of the calibrated risk against the true risk.
-        ece_base_risk: ECE against the base formula's risk on the same stays: low here and
-            high against the true risk means the model learnt the base cohort well and the
-            world changed (``mechanism``); equal to ``ece_true_risk`` in distribution.
-        detect_total: AUROC of total entropy separating these stays from the in-distribution
-            test stays (NaN for the in-distribution row itself).
-        detect_aleatoric: The same for the aleatoric entropy.
-        detect_epistemic: The same for the epistemic part (mutual information).
-        detect_interval: The same for the width of the member interval.
-        spearman_epistemic_risk: Spearman(epistemic, predicted risk) on these stays.
+        parameters: The model's parameter count (all members).
     """
 
     seed: int
     method: str
-    cohort: str
     parameters: int
-    stays: int
-    deaths: int
-    auroc: float
-    planted_auroc: float
-    nll: float
-    ece_true_risk: float
-    ece_base_risk: float
-    detect_total: float
-    detect_aleatoric: float
-    detect_epistemic: float
-    detect_interval: float
-    spearman_epistemic_risk: float
 
 
 def method_config(name: str, steps: int, lr: float, seed: int) -> TrainConfig:
