@@ -66,15 +66,12 @@ import torch
 from machine import describe  # noqa: E402
 from shift import (  # noqa: E402
     Cohort,
-    ShiftRow,
     method_config,
-    score_cohorts,
     synthetic_cohorts,
+    train_and_score,
 )
 
 import rank1
-from pipeline.calibration import TemperatureScaler
-from pipeline.ehr import train_ehr
 from pipeline.shift import calibrated_logits, decomposed
 from rank1.models import EHRConfig
 
@@ -207,7 +204,7 @@ def factor_statistics(model: torch.nn.Module) -> tuple[float, float]:
     return scale, spread
 
 
-def train_and_score(
+def train_variant(
     args: argparse.Namespace,
     base_dir: Path,
     cohorts: list[Cohort],
@@ -227,18 +224,10 @@ def train_and_score(
         projection_dim=args.projection_dim, rnn_dim=args.rnn_dim, hidden_dim=args.hidden_dim
     )
     model_config = dataclasses.replace(base, rank1=dataclasses.replace(base.rank1, **rank1_changes))
-    result = train_ehr(
-        base_dir,
-        config,
+    result, scaler, rows = train_and_score(
+        base_dir, config, model_config, cohorts, label=label, seed=seed,
         experiment="bench-diversity",
-        model_config=model_config,
-        run_name=f"bench-diversity-{label}-seed{seed}",
-        progress=False,
-    )
-    scaler = TemperatureScaler(result.metrics.temperature)
-    rows: list[ShiftRow] = score_cohorts(
-        result.model, scaler, config, cohorts, method=label, seed=seed
-    )
+    )  # fmt: skip
     in_dist = rows[0]
     share = epistemic_share(calibrated_logits(result.model, scaler, config, cohorts[0].x))
     scale, spread = factor_statistics(result.model)
@@ -277,7 +266,7 @@ def run_seed(
         # K lives in TrainConfig (model_config_for copies it into the factors' config).
         train_changes = {n: int(v) for n, v in values.items() if SETTINGS[n] == "train"}
         rank1_changes = {n: float(v) for n, v in values.items() if SETTINGS[n] == "rank1"}
-        row = train_and_score(
+        row = train_variant(
             args,
             base_dir,
             cohorts,

@@ -72,6 +72,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -178,6 +179,35 @@ def synthetic_cohorts(
     return base_dir, cohorts
 
 
+def train_and_score(
+    base_dir: Path,
+    config: TrainConfig,
+    model_config: EHRConfig,
+    cohorts: list[Cohort],
+    *,
+    label: str,
+    seed: int,
+    experiment: str,
+) -> tuple[Any, TemperatureScaler, list[ShiftRow]]:
+    """Train one model on the base feature folder (``train_ehr``) and score every cohort.
+
+    Returns:
+        The ``TrainingResult``, its fitted temperature and one row per cohort (``cohorts[0]``
+        in distribution), labelled ``label``.
+    """
+    result = train_ehr(
+        base_dir,
+        config,
+        experiment=experiment,
+        model_config=model_config,
+        run_name=f"{experiment}-{label}-seed{seed}",
+        progress=False,
+    )
+    scaler = TemperatureScaler(result.metrics.temperature)
+    rows = score_cohorts(result.model, scaler, config, cohorts, method=label, seed=seed)
+    return result, scaler, rows
+
+
 def run_seed(args: argparse.Namespace, seed: int, work: Path) -> list[ShiftRow]:
     """Cohorts, training and scoring of every method for one seed."""
     started = time.perf_counter()
@@ -194,16 +224,11 @@ def run_seed(args: argparse.Namespace, seed: int, work: Path) -> list[ShiftRow]:
     for name in args.methods:
         config = method_config(name, args.steps, args.lr, seed)
         t0 = time.perf_counter()
-        result = train_ehr(
-            base_dir,
-            config,
+        result, scaler, scored = train_and_score(
+            base_dir, config, model_config, cohorts, label=name, seed=seed,
             experiment="bench-shift",
-            model_config=model_config,
-            run_name=f"bench-shift-{name}-seed{seed}",
-            progress=False,
-        )
-        scaler = TemperatureScaler(result.metrics.temperature)
-        rows += score_cohorts(result.model, scaler, config, cohorts, method=name, seed=seed)
+        )  # fmt: skip
+        rows += scored
         print(
             f"  {name}: train {result.seconds:.1f} s, best step {result.best_step:.0f}, "
             f"T {scaler.temperature:.3f}, job {time.perf_counter() - t0:.1f} s",
