@@ -31,15 +31,16 @@ The settings (each flag takes one or more values; the first is the baseline):
   0 = train the full length and still keep the best-NLL checkpoint);
 * ``--eval-every``: validation (model selection) every this many steps; 0 = only at the
   end, i.e. no checkpoint selection: the final weights are scored;
-* ``--ensemble-size``: K.
+* ``--ensemble-size``: K;
+* ``--kl-scale``: the KL weight once annealed (``ScheduleConfig.kl_scale``; 1 in the
+  spec): below 1 the KL pulls the factors onto the prior less strongly.
 
 By default the variants are the first values of every flag plus each other value of each
 flag changed alone (one factor at a time); ``--grid`` trains every combination instead. A
 variant is named by where it departs from the benchmark's settings (``REFERENCE``).
 ``--with-ensemble`` adds the deep ensemble of 4 as the reference for the "within 0.03"
-target. The KL weight itself is the paper's (summed over members, divided by N_train,
-annealed over the first half; ``pipeline.objective``) and is not varied: the prior scale
-is the knob the paper gives for how strongly the KL pulls the factors.
+target. The KL is the paper's (summed over members, divided by N_train, annealed over the
+first half; ``pipeline.objective``); ``--kl-scale`` multiplies its weight.
 
 Cohorts, training config and scoring are ``bench/shift.py``'s (``synthetic_cohorts``,
 ``method_config`` on ``bench/ehr_synthetic.py``'s ``cpu_config``, ``score_cohorts``); the
@@ -77,7 +78,8 @@ from rank1.models import EHRConfig
 
 #: The shifts that change the inputs (``mechanism`` is undetectable by construction).
 INPUT_SHIFTS = ("second-site", "older-sicker")
-#: Variant settings, in flag order: name -> (TrainConfig or Rank1Config, field).
+#: Variant settings, in flag order: name -> the config that holds it (TrainConfig, its
+#: ScheduleConfig, or the model's Rank1Config).
 SETTINGS = {
     "prior_stddev": "rank1",
     "random_sign_init": "rank1",
@@ -86,6 +88,7 @@ SETTINGS = {
     "patience": "train",
     "eval_every": "train",
     "ensemble_size": "train",
+    "kl_scale": "schedule",
 }
 #: The benchmark's values of :data:`SETTINGS` (``cpu_config`` and ``_mimic_rank1``): a
 #: variant is named by the settings where it departs from these.
@@ -97,6 +100,7 @@ REFERENCE = {
     "patience": 5,
     "eval_every": 100,
     "ensemble_size": 4,
+    "kl_scale": 1.0,
 }
 
 
@@ -214,12 +218,15 @@ def train_variant(
     label: str,
     train_changes: dict[str, int],
     rank1_changes: dict[str, float],
+    schedule_changes: dict[str, float],
 ) -> DiversityRow:
     """Train one model on the base folder and score it on the cohorts."""
     config = method_config(
         "ensemble" if method == "ensemble" else "rank1-gaussian", args.steps, args.lr, seed
     )
     config = config.replace(**train_changes)
+    if schedule_changes:
+        config = config.replace(schedule=config.schedule.replace(**schedule_changes))
     base = EHRConfig(
         projection_dim=args.projection_dim, rnn_dim=args.rnn_dim, hidden_dim=args.hidden_dim
     )
@@ -266,6 +273,7 @@ def run_seed(
         # K lives in TrainConfig (model_config_for copies it into the factors' config).
         train_changes = {n: int(v) for n, v in values.items() if SETTINGS[n] == "train"}
         rank1_changes = {n: float(v) for n, v in values.items() if SETTINGS[n] == "rank1"}
+        schedule_changes = {n: float(v) for n, v in values.items() if SETTINGS[n] == "schedule"}
         row = train_variant(
             args,
             base_dir,
@@ -275,6 +283,7 @@ def run_seed(
             label=label,
             train_changes=train_changes,
             rank1_changes=rank1_changes if method == "rank1" else {},
+            schedule_changes=schedule_changes if method == "rank1" else {},
         )
         rows.append(row)
         print(f"  {_line(row)}", flush=True)
@@ -365,6 +374,7 @@ def main() -> None:
     parser.add_argument("--patience", type=int, nargs="+", default=[5])
     parser.add_argument("--eval-every", type=int, nargs="+", default=[100])
     parser.add_argument("--ensemble-size", type=int, nargs="+", default=[4])
+    parser.add_argument("--kl-scale", type=float, nargs="+", default=[1.0])
     parser.add_argument("--grid", action="store_true", help="Every combination of the values.")
     parser.add_argument("--with-ensemble", action="store_true", help="Add the deep ensemble.")
     parser.add_argument("--work", type=Path, default=None, help="Folder for data and store.")

@@ -217,8 +217,11 @@ class ScheduleConfig(_Config):
         warmup: Linear LR warm-up from 0 over this long (0 = none).
         decay_at: Points where the LR is multiplied by ``decay_factor``.
         decay_factor: Step-decay factor (0.2 CIFAR, 0.1 ImageNet).
-        kl_anneal: The KL weight grows linearly to 1 over this long:
-            ``beta_t = min(1, (t + 1) / kl_anneal_steps)``.
+        kl_anneal: The KL weight grows linearly to ``kl_scale`` over this long:
+            ``beta_t = kl_scale * min(1, (t + 1) / kl_anneal_steps)``.
+        kl_scale: The KL weight once annealed (the reference's ``kl_scale`` flag; 1 in
+            every recipe of the spec). Below 1 the KL pulls the factors less strongly
+            than the ELBO asks (a tempered posterior).
     """
 
     unit: Unit = "steps"
@@ -227,6 +230,7 @@ class ScheduleConfig(_Config):
     decay_at: list[Float] = Field(default_factory=list)
     decay_factor: Annotated[float, Field(strict=True, gt=0, le=1)] = 1.0
     kl_anneal: NonNegative = 5_000
+    kl_scale: PositiveFloat = 1.0
 
     @field_validator("decay_at")
     @classmethod

@@ -7,7 +7,7 @@ Per unique example the loss is
 where the first term is the mean NLL over the K*B tiled rows (the average of the per-member
 NLLs, the reference's default ``nll = average``), ``KL_total`` is summed over every rank-1
 factor and over the K components (``rank1.kl_divergence``), and ``beta_t`` grows linearly
-to 1 over the annealing period. The L2 term is not part of this function: it is applied by
+to ``kl_scale`` (1 in the spec's recipes) over the annealing period. The L2 term is not part of this function: it is applied by
 the optimiser as weight decay on the shared parameters (see ``pipeline.config``).
 """
 
@@ -24,20 +24,21 @@ import rank1
 Likelihood = Literal["bernoulli", "categorical"]
 
 
-def kl_weight(step: int, anneal_steps: int) -> float:
-    """Linear KL annealing: ``beta_t = min(1, (t + 1) / anneal_steps)``.
+def kl_weight(step: int, anneal_steps: int, kl_scale: float = 1.0) -> float:
+    """Linear KL annealing: ``beta_t = kl_scale * min(1, (t + 1) / anneal_steps)``.
 
     Args:
         step: The optimiser step t, counted from 0.
-        anneal_steps: Steps to reach weight 1 (``epochs * steps_per_epoch`` for epoch
-            recipes); 0 means no annealing (weight 1 from the first step).
+        anneal_steps: Steps to reach the full weight (``epochs * steps_per_epoch`` for
+            epoch recipes); 0 means no annealing (full weight from the first step).
+        kl_scale: The full weight (``ScheduleConfig.kl_scale``).
 
     Returns:
-        beta_t in (0, 1].
+        beta_t in (0, kl_scale].
     """
     if anneal_steps <= 0:
-        return 1.0
-    return min(1.0, (step + 1) / anneal_steps)
+        return kl_scale
+    return kl_scale * min(1.0, (step + 1) / anneal_steps)
 
 
 def tiled_nll(logits: Tensor, target: Tensor, likelihood: Likelihood) -> Tensor:
@@ -95,6 +96,7 @@ def objective(
     n_train: int,
     step: int,
     anneal_steps: int,
+    kl_scale: float = 1.0,
 ) -> ObjectiveTerms:
     """Evaluate the paper's objective for one training step.
 
@@ -106,6 +108,7 @@ def objective(
         n_train: N, the number of unique training examples.
         step: The optimiser step t (from 0), for the annealing weight.
         anneal_steps: KL annealing length in steps.
+        kl_scale: The KL weight once annealed (1 in the spec's recipes).
 
     Returns:
         The :class:`ObjectiveTerms`.
@@ -114,7 +117,7 @@ def objective(
         raise ValueError(f"n_train must be >= 1, got {n_train}")
     nll = tiled_nll(logits, target, likelihood)
     kl = rank1.kl_divergence(model).float()
-    beta = kl_weight(step, anneal_steps)
+    beta = kl_weight(step, anneal_steps, kl_scale)
     loss = nll + (beta / n_train) * kl
     nll, kl = nll.detach(), kl.detach()
     return ObjectiveTerms(loss=loss, nll=nll, kl=kl, beta=beta, elbo=-(nll + kl / n_train))

@@ -92,6 +92,14 @@ def test_objective_adds_annealed_kl_over_n_and_elbo_has_no_beta():
     assert terms.kl.item() == pytest.approx(kl, rel=1e-6)
     assert terms.loss.item() == pytest.approx(nll + 0.25 * kl / 100, rel=1e-6)
     assert terms.elbo.item() == pytest.approx(-(nll + kl / 100), rel=1e-6)
+    # kl_scale tempers the annealed weight only; the logged ELBO stays the paper's.
+    tempered = objective(
+        logits, y, layer, likelihood="bernoulli", n_train=100, step=9, anneal_steps=40,
+        kl_scale=0.1,
+    )  # fmt: skip
+    assert tempered.beta == pytest.approx(0.025)
+    assert tempered.loss.item() == pytest.approx(nll + 0.025 * kl / 100, rel=1e-6)
+    assert tempered.elbo.item() == pytest.approx(terms.elbo.item(), rel=1e-6)
     terms.loss.backward()
     assert f.loc.grad is not None and f.loc.grad.abs().sum() > 0
 

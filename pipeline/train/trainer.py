@@ -167,6 +167,7 @@ class Trainer:
         terms = objective(
             logits, y, self.model, likelihood=self.likelihood, n_train=self.n_train,
             step=self.state.step, anneal_steps=self.anneal,
+            kl_scale=self.config.schedule.kl_scale,
         )  # fmt: skip
         self.optimizer.zero_grad(set_to_none=True)
         terms.loss.backward()
