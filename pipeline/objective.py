@@ -7,8 +7,9 @@ Per unique example the loss is
 where the first term is the mean NLL over the K*B tiled rows (the average of the per-member
 NLLs, the reference's default ``nll = average``), ``KL_total`` is summed over every rank-1
 factor and over the K components (``rank1.kl_divergence``), and ``beta_t`` grows linearly
-to ``kl_scale`` (1 in the spec's recipes) over the annealing period. The L2 term is not part of this function: it is applied by
-the optimiser as weight decay on the shared parameters (see ``pipeline.config``).
+to ``kl_scale`` (1 in the spec's recipes) over the annealing period. The L2 term is not
+part of this function: it is applied by the optimiser as weight decay on the shared
+parameters (see ``pipeline.config``).
 """
 
 from __future__ import annotations
