@@ -153,7 +153,8 @@ class DriftReference(BaseModel):
             raise ValueError("variables: a variable is listed twice")
         present = set(self.channels)
         for variable in self.variables:
-            missing = [c for c in _columns_of(variable) if c not in present]
+            needed = [*_columns_of(variable), f"mask->{variable.variable}"]
+            missing = [c for c in needed if c not in present]
             if missing:
                 raise ValueError(f"channels: no column {missing[0]!r} for {variable.variable!r}")
         return self
