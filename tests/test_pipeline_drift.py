@@ -224,6 +224,17 @@ def test_channels_that_differ_from_the_reference_are_refused(cohorts, reference)
         compare(reference, grid[:, :24], channels)
 
 
+def test_a_non_finite_charted_value_is_refused_not_binned(cohorts, reference):
+    grid, channels = cohorts["base"]
+    broken = grid.copy()
+    stay, hour = np.argwhere(grid[:, :, column(channels, "mask->Glucose")] == 1)[0]
+    broken[stay, hour, column(channels, "Glucose")] = np.nan
+    with pytest.raises(ValueError, match="'Glucose' has non-finite values"):
+        compare(reference, broken, channels)
+    with pytest.raises(ValueError, match="'Glucose' has non-finite values"):
+        fit_drift_reference(broken, channels)
+
+
 def test_report_metrics_are_metric_safe_floats(cohorts, reference):
     report = compare(reference, *cohorts["site"])
     metrics = report.metrics()
@@ -284,6 +295,7 @@ _DELETE = object()
         (("variables", 8, "edges", 1), -1.0, "variables[8]", "strictly increasing"),
         (("variables", 0, "shares"), [0.5, 0.4], "variables[0]", "must sum to 1"),
         (("channels", 75), "mask->PH", "<root>", "no column 'mask->pH'"),
+        (("variables", 8, "charted"), 0.5, "<root>", "'Heart Rate' has charted 0.5, but"),
     ],
 )
 def test_a_bad_reference_dict_is_one_line_naming_the_field(reference, path, value, field, reason):
