@@ -12,9 +12,15 @@ order, what mimic3-benchmarks does per subject in ``validate_events`` and
 3. fill a missing ICUSTAY_ID from the stay of the admission (one stay per admission),
    then drop events whose ICUSTAY_ID is not that stay's;
 4. attach each event to a task stay of the same subject when its ICUSTAY_ID is the stay's
-   or its time lies in [INTIME, OUTTIME] (the benchmark's ``get_events_for_stay``);
+   or its time lies in [INTIME, OUTTIME] (the benchmark's ``get_events_for_stay``; a null
+   OUTTIME matches no time there, as in pandas. Scoring passes ``open_ended=True``: a
+   stay still in the ICU has no OUTTIME yet and its interval is [INTIME, open end));
 5. keep events with -1e-6 < hours since INTIME < 48 + 1e-6 and clean their values;
 6. give each event its hourly bin: ``int(hours - 1e-6)``, as the benchmark's discretizer.
+
+Scoring also needs the newest event time of the export (the default "as of" time, see
+:func:`features.mimic.extract.extract_for_scoring`): :func:`window_events_and_newest`
+computes it in the same pass, from the scan the window query already reads.
 
 Only the small result (events in the first 48 h of task stays) is held in memory, so
 memory does not grow with the size of the tables. Polars errors while scanning are turned
@@ -24,6 +30,7 @@ into one-line errors naming the file, line and column (see
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -52,7 +59,12 @@ def _scan_events(mimic_dir: str | Path, table: str) -> pl.LazyFrame:
 
 
 def _window_query(
-    events: pl.LazyFrame, table: str, root: pl.DataFrame, task: pl.DataFrame, hours: int
+    events: pl.LazyFrame,
+    table: str,
+    root: pl.DataFrame,
+    task: pl.DataFrame,
+    hours: int,
+    open_ended: bool = False,
 ) -> pl.LazyFrame:
     """Steps 1-6 of the module docstring for one event table."""
     items = item_frame()
@@ -80,10 +92,7 @@ def _window_query(
         "subject_id", pl.col("icustay_id").alias("stay"), "intime", "outtime"
     ).lazy()
     lf = lf.join(candidates, on="subject_id", how="inner")
-    lf = lf.filter(
-        (pl.col("icustay_id") == pl.col("stay"))
-        | pl.col("charttime").is_between(pl.col("intime"), pl.col("outtime"))
-    )
+    lf = lf.filter((pl.col("icustay_id") == pl.col("stay")) | _in_stay(open_ended))
     elapsed = (pl.col("charttime") - pl.col("intime")).dt.total_microseconds() / 3.6e9
     lf = lf.with_columns(hours=elapsed).filter(
         (pl.col("hours") > -EPS) & (pl.col("hours") < hours + EPS)
@@ -98,6 +107,26 @@ def _window_query(
         key_a="key_a",
         key_b="key_b",
     )
+
+
+def _in_stay(open_ended: bool) -> pl.Expr:
+    """Whether an event's time lies in its candidate stay (step 4)."""
+    charttime, outtime = pl.col("charttime"), pl.col("outtime")
+    if not open_ended:
+        # The benchmark's rule, kept exactly for training: a null OUTTIME matches nothing.
+        return charttime.is_between(pl.col("intime"), outtime)
+    return (charttime >= pl.col("intime")) & (outtime.is_null() | (charttime <= outtime))
+
+
+def _newest_query(events: pl.LazyFrame, table: str) -> pl.LazyFrame:
+    """The newest CHARTTIME of the 17 variables' events with an admission, in one row.
+
+    The rows are those the window query parses the timestamps of (the 17 variables'
+    item ids, a HADM_ID), so no timestamp is checked here that training would not check.
+    """
+    items = item_frame()["itemid"].to_list()
+    lf = events.filter(pl.col("itemid").is_in(items) & pl.col("hadm_id").is_not_null())
+    return parse_datetimes(lf, table).select(newest=pl.col("charttime").max())
 
 
 def _validation_query(events: pl.LazyFrame, root: pl.DataFrame) -> pl.LazyFrame:
@@ -146,7 +175,12 @@ def _explain(mimic_dir: str | Path, err: BaseException) -> MimicInputError:
 
 
 def window_events(
-    mimic_dir: str | Path, root: pl.DataFrame, task: pl.DataFrame, *, hours: int = HOURS
+    mimic_dir: str | Path,
+    root: pl.DataFrame,
+    task: pl.DataFrame,
+    *,
+    hours: int = HOURS,
+    open_ended: bool = False,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Cleaned events of the 17 variables in the first ``hours`` hours of each task stay.
 
@@ -160,6 +194,8 @@ def window_events(
         task: The stays to cut windows for (``subject_id``, ``icustay_id``, ``intime``,
             ``outtime``).
         hours: Window length in hours.
+        open_ended: Treat a null OUTTIME as a stay still in the ICU, open-ended (step 4);
+            ``False`` keeps the benchmark's rule (training).
 
     Returns:
         ``(events, counts)``: one row per kept event with ``stay`` (ICUSTAY_ID), ``var``
@@ -170,14 +206,47 @@ def window_events(
     Raises:
         MimicInputError: If a table is missing, lacks a column or has a bad value.
     """
-    queries = []
+    windows, counts, _ = _windows(mimic_dir, root, task, hours, open_ended, newest=False)
+    return windows, counts
+
+
+def window_events_and_newest(
+    mimic_dir: str | Path, root: pl.DataFrame, task: pl.DataFrame, *, hours: int = HOURS
+) -> tuple[pl.DataFrame, dict[str, int], datetime | None]:
+    """:func:`window_events` for scoring (open-ended stays), plus the export's newest event.
+
+    The newest time is computed from the same scans, in the same pass (one more small
+    aggregate per table), so finding the default "as of" time costs no extra read.
+
+    Returns:
+        ``(events, counts, newest)``: as :func:`window_events`, and the newest CHARTTIME
+        of the 17 variables' events with an admission in any event table (None if there
+        is none).
+    """
+    return _windows(mimic_dir, root, task, hours, open_ended=True, newest=True)
+
+
+def _windows(
+    mimic_dir: str | Path,
+    root: pl.DataFrame,
+    task: pl.DataFrame,
+    hours: int,
+    open_ended: bool,
+    newest: bool,
+) -> tuple[pl.DataFrame, dict[str, int], datetime | None]:
+    """Run the window and validation queries (and the newest-event one) over every table."""
+    windows, validations, newests = [], [], []
     for table in EVENT_TABLES:
         events = _scan_events(mimic_dir, table)
-        queries.append(_window_query(events, table, root, task, hours))
-        queries.append(_validation_query(events, root))
-    results = _collect(mimic_dir, queries)
-    windows = pl.concat(results[0::2])
-    return windows, _sum_counts(results[1::2])
+        windows.append(_window_query(events, table, root, task, hours, open_ended))
+        validations.append(_validation_query(events, root))
+        if newest:
+            newests.append(_newest_query(events, table))
+    results = _collect(mimic_dir, [*windows, *validations, *newests])
+    n = len(EVENT_TABLES)
+    found = [frame["newest"][0] for frame in results[2 * n :]]
+    latest = max((time for time in found if time is not None), default=None)
+    return pl.concat(results[:n]), _sum_counts(results[n : 2 * n]), latest
 
 
 def _sum_counts(frames: list[pl.DataFrame]) -> dict[str, int]:
