@@ -20,6 +20,7 @@ import polars as pl
 import pytest
 import torch
 
+from features.mimic.cohort import root_stays
 from features.mimic.extract import extract, extract_for_scoring
 from features.mimic.grid import apply_normaliser
 from features.mimic.loader import load_for_scoring, load_split
@@ -99,11 +100,17 @@ def still_in_icu(folder: Path, icustay_id: int, hadm_id: int) -> None:
 
 
 def newest_event(mimic_dir: Path) -> datetime:
-    """The newest CHARTTIME of the 17 variables' events with an admission, computed directly."""
+    """The newest CHARTTIME of the 17 variables' events with an admission of the root
+    cohort's patients, computed directly."""
     items = item_frame()["itemid"].to_list()
+    subjects = root_stays(mimic_dir, rules=SCORING_RULES)[0]["subject_id"].implode()
     times = [
         scan_table(mimic_dir, table)
-        .filter(pl.col("itemid").is_in(items) & pl.col("hadm_id").is_not_null())
+        .filter(
+            pl.col("itemid").is_in(items)
+            & pl.col("hadm_id").is_not_null()
+            & pl.col("subject_id").is_in(subjects)
+        )
         .select(pl.col("charttime").max())
         .collect()
         .item()

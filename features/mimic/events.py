@@ -20,7 +20,7 @@ order, what mimic3-benchmarks does per subject in ``validate_events`` and
 
 Scoring also needs the newest event time of the export (the default "as of" time, see
 :func:`features.mimic.extract.extract_for_scoring`): :func:`window_events_and_newest`
-computes it in the same pass, from the scan the window query already reads.
+computes it in the same pass, as one more aggregate of the validation query.
 
 Only the small result (events in the first 48 h of task stays) is held in memory, so
 memory does not grow with the size of the tables. Polars errors while scanning are turned
@@ -36,6 +36,8 @@ from pathlib import Path
 import polars as pl
 
 from features.mimic.tables import (
+    DATETIME,
+    DATETIME_FORMAT,
     EVENT_TABLES,
     MimicInputError,
     diagnose_table,
@@ -118,28 +120,31 @@ def _in_stay(open_ended: bool) -> pl.Expr:
     return (charttime >= pl.col("intime")) & (outtime.is_null() | (charttime <= outtime))
 
 
-def _newest_query(events: pl.LazyFrame, table: str) -> pl.LazyFrame:
-    """The newest CHARTTIME of the 17 variables' events with an admission, in one row.
+def _validation_query(
+    events: pl.LazyFrame, root: pl.DataFrame, newest: bool = False
+) -> pl.LazyFrame:
+    """Counts of the benchmark's ``validate_events`` rules over all items of a table.
 
-    The rows are those the window query parses the timestamps of (the 17 variables'
-    item ids, a HADM_ID), so no timestamp is checked here that training would not check.
+    With ``newest``, also the newest CHARTTIME of the 17 variables' events with an admission
+    among these rows (the cohort's subjects): scoring's default "as of" time. It is computed
+    here, in a query that reads the scan anyway, because a separate query over the same scan
+    is not shared with it by polars (measured on the demo: it doubled the event pass).
     """
-    items = item_frame()["itemid"].to_list()
-    lf = events.filter(pl.col("itemid").is_in(items) & pl.col("hadm_id").is_not_null())
-    return parse_datetimes(lf, table).select(newest=pl.col("charttime").max())
-
-
-def _validation_query(events: pl.LazyFrame, root: pl.DataFrame) -> pl.LazyFrame:
-    """Counts of the benchmark's ``validate_events`` rules over all items of a table."""
     stays = root.select("subject_id", "hadm_id", pl.col("icustay_id").alias("root_icustay"))
     subjects = root.select("subject_id").unique()
-    lf = events.select("subject_id", "hadm_id", "icustay_id").join(
-        subjects.lazy(), on="subject_id", how="semi"
-    )
+    columns = ["subject_id", "hadm_id", "icustay_id", *(["itemid", "charttime"] if newest else [])]
+    lf = events.select(columns).join(subjects.lazy(), on="subject_id", how="semi")
     lf = lf.join(stays.lazy(), on=["subject_id", "hadm_id"], how="left")
     has_hadm = pl.col("hadm_id").is_not_null()
     known = has_hadm & pl.col("root_icustay").is_not_null()
     filled = pl.coalesce("icustay_id", "root_icustay")
+    extra = {}
+    if newest:
+        # The rows whose timestamps the window query parses too (17 variables, an
+        # admission), so no timestamp is checked here that training would not check.
+        of_items = pl.col("itemid").is_in(item_frame()["itemid"].to_list()) & has_hadm
+        charttime = pl.col("charttime").filter(of_items)
+        extra["newest"] = charttime.str.strptime(DATETIME, DATETIME_FORMAT, strict=True).max()
     return lf.select(
         n_events=pl.len(),
         empty_hadm=(~has_hadm).sum(),
@@ -148,6 +153,7 @@ def _validation_query(events: pl.LazyFrame, root: pl.DataFrame) -> pl.LazyFrame:
         recovered=(known & pl.col("icustay_id").is_null()).sum(),
         icustay_missing_in_stays=(known & (filled != pl.col("root_icustay"))).sum(),
         kept=(known & (filled == pl.col("root_icustay"))).sum(),
+        **extra,
     )
 
 
@@ -213,15 +219,15 @@ def window_events(
 def window_events_and_newest(
     mimic_dir: str | Path, root: pl.DataFrame, task: pl.DataFrame, *, hours: int = HOURS
 ) -> tuple[pl.DataFrame, dict[str, int], datetime | None]:
-    """:func:`window_events` for scoring (open-ended stays), plus the export's newest event.
+    """:func:`window_events` for scoring (open-ended stays), plus the newest event time.
 
-    The newest time is computed from the same scans, in the same pass (one more small
-    aggregate per table), so finding the default "as of" time costs no extra read.
+    The newest time is one more aggregate of the validation query, in the same pass, so
+    finding the default "as of" time costs no extra read.
 
     Returns:
         ``(events, counts, newest)``: as :func:`window_events`, and the newest CHARTTIME
-        of the 17 variables' events with an admission in any event table (None if there
-        is none).
+        of the 17 variables' events with an admission, of the subjects of ``root``, in any
+        event table (None if there is none).
     """
     return _windows(mimic_dir, root, task, hours, open_ended=True, newest=True)
 
@@ -234,19 +240,18 @@ def _windows(
     open_ended: bool,
     newest: bool,
 ) -> tuple[pl.DataFrame, dict[str, int], datetime | None]:
-    """Run the window and validation queries (and the newest-event one) over every table."""
-    windows, validations, newests = [], [], []
+    """Run the window and validation queries over every table, each table read once."""
+    queries = []
     for table in EVENT_TABLES:
         events = _scan_events(mimic_dir, table)
-        windows.append(_window_query(events, table, root, task, hours, open_ended))
-        validations.append(_validation_query(events, root))
-        if newest:
-            newests.append(_newest_query(events, table))
-    results = _collect(mimic_dir, [*windows, *validations, *newests])
-    n = len(EVENT_TABLES)
-    found = [frame["newest"][0] for frame in results[2 * n :]]
+        queries.append(_window_query(events, table, root, task, hours, open_ended))
+        queries.append(_validation_query(events, root, newest))
+    results = _collect(mimic_dir, queries)
+    validations = results[1::2]
+    found = [frame["newest"][0] for frame in validations if "newest" in frame.columns]
     latest = max((time for time in found if time is not None), default=None)
-    return pl.concat(results[:n]), _sum_counts(results[n : 2 * n]), latest
+    counts = _sum_counts([frame.select(pl.exclude("newest")) for frame in validations])
+    return pl.concat(results[0::2]), counts, latest
 
 
 def _sum_counts(frames: list[pl.DataFrame]) -> dict[str, int]:

@@ -37,8 +37,10 @@ still be in hospital:
   (:data:`features.mimic.tables.SCORING_RULES`). No label, split or normaliser is written.
 - The 48-hour rule: a stay that left the ICU counts when its LOS is at least 48 h (as in
   training); a stay still in the ICU (no OUTTIME) counts once ``as_of - INTIME >= 48 h``.
-  ``as_of`` defaults to the newest CHARTTIME of the 17 variables' events in the export,
-  found in the same pass over the event tables; the manifest records the one used. Events
+  ``as_of`` defaults to the newest CHARTTIME of the 17 variables' events of the cohort's
+  patients (with an admission), found in the same pass over the event tables (as part of
+  the event-validation counts, which read every event of those patients); the manifest
+  records the one used. Events
   attach to a stay still in the ICU as to a stay whose OUTTIME is open-ended.
 - **Deviation from mimic3-benchmarks (and from training): the "with diagnoses" rule is not
   applied** and DIAGNOSES_ICD is not read. ICD-9 codes are assigned at discharge, so a
@@ -361,7 +363,7 @@ def extract_for_scoring(
             A training feature folder is refused.
         as_of: The time the export was taken, in the export's (naive) clock: a stay still
             in the ICU counts when ``as_of - INTIME >= 48 h``. None: the newest event time
-            of the 17 variables in the export.
+            of the 17 variables among the cohort's patients.
         progress: Show a progress display on the terminal.
 
     Returns:
