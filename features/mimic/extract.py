@@ -399,7 +399,8 @@ def _extract_for_scoring_into(
             root = _with_length(root, as_of)
             # Without an as_of yet, every stay still in the ICU is a candidate; the 48-hour
             # rule is applied to them once the event pass has found the newest event.
-            candidates = root.filter(_reached() | pl.col("in_icu") if as_of is None else _reached())
+            waiting = pl.col("in_icu") if as_of is None else pl.lit(False)
+            candidates = root.filter(_reached() | waiting)
             if candidates.height == 0:
                 raise _nothing_left(mimic_dir, as_of, _skipped(root, root.clear()))
         with steps.step("events: validate and cut the first 48 h"):
@@ -484,9 +485,10 @@ def _nothing_left(
     mimic_dir: Path, as_of: datetime | None, skipped: SkippedStays
 ) -> MimicInputError:
     """The one-line error for an export in which no stay can be scored, with the counts."""
-    when = f"as of {as_of.isoformat(sep=' ')}" if as_of is not None else "(no event found)"
+    # Without an as_of no stay is in the ICU (or no event was found): nothing to date.
+    when = f" as of {as_of:%Y-%m-%d %H:%M:%S}" if as_of is not None else ""
     return MimicInputError(
-        f"{mimic_dir}: no ICU stay reaches {HOURS} hours with an event {when}: of the adult "
+        f"{mimic_dir}: no ICU stay reaches {HOURS} hours with an event{when}: of the adult "
         f"stays, {skipped.discharged_under_48h} left the ICU under {HOURS} h, "
         f"{skipped.in_icu_under_48h} are still in the ICU under {HOURS} h and "
         f"{skipped.no_event_in_first_48h} have no event in the first {HOURS} h"
