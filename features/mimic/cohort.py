@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from features.mimic.tables import read_table
+from features.mimic.tables import TRAINING_RULES, TableRules, read_table
 
 #: Computed ages at or above this are MIMIC-III's shifted over-89 patients (real ages are
 #: below 90; shifted ones come out near 300). mimic3-benchmarks sees them as negative
@@ -30,20 +30,24 @@ SHIFTED_AGE_VALUE = 90.0
 MIN_AGE = 18.0
 
 
-def root_stays(mimic_dir: str | Path) -> tuple[pl.DataFrame, list[dict[str, object]]]:
+def root_stays(
+    mimic_dir: str | Path, *, rules: TableRules = TRAINING_RULES
+) -> tuple[pl.DataFrame, list[dict[str, object]]]:
     """Build the benchmark's root cohort of ICU stays.
 
     Args:
         mimic_dir: Folder with PATIENTS, ADMISSIONS and ICUSTAYS.
+        rules: What the tables must hold; ``SCORING_RULES`` reads an export without
+            outcome columns (the label is then computed from nulls and meaningless).
 
     Returns:
         ``(stays, steps)``: one row per kept stay (ids, times, los, dbsource, gender, age,
         ethnicity, ``label`` = in-hospital mortality, ``mortality_inunit``), and the list
         of cohort steps, each ``{"step", "stays", "subjects"}``.
     """
-    icu = read_table(mimic_dir, "ICUSTAYS")
-    admissions = read_table(mimic_dir, "ADMISSIONS")
-    patients = read_table(mimic_dir, "PATIENTS")
+    icu = read_table(mimic_dir, "ICUSTAYS", rules=rules)
+    admissions = read_table(mimic_dir, "ADMISSIONS", rules=rules)
+    patients = read_table(mimic_dir, "PATIENTS", rules=rules)
     steps: list[dict[str, object]] = []
 
     def record(step: str, frame: pl.DataFrame) -> None:

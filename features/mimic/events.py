@@ -12,9 +12,15 @@ order, what mimic3-benchmarks does per subject in ``validate_events`` and
 3. fill a missing ICUSTAY_ID from the stay of the admission (one stay per admission),
    then drop events whose ICUSTAY_ID is not that stay's;
 4. attach each event to a task stay of the same subject when its ICUSTAY_ID is the stay's
-   or its time lies in [INTIME, OUTTIME] (the benchmark's ``get_events_for_stay``);
+   or its time lies in [INTIME, OUTTIME] (the benchmark's ``get_events_for_stay``; a null
+   OUTTIME matches no time there, as in pandas. Scoring passes ``open_ended=True``: a
+   stay still in the ICU has no OUTTIME yet and its interval is [INTIME, open end));
 5. keep events with -1e-6 < hours since INTIME < 48 + 1e-6 and clean their values;
 6. give each event its hourly bin: ``int(hours - 1e-6)``, as the benchmark's discretizer.
+
+Scoring also needs the newest event time of the export (the default "as of" time, see
+:func:`features.mimic.extract.extract_for_scoring`): :func:`window_events_and_newest`
+computes it in the same pass, as one more aggregate of the validation query.
 
 Only the small result (events in the first 48 h of task stays) is held in memory, so
 memory does not grow with the size of the tables. Polars errors while scanning are turned
@@ -24,11 +30,14 @@ into one-line errors naming the file, line and column (see
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
 from features.mimic.tables import (
+    DATETIME,
+    DATETIME_FORMAT,
     EVENT_TABLES,
     MimicInputError,
     diagnose_table,
@@ -52,7 +61,12 @@ def _scan_events(mimic_dir: str | Path, table: str) -> pl.LazyFrame:
 
 
 def _window_query(
-    events: pl.LazyFrame, table: str, root: pl.DataFrame, task: pl.DataFrame, hours: int
+    events: pl.LazyFrame,
+    table: str,
+    root: pl.DataFrame,
+    task: pl.DataFrame,
+    hours: int,
+    open_ended: bool = False,
 ) -> pl.LazyFrame:
     """Steps 1-6 of the module docstring for one event table."""
     items = item_frame()
@@ -80,10 +94,7 @@ def _window_query(
         "subject_id", pl.col("icustay_id").alias("stay"), "intime", "outtime"
     ).lazy()
     lf = lf.join(candidates, on="subject_id", how="inner")
-    lf = lf.filter(
-        (pl.col("icustay_id") == pl.col("stay"))
-        | pl.col("charttime").is_between(pl.col("intime"), pl.col("outtime"))
-    )
+    lf = lf.filter((pl.col("icustay_id") == pl.col("stay")) | _in_stay(open_ended))
     elapsed = (pl.col("charttime") - pl.col("intime")).dt.total_microseconds() / 3.6e9
     lf = lf.with_columns(hours=elapsed).filter(
         (pl.col("hours") > -EPS) & (pl.col("hours") < hours + EPS)
@@ -100,17 +111,40 @@ def _window_query(
     )
 
 
-def _validation_query(events: pl.LazyFrame, root: pl.DataFrame) -> pl.LazyFrame:
-    """Counts of the benchmark's ``validate_events`` rules over all items of a table."""
+def _in_stay(open_ended: bool) -> pl.Expr:
+    """Whether an event's time lies in its candidate stay (step 4)."""
+    charttime, outtime = pl.col("charttime"), pl.col("outtime")
+    if not open_ended:
+        # The benchmark's rule, kept exactly for training: a null OUTTIME matches nothing.
+        return charttime.is_between(pl.col("intime"), outtime)
+    return (charttime >= pl.col("intime")) & (outtime.is_null() | (charttime <= outtime))
+
+
+def _validation_query(
+    events: pl.LazyFrame, root: pl.DataFrame, newest: bool = False
+) -> pl.LazyFrame:
+    """Counts of the benchmark's ``validate_events`` rules over all items of a table.
+
+    With ``newest``, also the newest CHARTTIME of the 17 variables' events with an admission
+    among these rows (the cohort's subjects): scoring's default "as of" time. It is computed
+    here, in a query that reads the scan anyway, because a separate query over the same scan
+    is not shared with it by polars (measured on the demo: it doubled the event pass).
+    """
     stays = root.select("subject_id", "hadm_id", pl.col("icustay_id").alias("root_icustay"))
     subjects = root.select("subject_id").unique()
-    lf = events.select("subject_id", "hadm_id", "icustay_id").join(
-        subjects.lazy(), on="subject_id", how="semi"
-    )
+    columns = ["subject_id", "hadm_id", "icustay_id", *(["itemid", "charttime"] if newest else [])]
+    lf = events.select(columns).join(subjects.lazy(), on="subject_id", how="semi")
     lf = lf.join(stays.lazy(), on=["subject_id", "hadm_id"], how="left")
     has_hadm = pl.col("hadm_id").is_not_null()
     known = has_hadm & pl.col("root_icustay").is_not_null()
     filled = pl.coalesce("icustay_id", "root_icustay")
+    extra = {}
+    if newest:
+        # The rows whose timestamps the window query parses too (17 variables, an
+        # admission), so no timestamp is checked here that training would not check.
+        of_items = pl.col("itemid").is_in(item_frame()["itemid"].to_list()) & has_hadm
+        charttime = pl.col("charttime").filter(of_items)
+        extra["newest"] = charttime.str.strptime(DATETIME, DATETIME_FORMAT, strict=True).max()
     return lf.select(
         n_events=pl.len(),
         empty_hadm=(~has_hadm).sum(),
@@ -119,6 +153,7 @@ def _validation_query(events: pl.LazyFrame, root: pl.DataFrame) -> pl.LazyFrame:
         recovered=(known & pl.col("icustay_id").is_null()).sum(),
         icustay_missing_in_stays=(known & (filled != pl.col("root_icustay"))).sum(),
         kept=(known & (filled == pl.col("root_icustay"))).sum(),
+        **extra,
     )
 
 
@@ -146,7 +181,12 @@ def _explain(mimic_dir: str | Path, err: BaseException) -> MimicInputError:
 
 
 def window_events(
-    mimic_dir: str | Path, root: pl.DataFrame, task: pl.DataFrame, *, hours: int = HOURS
+    mimic_dir: str | Path,
+    root: pl.DataFrame,
+    task: pl.DataFrame,
+    *,
+    hours: int = HOURS,
+    open_ended: bool = False,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Cleaned events of the 17 variables in the first ``hours`` hours of each task stay.
 
@@ -160,6 +200,8 @@ def window_events(
         task: The stays to cut windows for (``subject_id``, ``icustay_id``, ``intime``,
             ``outtime``).
         hours: Window length in hours.
+        open_ended: Treat a null OUTTIME as a stay still in the ICU, open-ended (step 4);
+            ``False`` keeps the benchmark's rule (training).
 
     Returns:
         ``(events, counts)``: one row per kept event with ``stay`` (ICUSTAY_ID), ``var``
@@ -170,14 +212,46 @@ def window_events(
     Raises:
         MimicInputError: If a table is missing, lacks a column or has a bad value.
     """
+    windows, counts, _ = _windows(mimic_dir, root, task, hours, open_ended, newest=False)
+    return windows, counts
+
+
+def window_events_and_newest(
+    mimic_dir: str | Path, root: pl.DataFrame, task: pl.DataFrame, *, hours: int = HOURS
+) -> tuple[pl.DataFrame, dict[str, int], datetime | None]:
+    """:func:`window_events` for scoring (open-ended stays), plus the newest event time.
+
+    The newest time is one more aggregate of the validation query, in the same pass, so
+    finding the default "as of" time costs no extra read.
+
+    Returns:
+        ``(events, counts, newest)``: as :func:`window_events`, and the newest CHARTTIME
+        of the 17 variables' events with an admission, of the subjects of ``root``, in any
+        event table (None if there is none).
+    """
+    return _windows(mimic_dir, root, task, hours, open_ended=True, newest=True)
+
+
+def _windows(
+    mimic_dir: str | Path,
+    root: pl.DataFrame,
+    task: pl.DataFrame,
+    hours: int,
+    open_ended: bool,
+    newest: bool,
+) -> tuple[pl.DataFrame, dict[str, int], datetime | None]:
+    """Run the window and validation queries over every table, each table read once."""
     queries = []
     for table in EVENT_TABLES:
         events = _scan_events(mimic_dir, table)
-        queries.append(_window_query(events, table, root, task, hours))
-        queries.append(_validation_query(events, root))
+        queries.append(_window_query(events, table, root, task, hours, open_ended))
+        queries.append(_validation_query(events, root, newest))
     results = _collect(mimic_dir, queries)
-    windows = pl.concat(results[0::2])
-    return windows, _sum_counts(results[1::2])
+    validations = results[1::2]
+    found = [frame["newest"][0] for frame in validations if "newest" in frame.columns]
+    latest = max((time for time in found if time is not None), default=None)
+    counts = _sum_counts([frame.select(pl.exclude("newest")) for frame in validations])
+    return pl.concat(results[0::2]), counts, latest
 
 
 def _sum_counts(frames: list[pl.DataFrame]) -> dict[str, int]:

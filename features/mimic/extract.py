@@ -17,20 +17,56 @@ owner-only folder (0700, files 0600: the files hold per-patient data):
   model is :class:`features.mimic.manifest.FeatureManifest`.
 
 Everything that can be checked cheaply is checked before any work: the split shares, the
-output folder (it must be new, empty, or a feature folder this code wrote that holds
-nothing else; it is checked to be writable), and every table's file and header. A user's
-existing empty folder is filled in place, never replaced or re-permissioned. Temporary
-folders left behind by a killed run (``.NAME.tmp-PID-*`` / ``.NAME.old-PID-*`` beside the
-output, owned by this user, whose process is gone) are removed at the next run.
+output folder (it must be new, empty, or a feature folder this code wrote for the same
+purpose that holds nothing else; it is checked to be writable), and every table's file and
+header. A user's existing empty folder is filled in place, never replaced or
+re-permissioned. Temporary folders left behind by a killed run (``.NAME.tmp-PID-*`` /
+``.NAME.old-PID-*`` beside the output, owned by this user, whose process is gone) are
+removed at the next run.
+
+Scoring mode
+------------
+``extract_for_scoring(mimic_dir, out_dir, as_of=...)`` builds the same 48-hour grid for
+new patients, to be scored by an already-trained model (whose normaliser is applied at
+scoring time, :func:`features.mimic.loader.load_for_scoring`). It runs the same cohort
+steps, event validation and grid, with these differences, each because the patients may
+still be in hospital:
+
+- No outcome is read: DEATHTIME (ADMISSIONS) and DOD (PATIENTS) may be absent from the
+  export, DISCHTIME and the ICU stay's OUTTIME and LOS may be empty
+  (:data:`features.mimic.tables.SCORING_RULES`). No label, split or normaliser is written.
+- The 48-hour rule: a stay that left the ICU counts when its LOS is at least 48 h (as in
+  training); a stay still in the ICU (no OUTTIME) counts once ``as_of - INTIME >= 48 h``.
+  ``as_of`` defaults to the newest CHARTTIME of the 17 variables' events of the cohort's
+  patients (with an admission), found in the same pass over the event tables (as part of
+  the event-validation counts, which read every event of those patients); the manifest
+  records the one used. Events
+  attach to a stay still in the ICU as to a stay whose OUTTIME is open-ended.
+- **Deviation from mimic3-benchmarks (and from training): the "with diagnoses" rule is not
+  applied** and DIAGNOSES_ICD is not read. ICD-9 codes are assigned at discharge, so a
+  patient in the ICU has none; the benchmark's rule is an artifact of the inner join of a
+  stay's static data to its diagnosis flags, not a clinical criterion.
+- The manifest (``purpose: "scoring"``) records the cohort step counts and, in
+  ``skipped``, how many adult stays were left out and why: discharged under 48 h, still in
+  the ICU under 48 h, no event in the first 48 h. ``stays.parquet`` holds
+  ``subject_id``, ``hadm_id``, ``icustay_id``, ``length_hours`` (LOS x 24 for a stay that
+  left the ICU, as in training; hours from INTIME to ``as_of`` for one still in it),
+  ``in_icu``, ``age``, ``gender``, ``dbsource``, ``intime``, ``outtime`` (null while in the
+  ICU), ``ethnicity``, ``n_events`` and, for synthetic input, ``true_risk``.
+
+A training folder is never replaced by a scoring one, nor the other way round: a model's
+training data and a ward's scoring export are different things, and one silently taking
+the other's place would lose work.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +74,19 @@ import polars as pl
 
 from features.io import OutputFolder, create_private_file
 from features.mimic.cohort import admissions_with_diagnoses, root_stays
-from features.mimic.events import EPS, HOURS, last_per_bin, window_events
+from features.mimic.events import (
+    EPS,
+    HOURS,
+    last_per_bin,
+    window_events,
+    window_events_and_newest,
+)
 from features.mimic.grid import build_grid, fit_normaliser
 from features.mimic.manifest import (
     GRID_FILE,
     MANIFEST_FILE,
     SCHEMA_VERSION,
+    SCORING_SOURCE_TABLES,
     SOURCE_TABLES,
     STAYS_FILE,
     TASK,
@@ -53,6 +96,8 @@ from features.mimic.manifest import (
     FeatureManifest,
     FolderFiles,
     Normaliser,
+    Purpose,
+    SkippedStays,
     Source,
     SourceTable,
     Split,
@@ -61,12 +106,27 @@ from features.mimic.manifest import (
     read_manifest_header,
 )
 from features.mimic.splits import assign_splits, check_split_fractions, split_column
-from features.mimic.tables import MimicInputError, check_table, file_fingerprint
+from features.mimic.tables import (
+    SCORING_RULES,
+    TRAINING_RULES,
+    MimicInputError,
+    TableRules,
+    check_table,
+    file_fingerprint,
+)
 from features.mimic.variables import channel_names
 
 TRUTH_FILE = "synthetic_truth.csv"
+DATETIME_US = pl.Datetime("us")
 #: Everything a feature folder holds; a folder with anything else is never replaced.
 FOLDER_FILES = frozenset({STAYS_FILE, GRID_FILE, MANIFEST_FILE})
+#: What each purpose's output folder must be, for the refusal message.
+_OURS: dict[str, str] = {
+    "training": "a feature folder written by rank1 extract",
+    "scoring": "a scoring feature folder written by extract_for_scoring",
+}
+#: The context columns of ``stays.parquet``, after the ids, labels and length.
+_CONTEXT_COLUMNS = ("age", "gender", "dbsource", "intime", "outtime", "ethnicity")
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +138,7 @@ class _Steps:
         self.enabled = enabled
         self.progress = None
         self.timings: dict[str, float] = {}
+        self.started = time.perf_counter()
 
     def __enter__(self) -> _Steps:
         if self.enabled:
@@ -105,15 +166,53 @@ class _Steps:
         if task is not None:
             self.progress.update(task, completed=1)
 
+    def with_total(self) -> dict[str, float]:
+        """The step timings so far and ``"total"``, the wall time since the start."""
+        return {**self.timings, "total": round(time.perf_counter() - self.started, 3)}
 
-def _is_feature_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a feature folder this code wrote, holding nothing else."""
+
+def _is_feature_folder(folder: Path, purpose: Purpose = "training") -> bool:
+    """Whether ``folder`` is a ``purpose`` feature folder this code wrote, holding nothing else."""
     names = {entry.name for entry in folder.iterdir()}
     if MANIFEST_FILE not in names or not names <= FOLDER_FILES:
         return False
     # Any schema version: an older or newer folder of ours may be replaced too.
     header = read_manifest_header(folder)
-    return header is not None and header.task == TASK
+    return header is not None and header.task == TASK and header.purpose == purpose
+
+
+def _output_folder(out_dir: str | Path, purpose: Purpose) -> OutputFolder:
+    """The checked output folder of one extraction (refused in one line, before any work)."""
+    output = OutputFolder(
+        Path(out_dir),
+        is_ours=partial(_is_feature_folder, purpose=purpose),
+        what=_OURS[purpose],
+        marker=MANIFEST_FILE,
+        error=MimicInputError,
+    )
+    out = output.target
+    header = read_manifest_header(out) if out.is_dir() else None
+    if header is not None and header.task == TASK and header.purpose != purpose:
+        # Said plainly, rather than "not a feature folder": it is one, for the other use.
+        raise MimicInputError(
+            f"{out}: output folder holds a {header.purpose[:20]} feature folder; refusing "
+            f"to replace it with a {purpose} one (choose another output folder)"
+        )
+    output.check()
+    return output
+
+
+def _check_tables(mimic_dir: Path, names: tuple[str, ...], rules: TableRules) -> dict[str, Path]:
+    """Check every table's file and header before any work; return their files."""
+    return {name: check_table(mimic_dir, name, rules=rules) for name in names}
+
+
+def _hash_sources(hasher: ThreadPoolExecutor, paths: dict[str, Path]) -> dict[str, Future]:
+    """Start hashing the source tables beside the polars work.
+
+    hashlib releases the GIL on large blocks, so this costs the extraction no time.
+    """
+    return {name: hasher.submit(file_fingerprint, path) for name, path in paths.items()}
 
 
 def _read_truth(mimic_dir: Path) -> pl.DataFrame | None:
@@ -164,15 +263,8 @@ def extract(
     """
     check_split_fractions(val_fraction, test_fraction)
     mimic_dir = Path(mimic_dir)
-    output = OutputFolder(
-        Path(out_dir),
-        is_ours=_is_feature_folder,
-        what="a feature folder written by rank1 extract",
-        marker=MANIFEST_FILE,
-        error=MimicInputError,
-    )
-    output.check()
-    paths = {name: check_table(mimic_dir, name) for name in SOURCE_TABLES}
+    output = _output_folder(out_dir, "training")
+    paths = _check_tables(mimic_dir, SOURCE_TABLES, TRAINING_RULES)
     with output.writing() as tmp:
         return _extract_into(mimic_dir, paths, tmp, seed, val_fraction, test_fraction, progress)
 
@@ -187,10 +279,8 @@ def _extract_into(
     progress: bool,
 ) -> FeatureManifest:
     """The body of :func:`extract`: compute everything and write it to ``tmp``."""
-    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
-        # Hashing runs beside the polars work; hashlib releases the GIL on large blocks.
-        fingerprints = {name: hasher.submit(file_fingerprint, p) for name, p in paths.items()}
+        fingerprints = _hash_sources(hasher, paths)
         with steps.step("cohort: stays, admissions, patients"):
             root, cohort_steps = root_stays(mimic_dir)
             diagnosed = admissions_with_diagnoses(mimic_dir)
@@ -200,16 +290,13 @@ def _extract_into(
             cohort_steps.append(_count("with_diagnoses", task))
         with steps.step("events: validate and cut the first 48 h"):
             events, validation = window_events(mimic_dir, root, task, hours=HOURS)
-            per_stay = events.group_by("stay").agg(n_events=pl.len())
-            task = task.join(per_stay, left_on="icustay_id", right_on="stay", how="inner")
-            task = task.sort("subject_id", "intime", "icustay_id")
+            task = _with_event_counts(task, events)
             cohort_steps.append(_count("events_in_first_48h", task))
             warnings = _unobserved_variables(events, task)
         if task.height == 0:
             raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
         with steps.step("grid: hourly bins, forward fill, masks"):
-            bins = last_per_bin(events)
-            grid = build_grid(bins, task["icustay_id"].to_numpy(), hours=HOURS)
+            grid = _grid(events, task)
         with steps.step("splits and normaliser"):
             assignment = assign_splits(
                 task["subject_id"].to_numpy(),
@@ -222,15 +309,15 @@ def _extract_into(
             if len(train) == 0:
                 raise MimicInputError(f"{mimic_dir}: no stay in the training split")
             normaliser = fit_normaliser(grid, train)
-            stays = _stays_table(task, _read_truth(mimic_dir))
+            stays = _stays_table(
+                task,
+                _read_truth(mimic_dir),
+                [pl.col("label").cast(pl.Int32), pl.col("split")],
+                [(pl.col("los") * 24.0).alias("length_hours")],
+            )
         with steps.step("write feature folder"):
             sources = {name: future.result() for name, future in fingerprints.items()}
-            with create_private_file(tmp / STAYS_FILE) as handle:
-                stays.write_parquet(handle)
-            with create_private_file(tmp / GRID_FILE) as handle:
-                np.save(handle, grid, allow_pickle=False)
-            # Timed before this last step ends, as ever: its own time is only in the total.
-            timings = {**steps.timings, "total": round(time.perf_counter() - started, 3)}
+            _write_data(tmp, stays, grid)
             split = Split(
                 seed=seed,
                 val_fraction=val_fraction,
@@ -244,13 +331,189 @@ def _extract_into(
                 sources=sources,
                 cohort_steps=cohort_steps,
                 validation=validation,
-                split=split,
-                normaliser=normaliser,
                 warnings=warnings,
-                timings=timings,
+                # Timed before this last step ends, as ever: its own time is only in the total.
+                timings=steps.with_total(),
+                positives=int(stays["label"].sum()),
+                split=split,
+                normaliser=Normaliser(fitted_on="train", **normaliser),
             )
             manifest.write(tmp)
     return manifest
+
+
+def extract_for_scoring(
+    mimic_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    as_of: datetime | None = None,
+    progress: bool = True,
+) -> FeatureManifest:
+    """Extract the 48-hour grids of new patients, to be scored by a trained model.
+
+    The cohort rules and the grid are those of :func:`extract`, except as the module
+    docstring's "Scoring mode" says: no outcome is needed, a stay still in the ICU counts
+    once it is 48 hours old at ``as_of``, and the "with diagnoses" rule is not applied.
+
+    Args:
+        mimic_dir: Folder with the MIMIC-III tables (``.csv`` or ``.csv.gz``); DIAGNOSES_ICD
+            is not read, DEATHTIME and DOD may be absent.
+        out_dir: Feature folder to write: a new path, an empty folder (filled in place),
+            or a scoring folder written by this function holding nothing else (replaced).
+            A training feature folder is refused.
+        as_of: The time the export was taken, in the export's (naive) clock: a stay still
+            in the ICU counts when ``as_of - INTIME >= 48 h``. None: the newest event time
+            of the 17 variables among the cohort's patients.
+        progress: Show a progress display on the terminal.
+
+    Returns:
+        The manifest that was written (``purpose="scoring"``; ``as_of`` and ``skipped``
+        set; no ``split``, ``normaliser`` or ``positives``).
+
+    Raises:
+        MimicInputError: For missing or bad input, a refused output folder, or when no
+            stay reaches 48 hours with an event (the message counts why stays were
+            skipped); nothing is written then.
+        ValueError: If ``as_of`` has a time zone (before anything is read).
+    """
+    if as_of is not None and as_of.tzinfo is not None:
+        raise ValueError(
+            "as_of must be a naive datetime in the export's clock "
+            "(MIMIC-III times carry no time zone)"
+        )
+    mimic_dir = Path(mimic_dir)
+    output = _output_folder(out_dir, "scoring")
+    paths = _check_tables(mimic_dir, SCORING_SOURCE_TABLES, SCORING_RULES)
+    with output.writing() as tmp:
+        return _extract_for_scoring_into(mimic_dir, paths, tmp, as_of, progress)
+
+
+def _extract_for_scoring_into(
+    mimic_dir: Path, paths: dict[str, Path], tmp: Path, as_of: datetime | None, progress: bool
+) -> FeatureManifest:
+    """The body of :func:`extract_for_scoring`: compute everything and write it to ``tmp``."""
+    with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
+        fingerprints = _hash_sources(hasher, paths)
+        with steps.step("cohort: stays, admissions, patients"):
+            root, cohort_steps = root_stays(mimic_dir, rules=SCORING_RULES)
+            root = _with_length(root, as_of)
+            # Without an as_of yet, every stay still in the ICU is a candidate; the 48-hour
+            # rule is applied to them once the event pass has found the newest event.
+            waiting = pl.col("in_icu") if as_of is None else pl.lit(False)
+            candidates = root.filter(_reached() | waiting)
+            if candidates.height == 0:
+                raise _nothing_left(mimic_dir, as_of, _skipped(root, root.clear()))
+        with steps.step("events: validate and cut the first 48 h"):
+            if as_of is None:
+                events, validation, as_of = window_events_and_newest(
+                    mimic_dir, root, candidates, hours=HOURS
+                )
+                root = _with_length(root, as_of)
+            else:
+                events, validation = window_events(
+                    mimic_dir, root, candidates, hours=HOURS, open_ended=True
+                )
+            reached = root.filter(_reached())
+            cohort_steps.append(_count("length_of_stay_48h", reached))
+            task = _with_event_counts(reached, events)
+            cohort_steps.append(_count("events_in_first_48h", task))
+            skipped = _skipped(root, task)
+            # Candidates in the ICU that turned out under 48 h leave their events behind.
+            events = events.filter(pl.col("stay").is_in(task["icustay_id"].implode()))
+            warnings = _unobserved_variables(events, task)
+        if task.height == 0:
+            raise _nothing_left(mimic_dir, as_of, skipped)
+        with steps.step("grid: hourly bins, forward fill, masks"):
+            grid = _grid(events, task)
+            stays = _stays_table(
+                task, _read_truth(mimic_dir), [], [pl.col("length_hours"), pl.col("in_icu")]
+            )
+        with steps.step("write feature folder"):
+            sources = {name: future.result() for name, future in fingerprints.items()}
+            _write_data(tmp, stays, grid)
+            manifest = _manifest(
+                mimic_dir,
+                stays,
+                sources=sources,
+                cohort_steps=cohort_steps,
+                validation=validation,
+                warnings=warnings,
+                timings=steps.with_total(),
+                purpose="scoring",
+                as_of=as_of,
+                skipped=skipped,
+            )
+            manifest.write(tmp)
+    return manifest
+
+
+def _with_length(root: pl.DataFrame, as_of: datetime | None) -> pl.DataFrame:
+    """Add ``in_icu`` (no OUTTIME yet) and ``length_hours`` (LOS x 24, or up to ``as_of``).
+
+    A stay that left the ICU is measured by its LOS, exactly as in training, so the two
+    modes agree on it; one still in the ICU by the hours from INTIME to ``as_of`` (null
+    while ``as_of`` is not known yet).
+    """
+    in_icu = pl.col("outtime").is_null()
+    if as_of is None:
+        so_far = pl.lit(None, pl.Float64)
+    else:
+        so_far = (pl.lit(as_of, DATETIME_US) - pl.col("intime")).dt.total_microseconds() / 3.6e9
+    return root.with_columns(
+        in_icu=in_icu,
+        length_hours=pl.when(in_icu).then(so_far).otherwise(pl.col("los") * 24.0),
+    )
+
+
+def _reached() -> pl.Expr:
+    """Whether a stay has lasted 48 hours (the training rule, with the same tolerance)."""
+    return pl.col("length_hours").is_not_null() & (pl.col("length_hours") >= HOURS - EPS)
+
+
+def _skipped(root: pl.DataFrame, task: pl.DataFrame) -> SkippedStays:
+    """Count the adult stays of ``root`` that are not in ``task``, by reason."""
+    short = root.filter(~_reached())
+    reached = root.height - short.height
+    return SkippedStays(
+        discharged_under_48h=short.filter(~pl.col("in_icu")).height,
+        in_icu_under_48h=short.filter(pl.col("in_icu")).height,
+        no_event_in_first_48h=reached - task.height,
+    )
+
+
+def _nothing_left(
+    mimic_dir: Path, as_of: datetime | None, skipped: SkippedStays
+) -> MimicInputError:
+    """The one-line error for an export in which no stay can be scored, with the counts."""
+    # Without an as_of no stay is in the ICU (or no event was found): nothing to date.
+    when = f" as of {as_of:%Y-%m-%d %H:%M:%S}" if as_of is not None else ""
+    return MimicInputError(
+        f"{mimic_dir}: no ICU stay reaches {HOURS} hours with an event{when}: of the adult "
+        f"stays, {skipped.discharged_under_48h} left the ICU under {HOURS} h, "
+        f"{skipped.in_icu_under_48h} are still in the ICU under {HOURS} h and "
+        f"{skipped.no_event_in_first_48h} have no event in the first {HOURS} h"
+    )
+
+
+def _with_event_counts(task: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+    """Keep the stays with an event in their window, with ``n_events``, in folder order."""
+    per_stay = events.group_by("stay").agg(n_events=pl.len())
+    task = task.join(per_stay, left_on="icustay_id", right_on="stay", how="inner")
+    return task.sort("subject_id", "intime", "icustay_id")
+
+
+def _grid(events: pl.DataFrame, task: pl.DataFrame) -> np.ndarray:
+    """The raw grid of the task's stays, in the task's row order."""
+    bins = last_per_bin(events)
+    return build_grid(bins, task["icustay_id"].to_numpy(), hours=HOURS)
+
+
+def _write_data(tmp: Path, stays: pl.DataFrame, grid: np.ndarray) -> None:
+    """Write ``stays.parquet`` and ``grid.npy`` owner-only into the temporary folder."""
+    with create_private_file(tmp / STAYS_FILE) as handle:
+        stays.write_parquet(handle)
+    with create_private_file(tmp / GRID_FILE) as handle:
+        np.save(handle, grid, allow_pickle=False)
 
 
 def _unobserved_variables(events: pl.DataFrame, task: pl.DataFrame) -> list[str]:
@@ -275,21 +538,21 @@ def _count(step: str, frame: pl.DataFrame) -> dict[str, object]:
     return {"step": step, "stays": frame.height, "subjects": frame["subject_id"].n_unique()}
 
 
-def _stays_table(task: pl.DataFrame, truth: pl.DataFrame | None) -> pl.DataFrame:
+def _stays_table(
+    task: pl.DataFrame,
+    truth: pl.DataFrame | None,
+    labels: list[pl.Expr],
+    length: list[pl.Expr],
+) -> pl.DataFrame:
+    """One row per stay: ids, then ``labels`` (training) and ``length``, then the context."""
     stays = task.select(
         "subject_id",
         "hadm_id",
         "icustay_id",
-        pl.col("label").cast(pl.Int32),
-        "split",
-        length_hours=pl.col("los") * 24.0,
-        age="age",
-        gender="gender",
-        dbsource="dbsource",
-        intime="intime",
-        outtime="outtime",
-        ethnicity="ethnicity",
-        n_events=pl.col("n_events").cast(pl.Int64),
+        *labels,
+        *length,
+        *_CONTEXT_COLUMNS,
+        pl.col("n_events").cast(pl.Int64),
     )
     if truth is not None:
         stays = stays.join(truth, on="icustay_id", how="left", maintain_order="left")
@@ -303,11 +566,11 @@ def _manifest(
     sources: dict[str, dict[str, object]],
     cohort_steps: list[dict[str, object]],
     validation: dict[str, int],
-    split: Split,
-    normaliser: dict[str, list],
     warnings: list[str],
     timings: dict[str, float],
+    **purpose_fields: object,
 ) -> FeatureManifest:
+    """The manifest's fields common to both purposes, plus that purpose's own."""
     return FeatureManifest(
         schema_version=SCHEMA_VERSION,
         task=TASK,
@@ -321,15 +584,13 @@ def _manifest(
             event_validation=EventValidation(**validation),
         ),
         stays=stays.height,
-        positives=int(stays["label"].sum()),
         hours=HOURS,
-        split=split,
         channels=tuple(channel_names()),
-        normaliser=Normaliser(fitted_on="train", **normaliser),
         files=FolderFiles(stays=STAYS_FILE, grid=GRID_FILE),
         has_true_risk="true_risk" in stays.columns,
         warnings=tuple(warnings),
         timings_s=timings,
+        **purpose_fields,
     )
 
 

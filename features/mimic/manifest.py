@@ -8,13 +8,20 @@ part is a frozen pydantic model that forbids unknown keys, so code reads typed a
 instead of the folder's private layout, and a manifest that does not match is refused when
 it is read, in one line naming the file and the field.
 
-Folders written before ``warnings`` was added to the manifest (same schema version) still
-load, with no warnings.
+A folder is written for one ``purpose``: ``"training"`` (:func:`features.mimic.extract.extract`:
+labels, splits and the normaliser fitted on train) or ``"scoring"``
+(:func:`features.mimic.extract.extract_for_scoring`: new patients, no outcome, so no
+positives, splits or normaliser; instead the ``as_of`` time and the stays ``skipped``).
+A validator enforces that each purpose carries exactly its own fields.
+
+Folders written before ``warnings`` or ``purpose`` was added to the manifest (same schema
+version) still load: with no warnings, and as training folders (which they are).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -27,12 +34,16 @@ SCHEMA_VERSION = 1
 TASK = "in-hospital-mortality"
 #: The raw tables an extraction reads, in the order the manifest lists them.
 SOURCE_TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "DIAGNOSES_ICD", *EVENT_TABLES)
+#: The raw tables a scoring extraction reads: no DIAGNOSES_ICD (codes come at discharge).
+SCORING_SOURCE_TABLES = tuple(name for name in SOURCE_TABLES if name != "DIAGNOSES_ICD")
 STAYS_FILE = "stays.parquet"
 GRID_FILE = "grid.npy"
 MANIFEST_FILE = "manifest.json"
 
 #: The longest schema-version value an error message quotes.
 _QUOTED_CHARS = 20
+
+Purpose = Literal["training", "scoring"]
 
 
 class FeatureFolderError(ValueError):
@@ -131,6 +142,21 @@ class Normaliser(_Part):
     normalised: tuple[bool, ...]
 
 
+class SkippedStays(_Part):
+    """Adult stays a scoring folder leaves out, by reason (cohort-level counts only).
+
+    Attributes:
+        discharged_under_48h: Left the ICU before 48 hours (or has no recorded LOS).
+        in_icu_under_48h: Still in the ICU, admitted less than 48 hours before ``as_of``.
+        no_event_in_first_48h: Reached 48 hours but has no event of the 17 variables in
+            its first 48 hours.
+    """
+
+    discharged_under_48h: int
+    in_icu_under_48h: int
+    no_event_in_first_48h: int
+
+
 class FolderFiles(_Part):
     """The data files of the folder beside the manifest."""
 
@@ -149,6 +175,8 @@ class ManifestHeader(BaseModel):
 
     schema_version: int
     task: str
+    # A str, not a Purpose: a newer purpose is still read (and is then no purpose of ours).
+    purpose: str = "training"
     files: FolderFiles
 
 
@@ -158,41 +186,68 @@ class FeatureManifest(_Part):
     Attributes:
         schema_version: Layout version of the folder (:data:`SCHEMA_VERSION`).
         task: Always :data:`TASK`.
+        purpose: ``"training"`` or ``"scoring"`` (see the module docstring).
         created: When the folder was written (ISO 8601, UTC, seconds).
         source: The raw tables it was extracted from.
         cohort: Cohort steps and event-validation counts.
         stays: Stays in the folder.
-        positives: Stays that died in hospital.
+        positives: Stays that died in hospital (training only).
         hours: Hours of the grid.
-        split: Split settings and counts.
+        split: Split settings and counts (training only).
         channels: The grid's column names.
-        normaliser: Statistics applied by :func:`features.mimic.loader.load_split`.
+        normaliser: Statistics applied by :func:`features.mimic.loader.load_split`
+            (training only; scoring uses the model's).
         files: The data files beside the manifest.
         has_true_risk: Whether ``stays.parquet`` holds the generator's ``true_risk``.
         warnings: Cohort-level warnings, e.g. a variable never observed.
         timings_s: Seconds per extraction step, and ``"total"``.
+        as_of: The time a stay still in the ICU was measured to (scoring only).
+        skipped: Adult stays left out, by reason (scoring only).
     """
 
     schema_version: Literal[SCHEMA_VERSION]
     task: Literal[TASK]
+    # Added within schema version 1: every folder written before has no purpose key and is
+    # a training folder, so the default reads it unchanged. A training manifest still
+    # leaves the key out (see to_json), so older code keeps reading new training folders,
+    # and refuses a scoring folder (an unknown key, no split), as it should: no labels.
+    purpose: Purpose = "training"
     created: str
     source: Source
     cohort: Cohort
     stays: int
-    positives: int
+    positives: int | None = None
     hours: int
-    split: Split
+    split: Split | None = None
     channels: tuple[str, ...]
-    normaliser: Normaliser
+    normaliser: Normaliser | None = None
     files: FolderFiles
     has_true_risk: bool
     # Folders written before warnings were recorded have none (same schema version).
     warnings: tuple[str, ...] = ()
     timings_s: dict[str, float]
+    as_of: datetime | None = None
+    skipped: SkippedStays | None = None
+
+    @model_validator(mode="after")
+    def _fields_match_the_purpose(self) -> FeatureManifest:
+        # Each purpose has its own fields, present there and absent in the other: a
+        # training folder without a normaliser, or a scoring folder with labels, is broken.
+        own = _PURPOSE_FIELDS[self.purpose]
+        other = _PURPOSE_FIELDS["scoring" if self.purpose == "training" else "training"]
+        missing = [name for name in own if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a {self.purpose} folder needs {', '.join(missing)}")
+        extra = [name for name in other if getattr(self, name) is not None]
+        if extra:
+            raise ValueError(f"a {self.purpose} folder has no {', '.join(extra)}")
+        return self
 
     @model_validator(mode="after")
     def _one_statistic_per_channel(self) -> FeatureManifest:
         normaliser = self.normaliser
+        if normaliser is None:
+            return self
         lengths = {len(normaliser.means), len(normaliser.stds), len(normaliser.normalised)}
         if lengths != {len(self.channels)}:
             raise ValueError(
@@ -207,8 +262,21 @@ class FeatureManifest(_Part):
         return self.timings_s["total"]
 
     def to_json(self) -> str:
-        """The manifest as ``manifest.json`` holds it (two-space indent, final newline)."""
-        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+        """The manifest as ``manifest.json`` holds it (two-space indent, final newline).
+
+        The other purpose's fields are left out rather than written as null, and so is the
+        default ``purpose`` of a training folder: a training manifest holds exactly the
+        keys it held before scoring folders existed.
+        """
+        absent = {
+            name
+            for names in _PURPOSE_FIELDS.values()
+            for name in names
+            if getattr(self, name) is None
+        }
+        if self.purpose == "training":
+            absent.add("purpose")
+        return json.dumps(self.model_dump(mode="json", exclude=absent), indent=2) + "\n"
 
     def write(self, folder: Path) -> None:
         """Write ``manifest.json`` into ``folder`` owner-only (0600) and atomically."""
@@ -232,6 +300,8 @@ class FeatureManifest(_Part):
             A short reason, or None when re-extracting would write the same feature folder
             (up to its creation time and timings).
         """
+        if self.split is None:
+            return "the folder holds scoring features, not training ones"
         split = self.split
         if (split.seed, split.val_fraction, split.test_fraction) != (
             seed,
@@ -253,6 +323,13 @@ class FeatureManifest(_Part):
             if file_fingerprint(path)["sha256"] != recorded[name].sha256:
                 return f"{name} changed content"
         return None
+
+
+#: The fields only a folder of one purpose has.
+_PURPOSE_FIELDS: dict[str, tuple[str, ...]] = {
+    "training": ("positives", "split", "normaliser"),
+    "scoring": ("as_of", "skipped"),
+}
 
 
 def read_manifest_header(feature_dir: str | Path) -> ManifestHeader | None:

@@ -14,6 +14,12 @@ offending value, shortened, and never the value of an identifier column
 (:data:`IDENTIFIER_COLUMNS`). Polars' own error text quotes whole rows, so it is never
 passed on, neither in the message nor as the exception's cause (Prefect logs tracebacks).
 
+What a reading requires beyond the dtypes is declared per extraction mode in a
+:class:`TableRules`: :data:`TRAINING_RULES` (every column of :data:`TABLES` present, the
+cells of :data:`REQUIRED_NONEMPTY` filled) and :data:`SCORING_RULES`, for an export of
+patients who may still be in hospital: the outcome columns of :data:`OUTCOME_COLUMNS` may
+be absent (read as all null) and DISCHTIME may be empty.
+
 Finding the bad line is the slow path, run only after a fast polars read has failed: a
 row-by-row pass with the ``csv`` module (:func:`diagnose_table`).
 """
@@ -24,7 +30,8 @@ import csv
 import gzip
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -94,6 +101,52 @@ REQUIRED_NONEMPTY: dict[str, tuple[str, ...]] = {
     "ICUSTAYS": ("subject_id", "hadm_id", "icustay_id", "intime"),
     "DIAGNOSES_ICD": ("subject_id", "hadm_id"),
 }
+
+#: The outcome columns: an export of patients still in hospital may not carry them at all
+#: (a hospital's scoring export has no death dates), so scoring reads an absent one as
+#: all null. Training needs them for the label and keeps requiring them.
+OUTCOME_COLUMNS: dict[str, frozenset[str]] = {
+    "PATIENTS": frozenset({"dod"}),
+    "ADMISSIONS": frozenset({"deathtime"}),
+}
+
+
+@dataclass(frozen=True)
+class TableRules:
+    """What one extraction mode requires of the tables, beyond the dtypes of :data:`TABLES`.
+
+    Attributes:
+        optional: Per table, columns that may be absent from the header; an absent one is
+            read as a column of nulls of its dtype (everything downstream treats it as
+            empty cells).
+        required_nonempty: Per table, columns that must hold a value on every row.
+    """
+
+    optional: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    required_nonempty: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: REQUIRED_NONEMPTY
+    )
+
+    def optional_columns(self, table: str) -> frozenset[str]:
+        """Columns of ``table`` that may be absent."""
+        return self.optional.get(table, frozenset())
+
+    def required_columns(self, table: str) -> tuple[str, ...]:
+        """Columns of ``table`` that must not be empty."""
+        return self.required_nonempty.get(table, ())
+
+
+#: Training (the in-hospital-mortality label): every column present, as mimic3-benchmarks.
+TRAINING_RULES = TableRules()
+#: Scoring new patients: no outcome columns needed, and DISCHTIME is empty while the
+#: patient is still in hospital (ICUSTAYS OUTTIME and LOS may be empty in both modes).
+SCORING_RULES = TableRules(
+    optional=OUTCOME_COLUMNS,
+    required_nonempty={
+        **REQUIRED_NONEMPTY,
+        "ADMISSIONS": tuple(c for c in REQUIRED_NONEMPTY["ADMISSIONS"] if c != "dischtime"),
+    },
+)
 
 EVENT_TABLES = ("CHARTEVENTS", "LABEVENTS", "OUTPUTEVENTS")
 
@@ -218,15 +271,24 @@ def check_gzip_complete(path: str | Path) -> None:
         ) from None
 
 
-def _column_map(path: Path, table: str, columns: list[str]) -> tuple[dict[str, str], list[str]]:
+def _column_map(
+    path: Path, table: str, columns: list[str], optional: frozenset[str] = frozenset()
+) -> tuple[dict[str, str], list[str]]:
     """Map each wanted lowercase column to its name in the file's header.
 
+    Args:
+        path: The table's file.
+        table: Table name, for the message.
+        columns: The wanted columns, lowercase.
+        optional: Wanted columns that may be absent (left out of the map then).
+
     Returns:
-        ``(names, header)``: the wanted columns' names as written, and the whole header.
+        ``(names, header)``: the present wanted columns' names as written, and the whole
+        header.
 
     Raises:
-        MimicInputError: If a column is missing, or a name appears twice (letter case
-            ignored, since names are normalised to lowercase).
+        MimicInputError: If a column that is not optional is missing, or a name appears
+            twice (letter case ignored, since names are normalised to lowercase).
     """
     header = read_header(path)
     seen: set[str] = set()
@@ -235,16 +297,16 @@ def _column_map(path: Path, table: str, columns: list[str]) -> tuple[dict[str, s
             raise MimicInputError(f"{path}: line 1 (header): column {name} appears twice")
         seen.add(name.lower())
     lower = {name.lower(): name for name in header}
-    missing = [c for c in columns if c not in lower]
+    missing = [c for c in columns if c not in lower and c not in optional]
     if missing:
         raise MimicInputError(
             f"{path}: table {table} lacks column(s) {', '.join(missing)} "
             f"(header has: {', '.join(header)})"
         )
-    return {c: lower[c] for c in columns}, header
+    return {c: lower[c] for c in columns if c in lower}, header
 
 
-def check_table(mimic_dir: str | Path, table: str) -> Path:
+def check_table(mimic_dir: str | Path, table: str, *, rules: TableRules = TRAINING_RULES) -> Path:
     """Cheap checks of one table before any work: file, header, and rows for event tables.
 
     Reads only the first lines of the file.
@@ -252,6 +314,7 @@ def check_table(mimic_dir: str | Path, table: str) -> Path:
     Args:
         mimic_dir: Folder with the MIMIC-III CSV files.
         table: Table name, a key of :data:`TABLES`.
+        rules: Which columns may be absent (see :class:`TableRules`).
 
     Returns:
         The table's file.
@@ -262,14 +325,19 @@ def check_table(mimic_dir: str | Path, table: str) -> Path:
             built from it would silently hold only normal values).
     """
     path = table_path(mimic_dir, table)
-    _column_map(path, table, list(TABLES[table]))
+    _column_map(path, table, list(TABLES[table]), rules.optional_columns(table))
     if table in EVENT_TABLES and not has_data_rows(path):
         raise MimicInputError(f"{path}: table {table} has a header but no rows")
     return path
 
 
 def scan_table(
-    mimic_dir: str | Path, table: str, *, parse_dates: bool = True, all_columns: bool = False
+    mimic_dir: str | Path,
+    table: str,
+    *,
+    parse_dates: bool = True,
+    all_columns: bool = False,
+    rules: TableRules = TRAINING_RULES,
 ) -> pl.LazyFrame:
     """Lazily scan ``table`` with explicit dtypes and lowercase column names.
 
@@ -282,16 +350,19 @@ def scan_table(
         parse_dates: Parse timestamp columns now; ``False`` leaves them as text for
             :func:`parse_datetimes` after the rows have been filtered.
         all_columns: Keep the unused columns too (as text, after the used ones).
+        rules: Which columns may be absent (see :class:`TableRules`); an absent one is
+            a column of nulls.
 
     Returns:
         A LazyFrame with exactly the columns of ``TABLES[table]``, lowercase.
 
     Raises:
-        MimicInputError: If the table or one of its columns is missing.
+        MimicInputError: If the table or one of its columns that is not optional is
+            missing.
     """
     path = table_path(mimic_dir, table)
     schema = TABLES[table]
-    names, header = _column_map(path, table, list(schema))
+    names, header = _column_map(path, table, list(schema), rules.optional_columns(table))
     # Every column is given a dtype so polars never guesses one from the first rows
     # (it would guess wrong on MIMIC's sparse text columns); unused ones stay text.
     overrides = {name: pl.String for name in header}
@@ -308,11 +379,19 @@ def scan_table(
         # A quoted empty field ("") is as empty as an unquoted one.
         null_values=[""],
     )
-    used = [pl.col(names[c]).alias(c) for c in schema]
+    used = [
+        pl.col(names[c]).alias(c) if c in names else _absent(c, dtype)
+        for c, dtype in schema.items()
+    ]
     if all_columns:
         used += [pl.col(name) for name in header if name not in names.values()]
     lf = lf.select(used)
     return parse_datetimes(lf, table) if parse_dates else lf
+
+
+def _absent(column: str, dtype: pl.DataType) -> pl.Expr:
+    """An optional column the file lacks: all null, as text where timestamps are text."""
+    return pl.lit(None, pl.String if dtype == DATETIME else dtype).alias(column)
 
 
 def parse_datetimes(lf: pl.LazyFrame, table: str) -> pl.LazyFrame:
@@ -411,7 +490,7 @@ def _decoded_lines(handle, pending: list[str]) -> Iterator[str]:
         yield text
 
 
-def _first_problem(path: Path, table: str) -> _Problem | None:
+def _first_problem(path: Path, table: str, required: tuple[str, ...]) -> _Problem | None:
     """Read ``path`` record by record and return its first bad line, or None."""
     pending: list[str] = []
     with _open_binary(path) as handle:
@@ -419,7 +498,7 @@ def _first_problem(path: Path, table: str) -> _Problem | None:
         header = [name.strip().lower() for name in next(reader, [])]
         pending.clear()
         try:
-            _check_records(reader, pending, header, table)
+            _check_records(reader, pending, header, table, required)
         except _Problem as problem:
             if problem.index is not None and problem.index < len(header):
                 problem.column = header[problem.index]
@@ -427,10 +506,12 @@ def _first_problem(path: Path, table: str) -> _Problem | None:
     return None
 
 
-def _check_records(reader, pending: list[str], header: list[str], table: str) -> None:
+def _check_records(
+    reader, pending: list[str], header: list[str], table: str, required_columns: tuple[str, ...]
+) -> None:
     """Raise :class:`_Problem` at the first bad record after the header."""
     schema = TABLES[table]
-    required = set(REQUIRED_NONEMPTY.get(table, ()))
+    required = set(required_columns)
     used = [(header.index(c), c, dtype) for c, dtype in schema.items() if c in header]
     while True:
         line = reader.line_num + 1
@@ -457,12 +538,15 @@ def _check_records(reader, pending: list[str], header: list[str], table: str) ->
                 raise _Problem(line, position, what)
 
 
-def diagnose_table(mimic_dir: str | Path, table: str) -> MimicInputError | None:
+def diagnose_table(
+    mimic_dir: str | Path, table: str, *, rules: TableRules = TRAINING_RULES
+) -> MimicInputError | None:
     """Find the first bad line of ``table`` (the slow path, after a read has failed).
 
     Reads the file record by record with the ``csv`` module and checks what polars
     needs: UTF-8, well-formed quoting, as many fields as the header, and, in the columns
-    of :data:`TABLES`, values that parse as their dtype and no empty required cell.
+    of :data:`TABLES`, values that parse as their dtype and no empty required cell
+    (required as ``rules`` says).
 
     Returns:
         A one-line error naming the file, the line number (the header is line 1) and the
@@ -470,21 +554,27 @@ def diagnose_table(mimic_dir: str | Path, table: str) -> MimicInputError | None:
     """
     path = table_path(mimic_dir, table)
     check_gzip_complete(path)
-    _column_map(path, table, list(TABLES[table]))
-    problem = _first_problem(path, table)
+    _column_map(path, table, list(TABLES[table]), rules.optional_columns(table))
+    problem = _first_problem(path, table, rules.required_columns(table))
     if problem is None:
         return None
     where = f"line {problem.line}" + (f", column {problem.column}" if problem.column else "")
     return MimicInputError(f"{path}: {where}: {problem.what}")
 
 
-def explain_failure(mimic_dir: str | Path, table: str, err: BaseException) -> MimicInputError:
+def explain_failure(
+    mimic_dir: str | Path,
+    table: str,
+    err: BaseException,
+    *,
+    rules: TableRules = TRAINING_RULES,
+) -> MimicInputError:
     """Turn an error while reading ``table`` into one line naming the file and line.
 
     Polars' message is never used (it quotes rows); an ``OSError`` is a file-system
     message and is kept.
     """
-    found = diagnose_table(mimic_dir, table)
+    found = diagnose_table(mimic_dir, table, rules=rules)
     if found is not None:
         return found
     path = table_path(mimic_dir, table)
@@ -492,12 +582,16 @@ def explain_failure(mimic_dir: str | Path, table: str, err: BaseException) -> Mi
     return MimicInputError(f"{path}: cannot read table {table}: {reason}")
 
 
-def read_table(mimic_dir: str | Path, table: str) -> pl.DataFrame:
+def read_table(
+    mimic_dir: str | Path, table: str, *, rules: TableRules = TRAINING_RULES
+) -> pl.DataFrame:
     """Read a small table eagerly, validated: types parse and required cells are present.
 
     Args:
         mimic_dir: Folder with the MIMIC-III CSV files.
         table: Table name, a key of :data:`TABLES` (meant for the small tables).
+        rules: Which columns may be absent and which cells must be filled
+            (see :class:`TableRules`).
 
     Returns:
         The table with the columns of ``TABLES[table]``, lowercase.
@@ -508,15 +602,15 @@ def read_table(mimic_dir: str | Path, table: str) -> pl.DataFrame:
     # Every column is parsed (not only the used ones) so that a row with more fields than
     # the header fails: polars only checks that when it reads whole rows. The small tables
     # are cheap to read in full; the event tables are not (see the README).
-    lf = scan_table(mimic_dir, table, all_columns=True)
+    lf = scan_table(mimic_dir, table, all_columns=True, rules=rules)
     try:
         df = lf.collect().select(list(TABLES[table]))
     except (pl.exceptions.PolarsError, OSError) as err:
         # "from None": the polars error (which quotes rows) must not travel as the cause.
-        raise explain_failure(mimic_dir, table, err) from None
-    for column in REQUIRED_NONEMPTY.get(table, ()):
+        raise explain_failure(mimic_dir, table, err, rules=rules) from None
+    for column in rules.required_columns(table):
         if df.get_column(column).is_null().any():
-            raise explain_failure(mimic_dir, table, ValueError(f"empty {column}"))
+            raise explain_failure(mimic_dir, table, ValueError(f"empty {column}"), rules=rules)
     return df
 
 
