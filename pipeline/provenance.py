@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipeline.drift import DriftReport
 from pipeline.metrics import to_numpy
 from pipeline.uncertainty import decompose
 
@@ -195,20 +196,23 @@ def share_text(count: int, total: int, what: str) -> str:
     return f"{count} of {total} stays {what} ({percent})"
 
 
-def report_warnings(table: pl.DataFrame) -> tuple[str, ...]:
+def report_warnings(table: pl.DataFrame, drift: DriftReport | None = None) -> tuple[str, ...]:
     """The warnings a report shows, in plain words; none mentions a patient.
 
     Args:
         table: The report table (``pipeline.report.build_report_table``).
+        drift: The scored stays' drift against the training data, if compared.
 
     Returns:
         One sentence per warning: a sample too small for its metrics (fewer than
-        :data:`MIN_STAYS` stays or :data:`MIN_EVENTS` deaths), a model without an
-        epistemic part, or an "unlike the training population" flag that is unavailable.
+        :data:`MIN_STAYS` stays or :data:`MIN_EVENTS` deaths; only where outcomes are
+        known, since a report without them shows no metrics), a model without an
+        epistemic part, an "unlike the training population" flag that is unavailable, or
+        variables that drifted from the training data.
     """
     counts = cohort_counts(table)
     warnings = []
-    if counts.n_stays < MIN_STAYS:
+    if counts.n_events is not None and counts.n_stays < MIN_STAYS:
         warnings.append(
             f"Small sample: {counts.n_stays} stays (fewer than {MIN_STAYS}). AUROC, "
             "calibration and referral figures of so few stays are too noisy to act on."
@@ -230,5 +234,12 @@ def report_warnings(table: pl.DataFrame) -> tuple[str, ...]:
             "The 'unlike the training population' flag is unavailable: the run recorded no "
             "reference epistemic uncertainty of its validation stays (trained before it was "
             "recorded, or reported without one)."
+        )
+    if drift is not None and drift.major:
+        warnings.append(
+            f"Data drift: {len(drift.major)} of {len(drift.variables)} variables are measured "
+            "or recorded unlike the training data ("
+            + "; ".join(v.describe() for v in drift.major)
+            + "). The model was not trained on data like this: read its risks with care."
         )
     return tuple(warnings)

@@ -33,7 +33,7 @@ from features.mimic.splits import SPLITS
 
 # The manifest's reader and error live in features.mimic.manifest; they are also this
 # module's public API, as the README shows.
-__all__ = ["FeatureFolderError", "load_for_scoring", "load_manifest", "load_split"]
+__all__ = ["FeatureFolderError", "load_for_scoring", "load_manifest", "load_raw", "load_split"]
 
 
 def load_split(feature_dir: str | Path, split: str):
@@ -102,6 +102,29 @@ def load_for_scoring(
     """
     import torch
 
+    folder = Path(feature_dir)
+    statistics = _checked_normaliser(normaliser, load_manifest(folder), folder / MANIFEST_FILE)
+    grid, part = load_raw(folder, split=split)
+    return torch.from_numpy(apply_normaliser(grid, statistics)), part
+
+
+def load_raw(feature_dir: str | Path, *, split: str | None = None):
+    """The raw (un-normalised) grid of some stays and their rows, e.g. for drift checks.
+
+    Args:
+        feature_dir: A scoring folder or a training folder.
+        split: None for every stay; ``"train"``, ``"val"`` or ``"test"`` for one split of
+            a training folder.
+
+    Returns:
+        ``(grid, stays)``: ``grid`` float32 numpy array (N, hours, channels) as extracted;
+        ``stays`` the rows of ``stays.parquet`` in the same order.
+
+    Raises:
+        FeatureFolderError: Naming the file if a file is missing or they disagree, or if
+            ``split`` is given for a scoring folder (it has none).
+        ValueError: If ``split`` is not None or a split name.
+    """
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be None or one of {', '.join(SPLITS)}, got {split!r}")
     folder = Path(feature_dir)
@@ -111,15 +134,13 @@ def load_for_scoring(
             f"{folder / MANIFEST_FILE}: is a scoring folder (no labels or splits); "
             "load it with split=None"
         )
-    statistics = _checked_normaliser(normaliser, manifest, folder / MANIFEST_FILE)
     stays, grid = _read_data(folder, manifest)
     if split is None:
         rows = np.arange(stays.height)
     else:
         rows = np.flatnonzero((stays["split"] == split).to_numpy())
-    x = apply_normaliser(np.asarray(grid[rows]), statistics)
     part = stays[rows.tolist()] if len(rows) else stays.clear()
-    return torch.from_numpy(x), part
+    return np.asarray(grid[rows]), part
 
 
 def _checked_normaliser(

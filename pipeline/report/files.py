@@ -13,6 +13,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from features.io import make_private_dir, write_private_bytes, write_private_text
+from pipeline.drift import DriftReport
 from pipeline.metrics import to_numpy
 from pipeline.provenance import (
     Provenance,
@@ -31,18 +32,25 @@ PARQUET_METADATA_KEY = "rank1.report"
 
 #: A temporary column name for the uncalibrated risk while the figures are drawn.
 def report_document(
-    table: pl.DataFrame, provenance: Provenance, descriptions: Mapping[str, str]
+    table: pl.DataFrame,
+    provenance: Provenance,
+    descriptions: Mapping[str, str],
+    drift: DriftReport | None = None,
 ) -> dict[str, Any]:
     """The report's statement about itself, for ``report.json`` and the Parquet metadata.
 
-    Cohort-level only: provenance, warnings, counts and what the columns mean; no row.
+    Cohort-level only: provenance, warnings, counts, what the columns mean and, for a
+    scoring report, the per-variable drift against the training data; no row.
     """
-    return {
+    document = {
         "provenance": provenance.to_dict(),
-        "warnings": list(report_warnings(table)),
+        "warnings": list(report_warnings(table, drift)),
         "counts": cohort_counts(table).to_dict(),
         "columns": {c: descriptions[c] for c in table.columns if c in descriptions},
     }
+    if drift is not None:
+        document["drift"] = drift.to_dict()
+    return document
 
 
 def _parquet_bytes(table: pl.DataFrame, document: Mapping[str, Any]) -> bytes:
@@ -86,6 +94,7 @@ def write_report(
     referral_by: UncertaintyKind = "epistemic",
     n_bins: int = 15,
     raw_risk: Any = None,
+    drift: DriftReport | None = None,
 ) -> dict[str, Path]:
     """Write report.parquet, report.csv, report.json and a self-contained report.html.
 
@@ -108,6 +117,9 @@ def write_report(
         n_bins: reliability-diagram bins.
         raw_risk: optional (N,) uncalibrated risk in the table's row order, drawn beside
             the calibrated one in the reliability diagram.
+        drift: optional per-variable drift of the scored stays against the model's
+            training data (``pipeline.drift.compare``): a section of the page, a warning
+            naming the flagged variables, and ``drift`` in the document.
 
     Returns:
         {'parquet': path, 'csv': path, 'json': path, 'html': path}.
@@ -116,7 +128,7 @@ def write_report(
     if raw_risk is not None and to_numpy(raw_risk).shape != (table.height,):
         raise ValueError(f"raw_risk must have shape ({table.height},) like the table")
     descriptions = column_descriptions(interval, coverage, referral_by)
-    document = report_document(table, provenance, descriptions)
+    document = report_document(table, provenance, descriptions, drift)
     directory = make_private_dir(out_dir)
     page = render_html(
         table,
@@ -128,6 +140,7 @@ def write_report(
         referral_by=referral_by,
         n_bins=n_bins,
         raw_risk=raw_risk,
+        drift=drift,
     )
     return {
         "parquet": write_private_bytes(

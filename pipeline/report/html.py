@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 
 from pipeline import plots
+from pipeline.drift import DriftReport
 from pipeline.metrics import to_numpy
 from pipeline.provenance import (
     NOT_RECORDED,
@@ -176,6 +177,34 @@ def _summary_html(table: pl.DataFrame) -> str:
     )
 
 
+def _drift_html(drift: DriftReport) -> str:
+    """The per-variable comparison with the training data, flagged variables first."""
+    rows = []
+    for v in sorted(drift.variables, key=lambda v: not v.flagged):
+        psi = "" if v.psi is None else f"{v.psi:.3f}"
+        changed = "yes" if v.charting_changed else ""
+        css = ' class="refer"' if v.flagged else ""
+        rows.append(
+            f'<tr{css}><td class="id">{html.escape(v.variable)}</td><td>{html.escape(v.level)}'
+            f"</td><td>{psi}</td><td>{_percent(v.charted_reference)}</td>"
+            f"<td>{_percent(v.charted_now)}</td><td>{changed}</td>"
+            f"<td>{v.observed_hours_now}</td></tr>"
+        )
+    return (
+        "<h2>Data drift against the training data</h2>"
+        f'<p class="note">{drift.stays} stays compared with the training stays of the model. '
+        "PSI: population stability index of the charted hourly values (below 0.1 stable, "
+        "0.1-0.25 moderate, above 0.25 major; noisy for variables charted in few hours). "
+        "Charted: share of stay-hours with a measurement; a change beyond a factor of 2 is "
+        "flagged. A flagged variable means these patients are measured or recorded unlike "
+        "the training patients: read their risks with care.</p>"
+        "<table><tr><th>variable</th><th>level</th><th>PSI</th><th>charted in training</th>"
+        "<th>charted now</th><th>charting changed</th><th>charted hours now</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
 def render_html(
     table: pl.DataFrame,
     *,
@@ -187,6 +216,7 @@ def render_html(
     referral_by: UncertaintyKind = "epistemic",
     n_bins: int = 15,
     raw_risk: Any = None,
+    drift: DriftReport | None = None,
 ) -> str:
     """The self-contained HTML page of :func:`write_report` (see there for arguments)."""
     ranked = table[UNCERTAINTY_COLUMNS[referral_by]].to_numpy()
@@ -206,7 +236,7 @@ def render_html(
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         _summary_html(table),
-        _warnings_html(report_warnings(table)),
+        _warnings_html(report_warnings(table, drift)),
         _provenance_html(provenance),
     ]
     if metrics:
@@ -260,6 +290,9 @@ def render_html(
             '<p class="note">No outcomes are known for these stays, so calibration and '
             "referral performance cannot be shown.</p>"
         )
+
+    if drift is not None:
+        parts.append(_drift_html(drift))
 
     parts.append("<h2>Cohort (highest risk first)</h2><table><tr>")
     parts.extend(f"<th>{html.escape(c)}</th>" for c in columns)
