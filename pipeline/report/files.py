@@ -89,6 +89,7 @@ def write_report(
     title: str = "In-hospital mortality: per-patient risk and uncertainty",
     provenance: Provenance | None = None,
     metrics: Mapping[str, Any] | None = None,
+    metrics_title: str = "Model performance",
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     coverage: float = DEFAULT_COVERAGE,
     referral_by: UncertaintyKind = "epistemic",
@@ -109,6 +110,7 @@ def write_report(
         provenance: run, model, method, fingerprint, split and creation time; default:
             only the creation time (fields shown as not recorded).
         metrics: optional cohort-level metrics shown at the top (e.g. test metrics).
+        metrics_title: the heading of ``metrics`` on the page.
         interval: the percentiles used to build ``table`` (for the column explanations).
         coverage: the coverage used to build ``table``.
         referral_by: the uncertainty that ranked stays for referral, as
@@ -135,6 +137,7 @@ def write_report(
         title=title,
         provenance=provenance,
         metrics=metrics,
+        metrics_title=metrics_title,
         interval=interval,
         coverage=coverage,
         referral_by=referral_by,

@@ -119,7 +119,7 @@ _PROVENANCE_LABELS = {
 
 #: What an empty provenance field says, where "not recorded" would mislead.
 _PROVENANCE_MISSING = {
-    "model_registry_version": "not registered (no model registry yet)",
+    "model_registry_version": "not recorded (reported from a training run, not a version)",
     "posterior": "none (not a rank-1 model, or not recorded)",
 }
 
@@ -211,6 +211,7 @@ def render_html(
     title: str,
     provenance: Provenance | None = None,
     metrics: Mapping[str, Any] | None = None,
+    metrics_title: str = "Model performance",
     interval: tuple[float, float] = DEFAULT_INTERVAL,
     coverage: float = DEFAULT_COVERAGE,
     referral_by: UncertaintyKind = "epistemic",
@@ -240,7 +241,9 @@ def render_html(
         _provenance_html(provenance),
     ]
     if metrics:
-        parts.append("<h2>Model performance</h2><table><tr><th>metric</th><th>value</th></tr>")
+        parts.append(
+            f"<h2>{html.escape(metrics_title)}</h2><table><tr><th>metric</th><th>value</th></tr>"
+        )
         for key, value in metrics.items():
             parts.append(
                 f'<tr><td class="id">{html.escape(str(key))}</td>'
