@@ -67,6 +67,11 @@ class ModelVersionRef:
         """``models:/NAME/VERSION``: this version, whatever aliases move later."""
         return f"models:/{self.name}/{self.version}"
 
+    def describe(self) -> str:
+        """``models:/mimic-ihm-rank1/3 (champion)``: the version and its aliases, to print."""
+        aliases = f" ({', '.join(self.aliases)})" if self.aliases else ""
+        return f"{self.uri}{aliases}"
+
 
 def check_registered_name(name: str) -> str:
     """Refuse a registered-model name that is not a plain word or names a patient.
