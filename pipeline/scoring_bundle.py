@@ -23,7 +23,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from features.mimic.manifest import SCHEMA_VERSION, TASK, Normaliser
 
@@ -99,6 +99,25 @@ class ScoringBundle(BaseModel):
     posterior: str | None
     epistemic_reference: dict[str, Any] | None
     drift_reference: dict[str, Any] | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _a_temperature(cls, record: dict[str, Any]) -> dict[str, Any]:
+        # Checked here as TemperatureScaler.from_dict reads it, without importing torch.
+        value = record.get("temperature")
+        if record.get("method", "temperature_scaling") != "temperature_scaling":
+            raise ValueError(f"not a temperature-scaling record: method={record.get('method')!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"temperature must be a number > 0, got {value!r}")
+        return record
+
+    @field_validator("epistemic_reference")
+    @classmethod
+    def _a_reference(cls, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        missing = sorted({"percentile", "threshold", "n_stays"} - set(record or {}))
+        if record is not None and missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return record
 
     @model_validator(mode="after")
     def _consistent(self) -> ScoringBundle:
