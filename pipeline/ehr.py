@@ -49,7 +49,7 @@ from pipeline.metrics import auroc, binary_metrics, ece_against_truth, mixture_p
 from pipeline.predict import model_ensemble_size, predict_logits
 from pipeline.provenance import REFERENCE_FILE, EpistemicReference, Provenance, epistemic_reference
 from pipeline.report import DEFAULT_COVERAGE
-from pipeline.scoring_bundle import BUNDLE_DOCUMENT, ScoringBundle, fingerprint
+from pipeline.scoring_bundle import BUNDLE_DOCUMENT, ScoringBundle, fingerprint, load_bundle
 from pipeline.train import dist_info, resolve_device
 from pipeline.uncertainty import default_ranking, referral_curve
 
@@ -505,11 +505,13 @@ def report_ehr(
     )
 
 
-def load_scorer(run_id: str) -> tuple[Any, TemperatureScaler, TrainConfig]:
-    """A logged run's model (on the CPU), its temperature and its evaluation settings.
+def load_scorer(source: tracking.ModelSource) -> tuple[Any, TemperatureScaler, TrainConfig]:
+    """A logged model (on the CPU), its temperature and its evaluation settings.
 
     Args:
-        run_id: An MLflow run written by :func:`train_ehr`.
+        source: An MLflow run written by :func:`train_ehr`, or a registered version of its
+            model (``tracking.resolve("models:/mimic-ihm-rank1@champion")``), whose
+            temperature and settings come from its :class:`ScoringBundle` alone.
 
     Returns:
         ``(model, scaler, config)``: the ``torch.nn.Module``, its fitted
@@ -520,12 +522,16 @@ def load_scorer(run_id: str) -> tuple[Any, TemperatureScaler, TrainConfig]:
         pipeline.tracking.TrackingError: If the run does not exist or cannot be read.
         ModelArtifactError: If its model files are missing, foreign or tampered with.
     """
-    model = tracking.load_model(run_id, map_location="cpu")
-    record = tracking.load_dict(run_id, CALIBRATION_FILE)
-    config = TrainConfig(
-        num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu", bf16=False
-    )
-    return model, TemperatureScaler.from_dict(record), config
+    model = tracking.load_model(source, map_location="cpu")
+    if isinstance(source, str):
+        # Runs logged before the bundle existed have only the calibration artifact.
+        record = tracking.load_dict(source, CALIBRATION_FILE)
+        scaler, samples = TemperatureScaler.from_dict(record), record.get("num_eval_samples", 1)
+    else:
+        bundle = load_bundle(source)
+        scaler, samples = bundle.scaler(), bundle.num_eval_samples
+    config = TrainConfig(num_eval_samples=int(samples), device="cpu", bf16=False)
+    return model, scaler, config
 
 
 def load_epistemic_reference(run_id: str) -> EpistemicReference | None:

@@ -17,7 +17,13 @@ from flows.cli import app
 from flows.params import ParameterError, TrainParams, validate
 from pipeline import tracking
 from pipeline.config import OptimConfig, ScheduleConfig, TrainConfig
-from pipeline.ehr import CALIBRATION_FILE, SELECTION_METRIC, feature_fingerprint, train_ehr
+from pipeline.ehr import (
+    CALIBRATION_FILE,
+    SELECTION_METRIC,
+    feature_fingerprint,
+    load_scorer,
+    train_ehr,
+)
 from pipeline.predict import predict_member_logits
 from pipeline.provenance import REFERENCE_FILE
 from pipeline.scoring_bundle import BUNDLE_DOCUMENT, load_bundle
@@ -252,6 +258,12 @@ def test_the_registered_version_alone_carries_what_scoring_needs(trained, tiny_e
     b = predict_member_logits(tracking.load_model(first.run_id), x, 4, 2)
     assert torch.equal(a, b)
 
+    # So does the scorer: the temperature and settings from the bundle, as from the run.
+    _, scaler, config = load_scorer(version)
+    _, run_scaler, run_config = load_scorer(first.run_id)
+    assert scaler.temperature == run_scaler.temperature
+    assert config.num_eval_samples == run_config.num_eval_samples == 2
+
 
 def test_a_tampered_or_missing_bundle_fails_in_one_line_naming_the_file(trained, tmp_path):
     document = load_bundle(trained[0].run_id).to_document()
@@ -317,6 +329,26 @@ def test_train_params_register_by_default_and_check_the_name(tiny_ehr_features):
     with pytest.raises(ParameterError, match="parameter 'register_as': a registered model name"):
         validate("train_mimic", TrainParams, given)
     assert TrainParams(features_dir=tiny_ehr_features, register_as=None).register_as is None
+
+
+def test_cli_train_registers_and_refuses_a_bad_name_before_training(
+    tiny_ehr_features, mlflow_store
+):
+    args = ["train", "--features", str(tiny_ehr_features), "--steps", "10", "--rnn-dim", "16",
+            "--hidden-dim", "16", "--device", "cpu", "--experiment", "cli"]  # fmt: skip
+    result = CliRunner().invoke(
+        app, [*args, "--register-as", "cli-{method}", "--promote-if-better"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "registered models:/cli-rank1/1 (champion)" in result.output.splitlines()
+    failed = CliRunner().invoke(app, [*args, "--register-as", "cli {method}"])
+    assert failed.exit_code == 1 and isinstance(failed.exception, SystemExit)
+    lines = [line for line in failed.output.splitlines() if line.strip()]
+    assert lines == [
+        "error: a registered model name must be letters, digits, '_', '.' or '-' (starting "
+        "with a letter or digit; '{method}' stands for the method), got 'cli {method}'"
+    ]
+    assert "run_id" not in failed.output  # refused before training
 
 
 def test_cli_promote_prints_one_line_and_fails_in_one(trained):

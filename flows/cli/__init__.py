@@ -3,9 +3,9 @@
 The commands live by area: :mod:`flows.cli.mimic` (synth, extract, train, report,
 promote, compare-cohorts, pipeline), :mod:`flows.cli.images` (train-images,
 validate-images), :mod:`flows.cli.serve` (serve, deploy) and :mod:`flows.cli.demo`; options
-used by several commands are defined once in :mod:`flows.cli.options`. Heavy libraries (torch, polars,
-MLflow, Prefect) are imported inside each command so that ``rank1 --help`` is instant. Each
-command exits non-zero with a one-line error on failure.
+used by several commands are defined once in :mod:`flows.cli.options`. Heavy libraries
+(torch, polars, MLflow, Prefect) are imported inside each command so that ``rank1 --help``
+is instant. Each command exits non-zero with a one-line error on failure.
 """
 
 from __future__ import annotations
