@@ -550,14 +550,17 @@ def run_provenance(run_id: str, fingerprint: str, split: str) -> Provenance:
         split: The reported split.
 
     Returns:
-        The provenance; the posterior only for a rank-1 model (others have none).
+        The provenance; the posterior only for a rank-1 model (others have none), the
+        registry versions only for a registered one.
     """
     params = tracking.run_params(run_id)
     method = params.get("train.method")
+    versions = ", ".join(version.uri for version in tracking.run_versions(run_id))
     return Provenance(
         run_id=run_id,
         model_name=MODEL_NAME,
         model_id=tracking.logged_model_id(run_id, MODEL_NAME),
+        model_registry_version=versions or None,
         method=method,
         posterior=params.get("train.posterior") if method == "rank1" else None,
         feature_fingerprint=fingerprint,

@@ -134,7 +134,7 @@ def test_train_ehr_logs_run_and_reports(tiny_ehr_features, mlflow_store, tmp_pat
         "run_id": run_id,
         "model_name": "model",
         "model_id": logged.model_id,
-        "model_registry_version": None,
+        "model_registry_version": result.registered.uri,  # registered by default
         "method": "rank1",
         "posterior": "normal",
         "feature_fingerprint": fingerprint,

@@ -112,6 +112,10 @@ def test_training_registers_each_run_as_the_next_version(trained, tiny_ehr_featu
     for result in trained:
         assert result.registered.run_id == result.run_id
         assert result.registered.model_id == tracking.logged_model_id(result.run_id)
+    assert first.registered in tracking.run_versions(first.run_id)
+    assert tracking.run_versions(_tiny_run()) == ()
+    with pytest.raises(tracking.RegistryError, match="not a run id"):
+        tracking.run_versions("x' or name = 'y")
     tags = mlflow.MlflowClient().get_model_version(NAME, "1").tags
     manifest = load_manifest(tiny_ehr_features)
     assert tags == {

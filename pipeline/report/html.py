@@ -118,7 +118,7 @@ _PROVENANCE_LABELS = {
 
 #: What an empty provenance field says, where "not recorded" would mislead.
 _PROVENANCE_MISSING = {
-    "model_registry_version": "not registered (no model registry yet)",
+    "model_registry_version": "not registered in the MLflow Model Registry",
     "posterior": "none (not a rank-1 model, or not recorded)",
 }
 

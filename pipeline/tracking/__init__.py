@@ -77,6 +77,7 @@ from pipeline.tracking.registry import (
     promote_if_better,
     register_model,
     resolve,
+    run_versions,
 )
 from pipeline.tracking.runs import (
     experiment_id,
@@ -171,6 +172,7 @@ __all__ = [
     "resume_run",
     "run_metrics",
     "run_params",
+    "run_versions",
     "start_run",
     "this_process",
     "tracking_uri",

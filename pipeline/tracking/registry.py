@@ -308,6 +308,25 @@ def resolve(uri: str) -> ModelVersionRef:
 
 
 @_translates_mlflow_errors
+def run_versions(run_id: str) -> tuple[ModelVersionRef, ...]:
+    """Every registered version made from a run's models, by registered name and version.
+
+    Args:
+        run_id: An MLflow run id.
+
+    Returns:
+        The versions (none when the run's models were never registered).
+    """
+    if not re.fullmatch(r"[0-9a-zA-Z_-]+", run_id):
+        raise RegistryError(f"not a run id: {run_id[:40]!r}")
+    client = _mlflow().MlflowClient()
+    found = client.search_model_versions(f"run_id = '{run_id}'")
+    # Read each again: a search leaves the versions' aliases out.
+    versions = (_ref(client.get_model_version(v.name, v.version)) for v in found)
+    return tuple(sorted(versions, key=lambda ref: (ref.name, ref.version)))
+
+
+@_translates_mlflow_errors
 def alias_holder(name: str, alias: str = CHAMPION) -> ModelVersionRef | None:
     """The version ``alias`` points at, or None when no version holds it (or no model exists).
 
