@@ -100,6 +100,8 @@ def main() -> None:
             model_config=model_config,
             run_name=f"bench-{method}",
             progress=False,
+            # A benchmark measures; its models are no candidates for the registry's champion.
+            register_as=None,
         )
         summary = result.rows()
         summary["job_seconds"] = time.perf_counter() - t0

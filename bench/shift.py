@@ -202,6 +202,8 @@ def train_and_score(
         model_config=model_config,
         run_name=f"{experiment}-{label}-seed{seed}",
         progress=False,
+        # A benchmark measures; its models are no candidates for the registry's champion.
+        register_as=None,
     )
     scaler = TemperatureScaler(result.metrics.temperature)
     rows = score_cohorts(result.model, scaler, config, cohorts, method=label, seed=seed)

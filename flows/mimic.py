@@ -2,7 +2,8 @@
 
 * ``extract_mimic``: raw tables -> feature folder, skipped when the inputs are unchanged.
 * ``train_mimic``: feature folder -> one calibrated MLflow run per model (rank-1 LSTM,
-  deterministic LSTM, deep ensemble).
+  deterministic LSTM, deep ensemble), each registered as a new version of
+  ``mimic-ihm-<method>`` (``register_as``), promoted to ``champion`` if asked and better.
 * ``report_mimic``: MLflow run + feature folder -> per-patient uncertainty report.
 * ``clinical_pipeline``: the three above, end to end, as sub-flows.
 
@@ -167,9 +168,13 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
         resume=plan is not None and plan.resume,
         progress=params.progress,
         resume_key=plan.key if plan is not None else None,
+        register_as=params.register_as,
+        promote_if_better=params.promote_if_better,
     )
     if plan is not None:
         mark_complete(folder, plan.key, result.run_id)
+    if result.registered is not None:
+        logger.info("%s: registered as %s", method, result.registered.describe())
     metrics = result.metrics
     logger.info(
         "%s: test AUROC %.3f, NLL %.4f -> %.4f calibrated, ECE %.4f -> %.4f, T=%.3f "

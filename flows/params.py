@@ -37,9 +37,11 @@ from pydantic import (
 from pipeline.config import (
     DEVICE_PATTERN,
     EHR_EXPERIMENT,
+    REGISTER_AS,
     ConfigError,
     Method,
     check_device,
+    registered_model_name,
 )
 
 M = TypeVar("M", bound=BaseModel)
@@ -178,6 +180,11 @@ class TrainSettings(_Params):
         model: Layer sizes of the LSTM.
         experiment: MLflow experiment name.
         progress: Show training progress bars (for a terminal; off in served runs).
+        register_as: The registered model (MLflow Model Registry) each trained model
+            becomes a new version of; ``{method}`` stands for its method. None (given to
+            the model itself; a mapping's None takes the default) registers nothing.
+        promote_if_better: Point the alias ``champion`` at a new version whose validation
+            NLL beats the champion's (or when there is none yet).
     """
 
     methods: Methods = ["rank1", "deterministic"]
@@ -185,6 +192,18 @@ class TrainSettings(_Params):
     model: ModelSizes = ModelSizes()
     experiment: Name = EHR_EXPERIMENT
     progress: bool = False
+    register_as: Name | None = REGISTER_AS
+    promote_if_better: bool = False
+
+    @field_validator("register_as")
+    @classmethod
+    def _registrable(cls, register_as: str | None) -> str | None:
+        if register_as is not None:
+            try:
+                registered_model_name(register_as, "rank1")
+            except ConfigError as err:
+                raise ValueError(err.reason) from None  # pydantic names the parameter
+        return register_as
 
     @model_validator(mode="after")
     def _check_train(self, info: ValidationInfo) -> TrainSettings:

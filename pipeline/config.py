@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -42,6 +43,10 @@ DatasetName = Literal["digits", "cifar10", "cifar100", "imagenet"]
 ModelName = Literal["wrn28-10", "resnet50", "small-cnn"]
 #: MLflow experiment of the MIMIC-III recipe's runs (the flows' and commands' default).
 EHR_EXPERIMENT = "mimic-ihm"
+#: The registered model an EHR training registers its model as (the flows', commands' and
+#: ``pipeline.ehr.train_ehr``'s default): ``{method}`` is replaced by the method, so each
+#: method's versions compete only with their own kind.
+REGISTER_AS = "mimic-ihm-{method}"
 #: The device pattern: 'auto', 'cpu', 'cuda', 'cuda:1', ...
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
@@ -418,3 +423,27 @@ def _yaml_position(err: Exception) -> str:
         # e.g. a ReaderError (a control character): its first line says what and where.
         return f": {str(err).splitlines()[0]}"
     return f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def registered_model_name(register_as: str, method: str) -> str:
+    """The registered model name of a ``register_as`` value: its ``{method}`` filled in.
+
+    Args:
+        register_as: A name such as ``mimic-ihm-{method}`` (:data:`REGISTER_AS`) or a
+            plain one (every method's versions then share one registered model).
+        method: The training method.
+
+    Returns:
+        The name, e.g. ``mimic-ihm-rank1``.
+
+    Raises:
+        ConfigError: A name that is not letters, digits, '_', '.' or '-' (with
+            ``{method}`` as the only placeholder).
+    """
+    name = register_as.replace("{method}", method)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConfigError(
+            "a registered model name must be letters, digits, '_', '.' or '-' (starting "
+            f"with a letter or digit; '{{method}}' stands for the method), got {register_as!r}"
+        )
+    return name

@@ -22,13 +22,17 @@ A run records the fingerprint of its feature folder's channels, hours and normal
 (param ``data.feature_fingerprint``); :func:`report_ehr` refuses, before any work, a
 feature folder whose fingerprint differs, since the model would read columns it was not
 trained on or values scaled another way.
+
+The logged model carries a :class:`pipeline.scoring_bundle.ScoringBundle` (channels,
+hours, normaliser, fingerprint, temperature, evaluation settings, epistemic reference), and
+:func:`train_ehr` registers it as a new version of ``mimic-ihm-<method>`` in the MLflow
+Model Registry (optionally promoting it to ``champion`` when its validation NLL beats the
+champion's), so a registered version alone is enough to score new patients.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +43,13 @@ import torch
 
 from pipeline import plots, tracking
 from pipeline.calibration import TemperatureScaler, calibrate_and_report
-from pipeline.config import EHR_EXPERIMENT, TrainConfig
-from pipeline.jobs import RunSpec, TrainingResult, model_tag, run_training
+from pipeline.config import EHR_EXPERIMENT, REGISTER_AS, TrainConfig, registered_model_name
+from pipeline.jobs import Evaluated, RunSpec, TrainingResult, model_tag, run_training
 from pipeline.metrics import auroc, binary_metrics, ece_against_truth, mixture_probs
 from pipeline.predict import model_ensemble_size, predict_logits
 from pipeline.provenance import REFERENCE_FILE, EpistemicReference, Provenance, epistemic_reference
 from pipeline.report import DEFAULT_COVERAGE
+from pipeline.scoring_bundle import BUNDLE_DOCUMENT, ScoringBundle, fingerprint, load_bundle
 from pipeline.train import dist_info, resolve_device
 from pipeline.uncertainty import default_ranking, referral_curve
 
@@ -58,6 +63,9 @@ REFERRAL_FILE = "referral/test.json"  # test referral curves (ReferralCurve.to_d
 FINGERPRINT_PARAM = "data.feature_fingerprint"
 #: The name the runner logs the model under (``tracking.log_model``'s default).
 MODEL_NAME = "model"
+#: The run metric that decides whether a new version beats the champion (lower is better):
+#: the same validation NLL that selects the weights within a training.
+SELECTION_METRIC = "val/nll"
 
 
 def feature_fingerprint(manifest: FeatureManifest) -> str:
@@ -71,11 +79,10 @@ def feature_fingerprint(manifest: FeatureManifest) -> str:
         manifest: The folder's manifest (``features.mimic.loader.load_manifest``).
 
     Returns:
-        16 hex digits of the SHA-256 of those three entries as canonical JSON.
+        16 hex digits of the SHA-256 of those three entries as canonical JSON
+        (:func:`pipeline.scoring_bundle.fingerprint`, which checks a bundle by it too).
     """
-    entries = manifest.model_dump(mode="json", include={"channels", "hours", "normaliser"})
-    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    return fingerprint(manifest.channels, manifest.hours, manifest.normaliser)
 
 
 def check_trained_on(run_id: str, features_dir: str | os.PathLike) -> str:
@@ -174,8 +181,10 @@ def train_ehr(
     resume: bool = False,
     progress: bool = True,
     resume_key: str | None = None,
+    register_as: str | None = REGISTER_AS,
+    promote_if_better: bool = False,
 ) -> TrainingResult[EHRMetrics]:
-    """Train and evaluate an EHR model on a feature folder; log one MLflow run.
+    """Train and evaluate an EHR model on a feature folder; log one MLflow run; register it.
 
     Args:
         features_dir: A feature folder written by ``features.mimic.extract``.
@@ -189,12 +198,20 @@ def train_ehr(
         progress: Show a progress bar.
         resume_key: Tags the run with this key and this process's identity, so that a
             rerun can mark it FAILED if this process dies (``tracking.fail_stale_runs``).
+        register_as: The registered model to add the logged model to as a new version
+            once the run has finished; ``{method}`` is replaced by ``config.method``
+            (default ``mimic-ihm-{method}``). None: not registered.
+        promote_if_better: Also point the alias ``champion`` at the new version when its
+            run's validation NLL (:data:`SELECTION_METRIC`) is lower than the current
+            champion's run's, or when there is no champion yet.
 
     Returns:
-        The run id, the model, its fits and the key metrics (:class:`EHRMetrics`).
+        The run id, the model, its fits, the key metrics (:class:`EHRMetrics`) and the
+        registered version (``registered``; None when ``register_as`` is None).
 
     Raises:
-        ValueError: If a split is empty or the job was launched with several processes.
+        ValueError: If a split is empty, the job was launched with several processes or
+            ``register_as`` is not a valid name (checked before training).
     """
     from features.mimic.loader import load_manifest, load_split
     from rank1.models import EHRModel
@@ -203,6 +220,12 @@ def train_ehr(
         # Every process would open its own MLflow run; the IHM cohort (tens of thousands of
         # 48 x 76 grids) trains on one device. Use pipeline.train.fit directly under torchrun.
         raise ValueError("train_ehr runs in a single process; do not launch it with torchrun")
+    # Before training: a bad name must not cost a training to find out.
+    registered_name = None
+    if register_as is not None:
+        registered_name = tracking.check_registered_name(
+            registered_model_name(register_as, config.method)
+        )
     manifest = load_manifest(features_dir)
     x_train, y_train, _ = load_split(features_dir, "train")
     x_val, y_val, _ = load_split(features_dir, "val")
@@ -233,13 +256,13 @@ def train_ehr(
     if resume_key is not None:
         tags.update(tracking.process_tags(resume_key))
     device = resolve_device(config.device)
-    return run_training(
+    result = run_training(
         lambda: EHRModel(model_config),
         (x_train, y_train),
         (x_val, y_val),
         run=RunSpec(experiment, params, tags, run_name),
         evaluate=lambda model: _evaluate(
-            model, config, device, (x_val, y_val), (x_test, y_test), true_risk
+            model, config, device, (x_val, y_val), (x_test, y_test), true_risk, manifest
         ),
         likelihood="bernoulli",
         n_train=x_train.shape[0],
@@ -248,6 +271,40 @@ def train_ehr(
         resume=resume,
         progress=progress,
     )
+    if registered_name is None:
+        return result
+    version = register_run(result.run_id, registered_name, promote_if_better=promote_if_better)
+    return dataclasses.replace(result, registered=version)
+
+
+def register_run(
+    run_id: str, name: str, *, promote_if_better: bool = False
+) -> tracking.ModelVersionRef:
+    """Register a :func:`train_ehr` run's model as a new version of ``name``.
+
+    The version is tagged with what it predicts and reads (task, method, feature schema
+    version and fingerprint: the run's own params, no identifiers).
+
+    Args:
+        run_id: A run written by :func:`train_ehr`.
+        name: The registered model, e.g. ``mimic-ihm-rank1``.
+        promote_if_better: Point ``champion`` at it when its validation NLL is lower than
+            the champion's (or there is none).
+
+    Returns:
+        The version, with its aliases.
+    """
+    params = tracking.run_params(run_id)
+    tags = {
+        "task": TASK,
+        "method": params.get("train.method", ""),
+        "data.schema_version": params.get("data.schema_version", ""),
+        FINGERPRINT_PARAM: params.get(FINGERPRINT_PARAM, ""),
+    }
+    version = tracking.register_model(run_id, name, model_name=MODEL_NAME, tags=tags)
+    if promote_if_better:
+        version = tracking.promote_if_better(version, metric=SELECTION_METRIC)
+    return version
 
 
 def _evaluate(
@@ -257,8 +314,13 @@ def _evaluate(
     val: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor],
     true_risk: np.ndarray | None,
-) -> EHRMetrics:
-    """Calibrate on validation, evaluate on test; log metrics, plots and the temperature."""
+    manifest: FeatureManifest,
+) -> Evaluated[EHRMetrics]:
+    """Calibrate on validation, evaluate on test; log metrics, plots and the temperature.
+
+    Returns:
+        The key metrics, and the :class:`ScoringBundle` to log with the model.
+    """
     (x_val, y_val), (x_test, y_test) = val, test
     k = model_ensemble_size(model)
     val_logits = predict_logits(model, x_val, config, device)
@@ -273,7 +335,7 @@ def _evaluate(
     tracking.log_metrics(test_metrics["raw"], prefix="test/")
     tracking.log_metrics(test_metrics["calibrated"], prefix="test_calibrated/")
     tracking.log_metrics({"temperature": scaler.temperature}, prefix="calibration/")
-    _log_epistemic_reference(scaler.apply(val_logits))
+    reference = _log_epistemic_reference(scaler.apply(val_logits))
     calibrated = scaler.apply(test_logits)
     risk = mixture_probs(calibrated)
     truth: dict[str, float] = {}
@@ -295,7 +357,7 @@ def _evaluate(
         CALIBRATION_FILE,
     )
     raw, cal = test_metrics["raw"], test_metrics["calibrated"]
-    return EHRMetrics(
+    metrics = EHRMetrics(
         val_nll=val_raw["nll"],
         test_auroc=raw["auroc"],
         test_auprc=raw["auprc"],
@@ -306,18 +368,58 @@ def _evaluate(
         temperature=scaler.temperature,
         **{f"test_{key}": value for key, value in truth.items()},
     )
+    bundle = scoring_bundle(manifest, config, scaler, k, reference)
+    return Evaluated(metrics, {BUNDLE_DOCUMENT: bundle.to_document()})
 
 
-def _log_epistemic_reference(val_calibrated: torch.Tensor) -> None:
+def scoring_bundle(
+    manifest: FeatureManifest,
+    config: TrainConfig,
+    scaler: TemperatureScaler,
+    ensemble_size: int,
+    reference: EpistemicReference | None,
+) -> ScoringBundle:
+    """What scoring a model trained on ``manifest``'s folder needs besides its weights.
+
+    Args:
+        manifest: The training feature folder's manifest (channels, hours, normaliser).
+        config: The training config (method, posterior, evaluation samples).
+        scaler: The temperature fitted on the validation split.
+        ensemble_size: Members K the model predicts with.
+        reference: The validation epistemic reference (None: not recorded).
+
+    Returns:
+        The bundle; its ``drift_reference`` is None (see :class:`ScoringBundle`).
+    """
+    return ScoringBundle(
+        schema_version=manifest.schema_version,
+        channels=manifest.channels,
+        hours=manifest.hours,
+        normaliser=manifest.normaliser,
+        feature_fingerprint=feature_fingerprint(manifest),
+        temperature=scaler.to_dict(),
+        num_eval_samples=config.num_eval_samples,
+        ensemble_size=ensemble_size,
+        method=config.method,
+        posterior=config.posterior if config.method == "rank1" else None,
+        epistemic_reference=None if reference is None else reference.to_dict(),
+    )
+
+
+def _log_epistemic_reference(val_calibrated: torch.Tensor) -> EpistemicReference:
     """Record the validation stays' epistemic percentile, the report's "unlike" threshold.
 
     From calibrated logits, since the report's uncertainties are calibrated. Only the
     percentile and the number of stays are logged, never a per-stay value.
+
+    Returns:
+        The reference, for the scoring bundle.
     """
     reference = epistemic_reference(val_calibrated, split="val")
     record = reference.to_dict()
     tracking.check_no_patient_data(record, "reference")
     tracking.log_dict(record, REFERENCE_FILE)
+    return reference
 
 
 def _log_figures(
@@ -403,11 +505,13 @@ def report_ehr(
     )
 
 
-def load_scorer(run_id: str) -> tuple[Any, TemperatureScaler, TrainConfig]:
-    """A logged run's model (on the CPU), its temperature and its evaluation settings.
+def load_scorer(source: tracking.ModelSource) -> tuple[Any, TemperatureScaler, TrainConfig]:
+    """A logged model (on the CPU), its temperature and its evaluation settings.
 
     Args:
-        run_id: An MLflow run written by :func:`train_ehr`.
+        source: An MLflow run written by :func:`train_ehr`, or a registered version of its
+            model (``tracking.resolve("models:/mimic-ihm-rank1@champion")``), whose
+            temperature and settings come from its :class:`ScoringBundle` alone.
 
     Returns:
         ``(model, scaler, config)``: the ``torch.nn.Module``, its fitted
@@ -418,12 +522,16 @@ def load_scorer(run_id: str) -> tuple[Any, TemperatureScaler, TrainConfig]:
         pipeline.tracking.TrackingError: If the run does not exist or cannot be read.
         ModelArtifactError: If its model files are missing, foreign or tampered with.
     """
-    model = tracking.load_model(run_id, map_location="cpu")
-    record = tracking.load_dict(run_id, CALIBRATION_FILE)
-    config = TrainConfig(
-        num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu", bf16=False
-    )
-    return model, TemperatureScaler.from_dict(record), config
+    model = tracking.load_model(source, map_location="cpu")
+    if isinstance(source, str):
+        # Runs logged before the bundle existed have only the calibration artifact.
+        record = tracking.load_dict(source, CALIBRATION_FILE)
+        scaler, samples = TemperatureScaler.from_dict(record), record.get("num_eval_samples", 1)
+    else:
+        bundle = load_bundle(source)
+        scaler, samples = bundle.scaler(), bundle.num_eval_samples
+    config = TrainConfig(num_eval_samples=int(samples), device="cpu", bf16=False)
+    return model, scaler, config
 
 
 def load_epistemic_reference(run_id: str) -> EpistemicReference | None:
@@ -442,14 +550,17 @@ def run_provenance(run_id: str, fingerprint: str, split: str) -> Provenance:
         split: The reported split.
 
     Returns:
-        The provenance; the posterior only for a rank-1 model (others have none).
+        The provenance; the posterior only for a rank-1 model (others have none), the
+        registry versions only for a registered one.
     """
     params = tracking.run_params(run_id)
     method = params.get("train.method")
+    versions = ", ".join(version.uri for version in tracking.run_versions(run_id))
     return Provenance(
         run_id=run_id,
         model_name=MODEL_NAME,
         model_id=tracking.logged_model_id(run_id, MODEL_NAME),
+        model_registry_version=versions or None,
         method=method,
         posterior=params.get("train.posterior") if method == "rank1" else None,
         feature_fingerprint=fingerprint,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from torch import nn
 
@@ -23,6 +23,9 @@ from pipeline import tracking
 from pipeline.config import TrainConfig
 from pipeline.objective import Likelihood
 from pipeline.train import Data, FitResult, fit, fit_ensemble, seed_everything
+
+if TYPE_CHECKING:
+    from pipeline.tracking import ModelVersionRef
 
 M = TypeVar("M")
 
@@ -58,12 +61,15 @@ class TrainingResult(Generic[M]):
         fits: One :class:`~pipeline.train.FitResult` per independently trained model (one
             per member of a deep ensemble, else one).
         metrics: The job's typed key metrics (a frozen dataclass of floats).
+        registered: The model registry version the job registered its model as, or None
+            (not registered).
     """
 
     run_id: str
     model: nn.Module
     fits: tuple[FitResult, ...]
     metrics: M
+    registered: ModelVersionRef | None = None
 
     @property
     def seconds(self) -> float:
@@ -85,6 +91,21 @@ class TrainingResult(Generic[M]):
         metrics = dataclasses.asdict(self.metrics)  # type: ignore[call-overload]
         values = {name: float(v) for name, v in metrics.items() if v is not None}
         return {"train_seconds": self.seconds, **values}
+
+
+@dataclass(frozen=True)
+class Evaluated(Generic[M]):
+    """What a job's evaluation may return instead of bare metrics: also documents for its model.
+
+    Attributes:
+        metrics: The job's typed key metrics.
+        model_documents: JSON documents logged with the model (``tracking.log_model``'s
+            ``documents``), e.g. what scoring needs besides the weights; they travel with
+            every registered version of it.
+    """
+
+    metrics: M
+    model_documents: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def describe_length(config: TrainConfig) -> str:
@@ -184,7 +205,7 @@ def run_training(
     val: Data | None,
     *,
     run: RunSpec,
-    evaluate: Callable[[nn.Module], M],
+    evaluate: Callable[[nn.Module], M | Evaluated[M]],
     likelihood: Likelihood,
     n_train: int,
     config: TrainConfig,
@@ -201,7 +222,8 @@ def run_training(
         val: Validation data for model selection, or None.
         run: The MLflow run to open.
         evaluate: The job's evaluation, called inside the run with the trained model; it
-            logs what it measures and returns the typed key metrics.
+            logs what it measures and returns the typed key metrics, or an
+            :class:`Evaluated` of them and the documents to log with the model.
         likelihood: ``"bernoulli"`` or ``"categorical"``.
         n_train: Unique training examples (divides the KL).
         config: The training config.
@@ -240,6 +262,8 @@ def run_training(
                 "steps": result.steps,
             }
         )
-        metrics = evaluate(model)
-        tracking.log_model(model.cpu())
-    return dataclasses.replace(result, metrics=metrics)
+        evaluated = evaluate(model)
+        if not isinstance(evaluated, Evaluated):
+            evaluated = Evaluated(evaluated)
+        tracking.log_model(model.cpu(), documents=evaluated.model_documents)
+    return dataclasses.replace(result, metrics=evaluated.metrics)

@@ -52,8 +52,9 @@ class Provenance:
         run_id: The MLflow run whose model and temperature scored the stays.
         model_name: The logged model's name within the run (``tracking.log_model``).
         model_id: MLflow's id of that logged model.
-        model_registry_version: The model registry version; None until models are
-            registered (issue 12), so the report says so rather than inventing one.
+        model_registry_version: The MLflow Model Registry versions of the run's model
+            (``models:/NAME/VERSION``, comma-separated if several); None for a model never
+            registered, so the report says so rather than inventing one.
         method: ``rank1``, ``deterministic`` or ``ensemble`` (run param ``train.method``).
         posterior: The rank-1 factors' posterior (``normal``, ``cauchy``); None for
             models without one.

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 
 COMMANDS = [
-    "synth", "extract", "train", "report", "train-images", "validate-images", "pipeline",
+    "synth", "extract", "train", "report", "promote", "train-images", "validate-images", "pipeline",
     "serve", "deploy", "demo",
 ]  # fmt: skip
 

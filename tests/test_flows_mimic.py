@@ -131,9 +131,14 @@ def test_clinical_pipeline_end_to_end(prefect_harness, workdir, synthetic_mimic)
         assert run.data.tags["dataset"] == "synthetic-mimic-iii"
         assert run.info.run_name.startswith(method + "-")
         assert "test_calibrated/nll" in run.data.metrics
+        # Each run became a version of its method's registered model (register_as's default).
+        (version,) = client.search_model_versions(
+            f"name = 'mimic-ihm-{method}' and run_id = '{run_id}'"
+        )
+        assert version.tags["method"] == method
         # No patient identifier reaches MLflow: neither a column name nor an id value.
         ids = {str(v) for column in ID_COLUMNS for v in stays[column].to_list()}
-        logged = {**run.data.params, **run.data.tags}
+        logged = {**run.data.params, **run.data.tags, **version.tags}
         for key, value in logged.items():
             assert not any(c in key.lower() or c in value.lower() for c in ID_COLUMNS)
             assert value not in ids

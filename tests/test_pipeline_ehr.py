@@ -23,6 +23,7 @@ from pipeline.ehr import (
 )
 from pipeline.predict import predict_member_logits
 from pipeline.provenance import REFERENCE_FILE, UNLIKE_TRAINING_PERCENTILE
+from pipeline.scoring_bundle import load_bundle
 from rank1.models import EHRConfig
 
 SMALL = EHRConfig(projection_dim=8, rnn_dim=16, hidden_dim=16)
@@ -133,7 +134,7 @@ def test_train_ehr_logs_run_and_reports(tiny_ehr_features, mlflow_store, tmp_pat
         "run_id": run_id,
         "model_name": "model",
         "model_id": logged.model_id,
-        "model_registry_version": None,
+        "model_registry_version": result.registered.uri,  # registered by default
         "method": "rank1",
         "posterior": "normal",
         "feature_fingerprint": fingerprint,
@@ -174,6 +175,10 @@ def test_train_ehr_baselines(tiny_ehr_features, mlflow_store, tmp_path, method):
         assert tracking.load_dict(run_id, CALIBRATION_FILE)["ensemble_size"] == 1
         # No epistemic part: nothing to compare with, and the report says why.
         assert tracking.load_dict(run_id, REFERENCE_FILE)["threshold"] is None
+        # The model's scoring bundle says so too: no posterior, no epistemic threshold.
+        bundle = load_bundle(run_id)
+        assert (bundle.method, bundle.posterior, bundle.ensemble_size) == (method, None, 1)
+        assert bundle.reference().threshold is None
         paths = report_ehr(run_id, tiny_ehr_features, tmp_path / "report")
         table = pl.read_parquet(paths["parquet"])
         assert table["unlike_training"].null_count() == table.height

@@ -1,7 +1,8 @@
-"""``rank1`` commands of the clinical pipeline: synth to pipeline, and compare-cohorts.
+"""``rank1`` commands of the clinical pipeline: synth to pipeline, promote, compare-cohorts.
 
 ``synth`` and ``extract`` call :mod:`features.synthetic` and :mod:`features.mimic`, ``train``
-and ``report`` call :mod:`pipeline.ehr`, ``compare-cohorts`` runs the Prefect flow
+and ``report`` call :mod:`pipeline.ehr`, ``promote`` moves a registry alias
+(:func:`pipeline.tracking.promote`), ``compare-cohorts`` runs the Prefect flow
 :func:`flows.shift.compare_cohorts` and ``pipeline`` the flow
 :func:`flows.mimic.clinical_pipeline`.
 """
@@ -24,12 +25,14 @@ from flows.params import (
     TrainParams,
     defaults,
 )
+from pipeline.tracking.registry import CHAMPION
 
 # The flows' parameter models are the home of the defaults the options show.
 _EXTRACT, _REPORT = defaults(ExtractParams), defaults(ReportParams)
 _CLINICAL, _COMPARE = defaults(ClinicalParams), defaults(CompareParams)
+_TRAIN = defaults(TrainParams)
 #: The MLflow experiment of the EHR runs.
-EXPERIMENT = defaults(TrainParams).experiment
+EXPERIMENT = _TRAIN.experiment
 _METHODS = ",".join(_CLINICAL.methods)
 
 
@@ -137,8 +140,10 @@ def train_command(
     run_name: options.RunName = None,
     checkpoint_dir: options.CheckpointDir = None,
     resume: options.Resume = False,
+    register_as: options.RegisterAs = _TRAIN.register_as,
+    promote_if_better: options.PromoteIfBetter = _TRAIN.promote_if_better,
 ) -> None:
-    """Train an EHR model (rank-1 BNN, deterministic or deep ensemble) and log it to MLflow."""
+    """Train an EHR model (rank-1 BNN, deterministic or deep ensemble), log and register it."""
     from pipeline.config import ConfigError, TrainConfig, check_device
 
     try:
@@ -176,12 +181,16 @@ def train_command(
             run_name=run_name,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
+            register_as=register_as,
+            promote_if_better=promote_if_better,
         )
     except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
         fail(error_line(err))
     typer.echo(f"run_id {result.run_id}")
     for key, value in result.rows().items():
         typer.echo(f"  {key:<34} {value:.4f}")
+    if result.registered is not None:
+        typer.echo(f"registered {result.registered.describe()}")
     print_uis([experiment], prefect_runs=False)
 
 
@@ -222,6 +231,31 @@ def train_overrides(
 def _given(**values: Any) -> dict[str, Any]:
     """The options that were given (not None): the others keep the recipe's value."""
     return {name: value for name, value in values.items() if value is not None}
+
+
+def promote_command(
+    model: Annotated[
+        str, typer.Option("--model", metavar="NAME", help="Registered model, e.g. mimic-ihm-rank1.")
+    ],
+    version: Annotated[int, typer.Option("--version", min=1, help="The version to promote.")],
+    alias: Annotated[
+        str, typer.Option("--alias", help="The alias to point at it (moved from its holder).")
+    ] = CHAMPION,
+) -> None:
+    """Point an alias (default: champion) of a registered model at one of its versions."""
+    from pipeline import tracking
+    from pipeline.ehr import SELECTION_METRIC
+
+    try:
+        promoted = tracking.promote(model, version, alias)
+        value = tracking.run_metrics(promoted.run_id).get(SELECTION_METRIC)
+    except (ValueError, RuntimeError) as err:
+        fail(error_line(err))
+    nll = "not recorded" if value is None else f"{value:.4f}"
+    typer.echo(
+        f"{promoted.name} version {promoted.version} is now @{alias} "
+        f"(run {promoted.run_id}, {SELECTION_METRIC} {nll})"
+    )
 
 
 def report_command(
@@ -382,6 +416,8 @@ def pipeline_command(
     force_extract: Annotated[
         bool, typer.Option("--force-extract", help="Extract even if the tables are unchanged.")
     ] = False,
+    register_as: options.RegisterAs = _CLINICAL.register_as,
+    promote_if_better: options.PromoteIfBetter = _CLINICAL.promote_if_better,
 ) -> None:
     """Run the clinical pipeline flow: extract, train, calibrate, report (Prefect + MLflow)."""
     import sys
@@ -406,6 +442,8 @@ def pipeline_command(
             "seed": seed,
             "coverage": coverage,
             "force_extract": force_extract,
+            "register_as": register_as,
+            "promote_if_better": promote_if_better,
             "progress": sys.stderr.isatty(),
         },
     )

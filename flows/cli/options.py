@@ -88,6 +88,25 @@ CheckpointDir = Annotated[
 ]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from --checkpoint-dir.")]
 
+#: The registered model a training adds a version to, and whether to promote it.
+RegisterAs = Annotated[
+    str,
+    typer.Option(
+        "--register-as",
+        metavar="NAME",
+        help="Register the model as a new version of NAME in the MLflow Model Registry "
+        "({method}: the method).",
+    ),
+]
+PromoteIfBetter = Annotated[
+    bool,
+    typer.Option(
+        "--promote-if-better",
+        help="Make the new version the 'champion' if its validation NLL beats the "
+        "champion's (or there is none).",
+    ),
+]
+
 #: Corruption severities as typed (parse with :func:`severity_levels`).
 Severities = Annotated[str, _SEVERITIES]
 

@@ -119,7 +119,7 @@ _PROVENANCE_LABELS = {
 
 #: What an empty provenance field says, where "not recorded" would mislead.
 _PROVENANCE_MISSING = {
-    "model_registry_version": "not recorded (reported from a training run, not a version)",
+    "model_registry_version": "not registered in the MLflow Model Registry",
     "posterior": "none (not a rank-1 model, or not recorded)",
 }
 

@@ -23,6 +23,11 @@
   owner-only files: ``mlflow.db`` 0600 and ``mlartifacts/`` 0700 when this module creates
   them; artifacts it logs are written 0600 in 0700 folders (they include weights trained on
   patient data). A database or folder the user made is never re-permissioned.
+* A run's logged model can be registered in the MLflow Model Registry
+  (:func:`register_model`), an alias moved to a version (:func:`promote`) and a
+  ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI resolved (:func:`resolve`) to a
+  :class:`ModelVersionRef`, from which the model and the JSON documents logged with it
+  (:func:`load_model_document`) are read the same way as from a run.
 * MLflow's own errors (an unknown run, an unreachable server, a missing artifact) leave the
   public functions here as one :class:`TrackingError` with a one-line message, so callers
   catch one documented type instead of MLflow's.
@@ -47,14 +52,32 @@ from pipeline.tracking.models import (
     WEIGHTS_ARTIFACT,
     WEIGHTS_FILE,
     ModelArtifactError,
+    ModelSource,
+    StoredDocument,
     StoredModel,
     load_model,
+    load_model_document,
     load_stored_model,
     log_model,
     logged_model_id,
     pip_requirements,
     read_model_files,
+    write_model_documents,
     write_model_files,
+)
+from pipeline.tracking.registry import (
+    ACCEPTED_URIS,
+    CHAMPION,
+    ModelVersionRef,
+    RegistryError,
+    alias_holder,
+    check_registered_name,
+    parse_model_uri,
+    promote,
+    promote_if_better,
+    register_model,
+    resolve,
+    run_versions,
 )
 from pipeline.tracking.runs import (
     experiment_id,
@@ -90,13 +113,17 @@ from pipeline.tracking.store import (
 )
 
 __all__ = [
+    "ACCEPTED_URIS",
     "ARTIFACT_DIR_NAME",
+    "CHAMPION",
     "DEFAULT_DB_NAME",
     "HOST_TAG",
     "MAX_SEQUENCE_LENGTH",
     "MODEL_FORMAT",
     "MODEL_FORMAT_VERSION",
     "ModelArtifactError",
+    "ModelSource",
+    "ModelVersionRef",
     "PATIENT_ID_MARKERS",
     "PID_TAG",
     "PROCESS_START_TAG",
@@ -104,14 +131,18 @@ __all__ = [
     "PYFUNC_CODE",
     "ProcessId",
     "RESUME_KEY_TAG",
+    "RegistryError",
     "SPEC_ARTIFACT",
     "SPEC_FILE",
+    "StoredDocument",
     "StoredModel",
     "TrackingError",
     "TrackingNotFoundError",
     "WEIGHTS_ARTIFACT",
     "WEIGHTS_FILE",
+    "alias_holder",
     "check_no_patient_data",
+    "check_registered_name",
     "default_artifact_location",
     "experiment_id",
     "fail_stale_runs",
@@ -120,23 +151,31 @@ __all__ = [
     "killed_on_interrupt",
     "load_dict",
     "load_model",
+    "load_model_document",
     "load_stored_model",
     "log_artifact",
     "log_dict",
     "log_figure",
     "log_metrics",
     "log_model",
-    "logged_model_id",
     "log_params",
+    "logged_model_id",
+    "parse_model_uri",
     "pip_requirements",
     "process_alive",
     "process_tags",
+    "promote",
+    "promote_if_better",
     "read_model_files",
+    "register_model",
+    "resolve",
     "resume_run",
     "run_metrics",
     "run_params",
+    "run_versions",
     "start_run",
     "this_process",
     "tracking_uri",
+    "write_model_documents",
     "write_model_files",
 ]

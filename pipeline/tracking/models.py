@@ -7,13 +7,22 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 from urllib.parse import unquote, urlparse
 
 from pipeline.tracking.errors import _translates_mlflow_errors
 from pipeline.tracking.store import _mlflow, _owner_only_files, _require_active_run
+
+if TYPE_CHECKING:
+    from pipeline.tracking.registry import ModelVersionRef
+
+#: Where a logged model is read from: the run that logged it (with the model's name), or a
+#: registered version of it (:class:`~pipeline.tracking.registry.ModelVersionRef`).
+ModelSource = Union[str, "ModelVersionRef"]
 
 PROJECT_DISTRIBUTION = "rank1-bnn"
 
@@ -219,12 +228,57 @@ def _load_weights(path: str | os.PathLike, name: str) -> dict[str, Any]:
     return state
 
 
+#: Names of the extra JSON documents of :func:`log_model`: each becomes ``<name>.json``.
+_DOCUMENT_NAME_RE = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def _document_file(document: str) -> str:
+    """The file of an extra document, refusing names that would shadow the model's own files."""
+    if not _DOCUMENT_NAME_RE.fullmatch(document):
+        raise ValueError(
+            f"model document name must be lowercase letters, digits and '_', got {document!r}"
+        )
+    file = f"{document}.json"
+    if document in (WEIGHTS_ARTIFACT, SPEC_ARTIFACT) or file in (WEIGHTS_FILE, SPEC_FILE):
+        raise ValueError(f"model document name {document!r} is taken by the model's own files")
+    return file
+
+
+def write_model_documents(
+    documents: Mapping[str, Mapping[str, Any]], folder: str | os.PathLike
+) -> dict[str, Path]:
+    """Write each document as ``<name>.json``, owner-only and atomically, like the weights.
+
+    Args:
+        documents: Document name (lowercase, e.g. ``scoring_bundle``) -> JSON mapping.
+        folder: An existing folder.
+
+    Returns:
+        Document name -> the file written.
+
+    Raises:
+        ValueError: A bad name, or a value JSON cannot hold (NaN, an object).
+    """
+    from features.io import write_private_text
+
+    files = {}
+    for document, content in documents.items():
+        file = _document_file(document)
+        try:
+            text = json.dumps(dict(content), indent=2, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"model document {document!r} is not plain JSON ({err})") from None
+        files[document] = write_private_text(Path(folder) / file, text + "\n")
+    return files
+
+
 @_translates_mlflow_errors
 def log_model(
     model: Any,
     name: str = "model",
     code_paths: list[str] | None = None,
     extra_requirements: list[str] | None = None,
+    documents: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """Log a model to the active run as an MLflow logged model of weights plus config.
 
@@ -237,27 +291,38 @@ def log_model(
         code_paths: local source files/folders to bundle (for serving where the project is
             not installed).
         extra_requirements: pip requirements beyond torch and the project.
+        documents: Further JSON documents that travel with the model (and so with every
+            registered version of it), e.g. what scoring needs besides the weights: name ->
+            mapping, stored as ``<name>.json`` beside the weights and read back with
+            :func:`load_model_document`. Cohort-level content only: they are not checked
+            for patient data the way params are (a normaliser holds one number per channel).
 
     Returns:
         The model URI reported by MLflow.
 
     Raises:
         TypeError: If the model is not one of the library's models.
+        ValueError: A bad model or document name, or a document that is not plain JSON.
     """
     import tempfile
 
     _require_active_run()
     if not _MODEL_NAME_RE.fullmatch(name):
         raise ValueError(f"model name must be letters, digits, '_', '.' or '-', got {name!r}")
+    for document in documents or {}:
+        _document_file(document)  # before anything is written
     import mlflow.pyfunc
 
     from features.io import write_private_bytes
 
     with tempfile.TemporaryDirectory(prefix="rank1-model-") as folder, _owner_only_files():
         weights, spec = write_model_files(model, folder)
+        extra = write_model_documents(documents or {}, folder)
         # MLflow copies the code file keeping its mode: an owner-only copy keeps the whole
         # logged model 0600.
         code = write_private_bytes(Path(folder) / PYFUNC_CODE.name, PYFUNC_CODE.read_bytes())
+        artifacts = {WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec)}
+        artifacts |= {document: str(path) for document, path in extra.items()}
         # No signature on purpose: the input is a tensor whose shape depends on the model.
         # MLflow would log "Failed to infer model signature" at every training otherwise.
         pyfunc_logger = logging.getLogger("mlflow.pyfunc")
@@ -267,7 +332,7 @@ def log_model(
             info = mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(code),
-                artifacts={WEIGHTS_ARTIFACT: str(weights), SPEC_ARTIFACT: str(spec)},
+                artifacts=artifacts,
                 code_paths=code_paths,
                 pip_requirements=pip_requirements(extra_requirements),
             )
@@ -314,16 +379,93 @@ def _display(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme == "file" else uri
 
 
+def _model_location(mlflow, source: ModelSource, name: str) -> str:
+    """The artifact location (no trailing '/') of a run's model or of a registered version."""
+    if isinstance(source, str):
+        if not _MODEL_NAME_RE.fullmatch(name):
+            raise ValueError(f"model name must be letters, digits, '_', '.' or '-', got {name!r}")
+        return _logged_model(mlflow, source, name).artifact_location.rstrip("/")
+    # A registered version names one logged model by its id: the run's name is not needed.
+    return mlflow.MlflowClient().get_logged_model(source.model_id).artifact_location.rstrip("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelFolder:
+    """A logged model's files as its MLmodel lists them, each downloaded only when asked."""
+
+    location: str
+    folder: str
+    artifacts: dict[str, str]  # pyfunc artifact key -> path relative to the model
+    mlmodel: str  # the MLmodel file, for errors
+
+    def display(self, relative: str) -> str:
+        """The file as a path (or URI) to name in an error."""
+        return _display(f"{self.location}/{relative}")
+
+    def fetch(self, relative: str) -> Path:
+        """Download one file of the model; a missing one is a :class:`ModelArtifactError`."""
+        import mlflow.artifacts
+
+        uri = f"{self.location}/{relative}"
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=self.folder)
+        except Exception as err:  # MLflow raises its own and OS errors for a missing file
+            raise ModelArtifactError(f"{_display(uri)}: missing ({_short(err)})") from err
+        return Path(local)
+
+    def artifact(self, key: str, what: str) -> tuple[Path, str]:
+        """Download the pyfunc artifact ``key``: its local file and the name to show for it."""
+        relative = self.artifacts.get(key)
+        if relative is None:
+            raise ModelArtifactError(f"{self.mlmodel}: the model has no {what}")
+        return self.fetch(relative), self.display(relative)
+
+
+@contextmanager
+def _model_folder(source: ModelSource, name: str) -> Iterator[_ModelFolder]:
+    """Read a logged model's MLmodel (and refuse the old pickle format) into a temporary folder.
+
+    Only files are read, straight from the model's artifact location: MLflow's model loaders
+    (which run the model's code file) are never called.
+    """
+    import tempfile
+
+    import yaml
+
+    mlflow = _mlflow()
+    location = _model_location(mlflow, source, name)
+    with tempfile.TemporaryDirectory(prefix="rank1-model-") as folder:
+        mlmodel = _display(f"{location}/MLmodel")
+        files = _ModelFolder(location, folder, {}, mlmodel)
+        try:
+            flavors = yaml.safe_load(files.fetch("MLmodel").read_text("utf-8"))["flavors"]
+            listed = flavors["python_function"].get("artifacts") or {}
+            paths = {str(key): str(entry["path"]) for key, entry in listed.items()}
+        except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as err:
+            raise ModelArtifactError(f"{mlmodel}: not an MLflow model description") from err
+        if "pytorch" in flavors:
+            raise ModelArtifactError(
+                f"{mlmodel}: this run's model was logged in the old pickle format; "
+                "retrain (a pickled model is never loaded: it could run code)"
+            )
+        for relative in paths.values():
+            if relative.startswith("/") or ".." in relative.split("/"):
+                raise ModelArtifactError(f"{mlmodel}: artifact path outside the model")
+        yield dataclasses.replace(files, artifacts=paths)
+
+
 @_translates_mlflow_errors
-def load_stored_model(run_id: str, name: str = "model") -> StoredModel:
+def load_stored_model(source: ModelSource, name: str = "model") -> StoredModel:
     """Download a logged model's weights and config and read them; nothing is unpickled.
 
     Only the two files are read, straight from the model's artifact location: MLflow's
     model loaders (which run the model's code file) are never called.
 
     Args:
-        run_id: the run that logged the model.
-        name: the model name given to :func:`log_model`.
+        source: The run that logged the model, or a registered version of it
+            (:func:`pipeline.tracking.resolve`).
+        name: the model name given to :func:`log_model` (for a run; a registered version
+            names its model itself).
 
     Returns:
         The :class:`StoredModel`; ``.build()`` gives the module.
@@ -332,56 +474,58 @@ def load_stored_model(run_id: str, name: str = "model") -> StoredModel:
         ModelArtifactError: One line naming the file for a model logged in the old pickle
             format, a foreign model, or missing or tampered files.
     """
-    import tempfile
-
-    import yaml
-
-    _mlflow()
-    import mlflow
-    import mlflow.artifacts
-
-    if not _MODEL_NAME_RE.fullmatch(name):
-        raise ValueError(f"model name must be letters, digits, '_', '.' or '-', got {name!r}")
-    location = _logged_model(mlflow, run_id, name).artifact_location.rstrip("/")
-    with tempfile.TemporaryDirectory(prefix="rank1-model-") as folder:
-
-        def fetch(relative: str) -> Path:
-            uri = f"{location}/{relative}"
-            try:
-                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
-            except Exception as err:  # MLflow raises its own and OS errors for a missing file
-                raise ModelArtifactError(f"{_display(uri)}: missing ({_short(err)})") from err
-            return Path(local)
-
-        mlmodel_name = _display(f"{location}/MLmodel")
-        try:
-            flavors = yaml.safe_load(fetch("MLmodel").read_text("utf-8"))["flavors"]
-            artifacts = flavors["python_function"].get("artifacts") or {}
-        except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as err:
-            raise ModelArtifactError(f"{mlmodel_name}: not an MLflow model description") from err
-        if "pytorch" in flavors:
+    with _model_folder(source, name) as files:
+        if not {WEIGHTS_ARTIFACT, SPEC_ARTIFACT} <= files.artifacts.keys():
             raise ModelArtifactError(
-                f"{mlmodel_name}: this run's model was logged in the old pickle format; "
-                "retrain (a pickled model is never loaded: it could run code)"
+                f"{files.mlmodel}: not a {MODEL_FORMAT} model (no weights and config artifacts)"
             )
+        weights, weights_name = files.artifact(WEIGHTS_ARTIFACT, "weights")
+        spec, spec_name = files.artifact(SPEC_ARTIFACT, "config")
+        return read_model_files(weights, spec, weights_name=weights_name, spec_name=spec_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredDocument:
+    """One JSON document logged with a model (``log_model(documents=...)``), as read.
+
+    Attributes:
+        content: The parsed JSON object.
+        source: The file it was read from, to name in errors about its content.
+    """
+
+    content: dict[str, Any]
+    source: str
+
+
+@_translates_mlflow_errors
+def load_model_document(source: ModelSource, document: str, name: str = "model") -> StoredDocument:
+    """Read one JSON document logged with a model; nothing else of the model is read or run.
+
+    Args:
+        source: The run that logged the model, or a registered version of it.
+        document: The document's name as given to :func:`log_model`.
+        name: the model name given to :func:`log_model` (for a run).
+
+    Returns:
+        The :class:`StoredDocument` (its content and the file it came from).
+
+    Raises:
+        ModelArtifactError: One line naming the file: the model has no such document
+            (logged before it existed), or the file is not a JSON object.
+    """
+    _document_file(document)
+    with _model_folder(source, name) as files:
+        path, shown = files.artifact(document, f"{document!r} document")
         try:
-            paths = {key: str(artifacts[key]["path"]) for key in (WEIGHTS_ARTIFACT, SPEC_ARTIFACT)}
-        except (KeyError, TypeError) as err:
-            raise ModelArtifactError(
-                f"{mlmodel_name}: not a {MODEL_FORMAT} model (no weights and config artifacts)"
-            ) from err
-        for relative in paths.values():
-            if relative.startswith("/") or ".." in relative.split("/"):
-                raise ModelArtifactError(f"{mlmodel_name}: artifact path outside the model")
-        return read_model_files(
-            fetch(paths[WEIGHTS_ARTIFACT]),
-            fetch(paths[SPEC_ARTIFACT]),
-            weights_name=_display(f"{location}/{paths[WEIGHTS_ARTIFACT]}"),
-            spec_name=_display(f"{location}/{paths[SPEC_ARTIFACT]}"),
-        )
+            content = json.loads(path.read_text("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelArtifactError(f"{shown}: not a JSON document ({_short(err)})") from err
+        if not isinstance(content, dict):
+            raise ModelArtifactError(f"{shown}: expected a JSON object")
+        return StoredDocument(content, shown)
 
 
-def load_model(run_id: str, name: str = "model", map_location: str | None = None) -> Any:
+def load_model(source: ModelSource, name: str = "model", map_location: str | None = None) -> Any:
     """Load a model logged by :func:`log_model` back as its ``rank1.models`` class.
 
     The weights are read with ``torch.load(weights_only=True)`` and the module is rebuilt
@@ -389,8 +533,8 @@ def load_model(run_id: str, name: str = "model", map_location: str | None = None
     artifact fails with one line naming the file and runs nothing.
 
     Args:
-        run_id: the run that logged the model.
-        name: the model name given to :func:`log_model`.
+        source: The run that logged the model, or a registered version of it.
+        name: the model name given to :func:`log_model` (for a run).
         map_location: optional torch device to load onto (e.g. 'cpu').
 
     Returns:
@@ -399,4 +543,4 @@ def load_model(run_id: str, name: str = "model", map_location: str | None = None
     Raises:
         ModelArtifactError: See :func:`load_stored_model`.
     """
-    return load_stored_model(run_id, name).build(map_location)
+    return load_stored_model(source, name).build(map_location)
