@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ import torch
 from pipeline import plots, tracking
 from pipeline.calibration import TemperatureScaler, calibrate_and_report
 from pipeline.config import EHR_EXPERIMENT, REGISTER_AS, TrainConfig, registered_model_name
+from pipeline.drift import DriftReference, fit_drift_reference
 from pipeline.jobs import Evaluated, RunSpec, TrainingResult, model_tag, run_training
 from pipeline.metrics import auroc, binary_metrics, ece_against_truth, mixture_probs
 from pipeline.predict import model_ensemble_size, predict_logits
@@ -213,7 +215,7 @@ def train_ehr(
         ValueError: If a split is empty, the job was launched with several processes or
             ``register_as`` is not a valid name (checked before training).
     """
-    from features.mimic.loader import load_manifest, load_split
+    from features.mimic.loader import load_manifest, load_raw, load_split
     from rank1.models import EHRModel
 
     if dist_info().world_size > 1:
@@ -234,6 +236,8 @@ def train_ehr(
         if y.shape[0] == 0:
             raise ValueError(f"{features_dir}: the {name} split is empty")
     true_risk = test_stays["true_risk"].to_numpy() if "true_risk" in test_stays.columns else None
+    # What the training stays look like, for the drift checks of every cohort scored later.
+    drift = fit_drift_reference(load_raw(features_dir, split="train")[0], manifest.channels)
     model_config = model_config_for(config, model_config, x_train.shape[2])
     params = {
         "train": config.to_dict(),
@@ -262,8 +266,16 @@ def train_ehr(
         (x_val, y_val),
         run=RunSpec(experiment, params, tags, run_name),
         evaluate=lambda model: _evaluate(
-            model, config, device, (x_val, y_val), (x_test, y_test), true_risk, manifest
-        ),
+            model,
+            config,
+            device,
+            (x_val, y_val),
+            (x_test, y_test),
+            true_risk,
+            scoring=lambda scaler, k, reference: scoring_bundle(
+                manifest, config, scaler, k, reference, drift
+            ),
+        ),  # fmt: skip
         likelihood="bernoulli",
         n_train=x_train.shape[0],
         config=config,
@@ -314,9 +326,19 @@ def _evaluate(
     val: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor],
     true_risk: np.ndarray | None,
-    manifest: FeatureManifest,
+    scoring: Callable[[TemperatureScaler, int, EpistemicReference], ScoringBundle],
 ) -> Evaluated[EHRMetrics]:
     """Calibrate on validation, evaluate on test; log metrics, plots and the temperature.
+
+    Args:
+        model: The trained model.
+        config: Its training config (evaluation samples and batch size).
+        device: Where to evaluate.
+        val: Validation ``(x, y)``, to fit the temperature on.
+        test: Test ``(x, y)``.
+        true_risk: The test stays' planted risk (synthetic data), or None.
+        scoring: Builds the :class:`ScoringBundle` from the fitted temperature, the
+            members K and the validation epistemic reference.
 
     Returns:
         The key metrics, and the :class:`ScoringBundle` to log with the model.
@@ -368,7 +390,7 @@ def _evaluate(
         temperature=scaler.temperature,
         **{f"test_{key}": value for key, value in truth.items()},
     )
-    bundle = scoring_bundle(manifest, config, scaler, k, reference)
+    bundle = scoring(scaler, k, reference)
     return Evaluated(metrics, {BUNDLE_DOCUMENT: bundle.to_document()})
 
 
@@ -378,6 +400,7 @@ def scoring_bundle(
     scaler: TemperatureScaler,
     ensemble_size: int,
     reference: EpistemicReference | None,
+    drift: DriftReference | None = None,
 ) -> ScoringBundle:
     """What scoring a model trained on ``manifest``'s folder needs besides its weights.
 
@@ -387,9 +410,11 @@ def scoring_bundle(
         scaler: The temperature fitted on the validation split.
         ensemble_size: Members K the model predicts with.
         reference: The validation epistemic reference (None: not recorded).
+        drift: The training split's distribution (``pipeline.drift``), for the drift
+            checks of scored cohorts (None: not recorded).
 
     Returns:
-        The bundle; its ``drift_reference`` is None (see :class:`ScoringBundle`).
+        The bundle.
     """
     return ScoringBundle(
         schema_version=manifest.schema_version,
@@ -403,6 +428,7 @@ def scoring_bundle(
         method=config.method,
         posterior=config.posterior if config.method == "rank1" else None,
         epistemic_reference=None if reference is None else reference.to_dict(),
+        drift_reference=None if drift is None else drift.to_dict(),
     )
 
 

@@ -76,10 +76,10 @@ class ScoringBundle(BaseModel):
         epistemic_reference: The validation stays' epistemic percentile, as
             ``pipeline.provenance.EpistemicReference.to_dict`` writes it (its threshold is
             None for a deterministic model, which has no epistemic part).
-        drift_reference: The training distribution summary of ``pipeline.drift`` (its
-            ``DriftReference.to_dict()``), for drift checks of scored cohorts. Always None
-            for now: that module is being written in parallel, and the integrator stores its
-            reference here.
+        drift_reference: The training split's distribution (``pipeline.drift``'s
+            ``DriftReference.to_dict()``: per-variable bins, shares and charting rates,
+            cohort-level only), for the drift checks of scored cohorts; None for a model
+            logged before it was recorded.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

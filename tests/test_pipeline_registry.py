@@ -244,7 +244,14 @@ def test_the_registered_version_alone_carries_what_scoring_needs(trained, tiny_e
     assert (bundle.method, bundle.posterior) == ("rank1", "normal")
     assert bundle.epistemic_reference == tracking.load_dict(first.run_id, REFERENCE_FILE)
     assert bundle.reference().threshold > 0
-    assert bundle.drift_reference is None
+    # The training split's distribution, for the drift checks of scored cohorts.
+    from features.mimic.loader import load_raw
+    from pipeline.drift import DriftReference, fit_drift_reference
+
+    train_grid = load_raw(tiny_ehr_features, split="train")[0]
+    drift = DriftReference.from_dict(bundle.drift_reference)
+    assert drift == fit_drift_reference(train_grid, manifest.channels)
+    assert drift.stays == manifest.split.counts.train.stays
     assert load_bundle(first.run_id) == bundle  # the same document, read by run
 
     # The file is owner-only, beside the weights and the config.
