@@ -18,8 +18,9 @@
    write the per-patient report (``pipeline.report``) without outcome columns, with a drift
    section: per-variable PSI of the charted hourly values and the charting rates against the
    training data (``pipeline.drift``), and the "unlike the training population" flags;
-5. log one MLflow run (experiment :data:`SCORING_EXPERIMENT`) with the model version as its
-   input and cohort-level numbers only: stays scored, stays skipped and why, mean risk,
+5. log one MLflow run (experiment :data:`SCORING_EXPERIMENT`) tagged with the model version
+   (``rank1.model_version``, ``rank1.model_id``, ``rank1.source_run``) and cohort-level
+   numbers only: stays scored, stays skipped and why, mean risk,
    shares referred and flagged, drift statistics. No identifier reaches it.
 
 Every check that bad input can fail (the URI, the bundle, the export, the schema, an export
@@ -309,19 +310,20 @@ def score_mimic(
 def _log_scoring(
     model: tracking.ModelVersionRef, cohort: ScoredCohort, experiment: str, coverage: float
 ) -> str:
-    """Log the scoring run, with the model version as its input; return the run's id."""
+    """Log the scoring run, tagged with the model version; return the run's id."""
     params: dict[str, Any] = {
         "model": {"name": model.name, "version": model.version, "run_id": model.run_id},
         "coverage": coverage,
     }
     if cohort.as_of is not None:
         params["as_of"] = cohort.as_of.isoformat(sep=" ")
+    # Linked by tags: MLflow's run inputs of kind "model" exist only on Databricks.
     tags = {
         "rank1.kind": "scoring",
         "rank1.source_run": model.run_id,
         "rank1.model_version": model.uri,
+        "rank1.model_id": model.model_id,
     }
     with tracking.start_run(experiment, params=params, tags=tags) as run:
-        tracking.log_model_input(model.model_id)
         tracking.log_metrics(cohort.metrics())
         return run.info.run_id

@@ -154,18 +154,6 @@ def log_metrics(metrics: Mapping[str, Any], step: int | None = None, prefix: str
 
 
 @_translates_mlflow_errors
-def log_model_input(model_id: str) -> None:
-    """Record a logged model (``m-...``) as an input of the active run.
-
-    MLflow then lists the run under that model, and the model under the run's inputs: a
-    scoring run is linked to the exact model that scored, whatever aliases move later.
-    """
-    from mlflow.entities import LoggedModelInput
-
-    _require_active_run().log_inputs(models=[LoggedModelInput(model_id)])
-
-
-@_translates_mlflow_errors
 def log_figure(fig: Any, artifact_file: str) -> None:
     """Log a matplotlib figure as an artifact (e.g. 'plots/reliability.png'), owner-only."""
     mlflow = _require_active_run()
