@@ -2,8 +2,11 @@
 
 One parent flow run, so the Prefect UI shows the whole demo as a tree: a synthetic
 MIMIC-III cohort is generated, ``clinical_pipeline`` trains the rank-1 LSTM and its
-deterministic twin and writes their per-patient reports, and ``image_benchmark`` trains
-the digits rank-1 CNN and its twin and validates both on corrupted digits. The sizes are
+deterministic twin, registers them (``demo-mimic-ihm-<method>``, champion when better) and
+writes their per-patient reports; a second synthetic export (other patients, as a hospital
+would export tonight) is scored by the rank-1 champion with ``score_mimic``; and
+``image_benchmark`` trains the digits rank-1 CNN and its twin and validates both on
+corrupted digits. The sizes are
 small enough for a laptop CPU (a few minutes on 2 cores); the pipeline code is the same as
 for the full-size recipes.
 """
@@ -19,6 +22,10 @@ from prefect.cache_policies import NO_CACHE
 from flows.images import image_benchmark
 from flows.mimic import clinical_pipeline
 from flows.params import DemoParams, validate
+from flows.score import score_mimic
+
+#: The name of the demo's export of new patients under ``icu-exports/``.
+EXPORT_NAME = "tonight"
 
 #: The demo's LSTM: the paper's architecture (its input projection too) at a quarter of its
 #: LSTM width, so that it trains in about a minute on a CPU.
@@ -54,7 +61,7 @@ def demo(params: DemoParams) -> dict[str, Any]:
         params: :class:`flows.params.DemoParams` (or a mapping of them), checked first.
 
     Returns:
-        ``{"cohort", "clinical", "images"}``: the sub-flows' results.
+        ``{"cohort", "clinical", "scoring", "images"}``: the sub-flows' results.
     """
     params = validate("demo", DemoParams, params)
     from features.io import make_private_dir
@@ -66,5 +73,9 @@ def demo(params: DemoParams) -> dict[str, Any]:
         torch.set_num_threads(params.torch_threads)
     cohort = synthesize(params.out_dir / "mimic-synthetic", params.patients, params.seed)
     clinical = clinical_pipeline(params.clinical_params(DEMO_MODEL))
+    # New patients: another seed, a quarter of the cohort's size.
+    export = params.exports_dir / EXPORT_NAME
+    synthesize(export, max(params.patients // 4, 200), params.seed + 1)
+    scoring = score_mimic(params.score_params())
     images = image_benchmark(params.benchmark_params())
-    return {"cohort": cohort, "clinical": clinical, "images": images}
+    return {"cohort": cohort, "clinical": clinical, "scoring": scoring, "images": images}

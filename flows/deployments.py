@@ -43,6 +43,7 @@ FLOWS: dict[str, tuple[str, type[BaseModel] | None]] = {
     "report_mimic": ("flows.mimic:report_mimic", flow_params.ReportParams),
     "clinical_pipeline": ("flows.mimic:clinical_pipeline", flow_params.ClinicalParams),
     "compare_cohorts": ("flows.shift:compare_cohorts", flow_params.CompareParams),
+    "score_mimic": ("flows.score:score_mimic", flow_params.ScoreParams),
     "train_images": ("flows.images:train_images", image_params.ImageTrainParams),
     "validate_images": ("flows.images:validate_images", image_params.ImageValidateParams),
     "image_benchmark": ("flows.images:image_benchmark", image_params.ImageBenchmarkParams),

@@ -20,6 +20,8 @@ deployment registered for a work pool's workers, which check when their run star
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -38,6 +40,8 @@ from pipeline.config import (
     DEVICE_PATTERN,
     EHR_EXPERIMENT,
     REGISTER_AS,
+    SCORING_EXPERIMENT,
+    SCORING_MODEL_URI,
     ConfigError,
     Method,
     check_device,
@@ -82,6 +86,23 @@ def _feature_folder(path: Path) -> Path:
     return path
 
 
+_MODEL_URI = re.compile(r"models:/[A-Za-z0-9][A-Za-z0-9_.-]*(@[A-Za-z][A-Za-z0-9_-]*|/[1-9][0-9]*)")
+
+
+def _model_uri(uri: str) -> str:
+    # The form only: which models, versions and aliases exist is pipeline.tracking.resolve's
+    # to say when the flow runs (the store may not be reachable where parameters are checked).
+    if not _MODEL_URI.fullmatch(uri):
+        raise ValueError(f"must be models:/NAME@ALIAS or models:/NAME/VERSION, got {uri!r}")
+    return uri
+
+
+def _naive(moment: datetime) -> datetime:
+    if moment.tzinfo is not None:
+        raise ValueError("must be a local time without a time zone, as MIMIC-III times are")
+    return moment
+
+
 # Field types shared by several models: each check is declared once.
 Split = Literal["train", "val", "test"]
 Seed = Annotated[int, Field(ge=0)]
@@ -97,6 +118,9 @@ FeatureFolder = Annotated[Path, AfterValidator(_feature_folder)]
 #: identifier and time columns; not imported here: it loads torch).
 CohortFilter = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*=.+$")]
 Positive = Annotated[int, Field(ge=1)]
+#: A registry URI of one version: ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``.
+ModelUri = Annotated[str, AfterValidator(_model_uri)]
+NaiveTime = Annotated[datetime, AfterValidator(_naive)]
 
 
 class _Params(BaseModel):
@@ -313,6 +337,49 @@ class CompareParams(_Params):
     out_dir: Path | None = None
 
 
+class ScoreParams(_Coverage):
+    """Parameters of ``score_mimic`` (``flows.score``): new patients, a registered model.
+
+    Exactly one of ``mimic_dir``, ``exports_dir`` and ``features_dir`` says what to score.
+
+    Attributes:
+        model_uri: The registered version: ``models:/NAME@ALIAS`` (default: the rank-1
+            champion) or ``models:/NAME/VERSION``.
+        mimic_dir: Folder of raw MIMIC-III tables to score (outcome columns may be absent).
+        exports_dir: A folder of dated exports (one sub-folder of tables each): its newest
+            sub-folder holding an ICUSTAYS table is scored, and the report goes to
+            ``out_dir/<that sub-folder's name>``. For a nightly schedule.
+        features_dir: An existing feature folder (scoring or training) instead.
+        out_dir: Report folder (owner-only).
+        split: With a training feature folder, score only this split (None: every stay).
+        as_of: The export's time, to which stays still in the ICU are measured (None: the
+            newest event time of the export).
+        coverage: Share of stays the model keeps; the most uncertain rest are referred.
+        experiment: MLflow experiment of the scoring runs.
+    """
+
+    model_uri: ModelUri = SCORING_MODEL_URI
+    mimic_dir: ExistingDir | None = None
+    exports_dir: ExistingDir | None = None
+    features_dir: FeatureFolder | None = None
+    out_dir: Path
+    split: Split | None = None
+    as_of: NaiveTime | None = None
+    experiment: Name = SCORING_EXPERIMENT
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ScoreParams:
+        given = [n for n in ("mimic_dir", "exports_dir", "features_dir") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of mimic_dir, exports_dir and features_dir, got "
+                + (", ".join(given) or "none")
+            )
+        if self.split is not None and self.features_dir is None:
+            raise ValueError("split applies to features_dir only")
+        return self
+
+
 class ClinicalParams(TrainSettings, SplitSettings, _Coverage):
     """Parameters of ``clinical_pipeline``: extraction, training and report settings together.
 
@@ -369,12 +436,18 @@ class ClinicalParams(TrainSettings, SplitSettings, _Coverage):
         )
 
 
+#: The demo's MLflow experiment and registered models, apart from the real ones.
+DEMO_EXPERIMENT = "demo-mimic-ihm"
+DEMO_REGISTER_AS = "demo-mimic-ihm-{method}"
+
+
 class DemoParams(DeviceChecked):
     """Parameters of the ``demo`` flow.
 
     Attributes:
         out_dir: Output root: ``mimic-synthetic/`` (raw tables), ``mimic/`` (features and
-            reports).
+            reports), ``icu-exports/`` (a second synthetic export: new patients) and
+            ``scoring/`` (their report).
         patients: Synthetic patients (about 1.2 ICU stays each).
         steps: Training steps of each EHR model.
         image_epochs: Training epochs of each digits model (None: the recipe's 30).
@@ -410,9 +483,26 @@ class DemoParams(DeviceChecked):
                 "device": self.device,
             },
             model=model,
-            experiment="demo-mimic-ihm",
+            experiment=DEMO_EXPERIMENT,
+            # Its own registered models: a demo never moves the champion of a real one.
+            register_as=DEMO_REGISTER_AS,
+            promote_if_better=True,
             seed=self.seed,
             progress=self.progress,
+        )
+
+    @property
+    def exports_dir(self) -> Path:
+        """Where the demo writes tonight's synthetic export (new patients) to score."""
+        return self.out_dir / "icu-exports"
+
+    def score_params(self) -> ScoreParams:
+        """The demo's ``score_mimic``: its rank-1 champion scores the newest export."""
+        return ScoreParams(
+            model_uri=f"models:/{registered_model_name(DEMO_REGISTER_AS, 'rank1')}@champion",
+            exports_dir=self.exports_dir,
+            out_dir=self.out_dir / "scoring",
+            experiment=f"{DEMO_EXPERIMENT}-scoring",
         )
 
     def benchmark_params(self):

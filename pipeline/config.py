@@ -47,6 +47,10 @@ EHR_EXPERIMENT = "mimic-ihm"
 #: ``pipeline.ehr.train_ehr``'s default): ``{method}`` is replaced by the method, so each
 #: method's versions compete only with their own kind.
 REGISTER_AS = "mimic-ihm-{method}"
+#: The model that scores new patients unless told otherwise: the approved rank-1 version.
+SCORING_MODEL_URI = "models:/mimic-ihm-rank1@champion"
+#: The MLflow experiment of scoring runs (one run per scored export).
+SCORING_EXPERIMENT = "mimic-ihm-scoring"
 #: The device pattern: 'auto', 'cpu', 'cuda', 'cuda:1', ...
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 

@@ -18,9 +18,9 @@
    write the per-patient report (``pipeline.report``) without outcome columns, with a drift
    section: per-variable PSI of the charted hourly values and the charting rates against the
    training data (``pipeline.drift``), and the "unlike the training population" flags;
-5. log one MLflow run (experiment :data:`SCORING_EXPERIMENT`) tagged with the model version
-   (``rank1.model_version``, ``rank1.model_id``, ``rank1.source_run``) and cohort-level
-   numbers only: stays scored, stays skipped and why, mean risk,
+5. log one MLflow run (experiment ``pipeline.config.SCORING_EXPERIMENT``) tagged with the
+   model version (``rank1.model_version``, ``rank1.model_id``, ``rank1.source_run``) and
+   cohort-level numbers only: stays scored, stays skipped and why, mean risk,
    shares referred and flagged, drift statistics. No identifier reaches it.
 
 Every check that bad input can fail (the URI, the bundle, the export, the schema, an export
@@ -43,7 +43,7 @@ import polars as pl
 import torch
 
 from pipeline import tracking
-from pipeline.config import TrainConfig
+from pipeline.config import SCORING_EXPERIMENT, TrainConfig
 from pipeline.drift import DriftReference, DriftReport, compare
 from pipeline.predict import predict_logits
 from pipeline.provenance import Provenance, cohort_counts
@@ -51,10 +51,6 @@ from pipeline.report import DEFAULT_COVERAGE, build_report_table, write_report
 from pipeline.scoring_bundle import ScoringBundle, load_bundle
 from pipeline.uncertainty import default_ranking
 
-#: The MLflow experiment of scoring runs (one run per scored export).
-SCORING_EXPERIMENT = "mimic-ihm-scoring"
-#: The registry URI scoring uses unless told otherwise: the approved rank-1 model.
-DEFAULT_MODEL_URI = "models:/mimic-ihm-rank1@champion"
 #: Columns of a training folder's stays that a scoring report leaves out: scoring is for
 #: patients whose outcome is not known, and the report must look the same either way.
 OUTCOME_COLUMNS = ("label", "true_risk", "split")

@@ -134,10 +134,14 @@ def test_packaged_deployments_load_when_their_data_folder_exists(tmp_path, monke
     with pytest.raises(DeploymentError, match="deployment 'nightly-clinical': .*'mimic_dir'"):
         load_config()
     (tmp_path / "outputs" / "mimic-synthetic").mkdir(parents=True)
+    with pytest.raises(DeploymentError, match="deployment 'nightly-scoring': .*'exports_dir'"):
+        load_config()
+    (tmp_path / "outputs" / "icu-exports").mkdir(parents=True)
     config = load_config()
     by_name = {entry.name: entry for entry in config.deployments}
     assert by_name["nightly-clinical"].cron == "0 2 * * *"
     assert by_name["nightly-clinical"].entrypoint == "flows.mimic:clinical_pipeline"
+    assert by_name["nightly-scoring"].entrypoint == "flows.score:score_mimic"
     assert by_name["weekly-image-validation"].entrypoint == "flows.images:image_benchmark"
     assert config.limit == 1
 
@@ -240,11 +244,14 @@ def test_packaged_example_checks_after_make_demo_and_lists_every_schedule(tmp_pa
     from features.synthetic import generate
 
     monkeypatch.chdir(tmp_path)
-    generate(tmp_path / "outputs" / "mimic-synthetic", patients=3, seed=0)  # as `make demo`
+    # As `make demo`: the training tables and an export of new patients.
+    generate(tmp_path / "outputs" / "mimic-synthetic", patients=3, seed=0)
+    generate(tmp_path / "outputs" / "icu-exports" / "tonight", patients=3, seed=1)
     result = CliRunner().invoke(app, ["serve", "--check"])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         "nightly-clinical: clinical_pipeline, cron '0 2 * * *' UTC",
+        "nightly-scoring: score_mimic, cron '0 6 * * *' UTC",
         "weekly-image-validation: image_benchmark, cron '0 4 * * 0' UTC",
     ]
 

@@ -1,7 +1,7 @@
 """The ``rank1`` command line: the typer app, its one-line errors and its commands.
 
 The commands live by area: :mod:`flows.cli.mimic` (synth, extract, train, report,
-promote, compare-cohorts, pipeline), :mod:`flows.cli.images` (train-images,
+promote, score, compare-cohorts, pipeline), :mod:`flows.cli.images` (train-images,
 validate-images), :mod:`flows.cli.serve` (serve, deploy) and :mod:`flows.cli.demo`; options
 used by several commands are defined once in :mod:`flows.cli.options`. Heavy libraries
 (torch, polars, MLflow, Prefect) are imported inside each command so that ``rank1 --help``
@@ -128,6 +128,7 @@ for _name, _command in (
     ("train", mimic.train_command),
     ("report", mimic.report_command),
     ("promote", mimic.promote_command),
+    ("score", mimic.score_command),
     ("compare-cohorts", mimic.compare_command),
     ("train-images", images.train_images_command),
     ("validate-images", images.validate_images_command),

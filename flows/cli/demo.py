@@ -9,7 +9,7 @@ import typer
 
 from flows.cli import options
 from flows.cli.running import print_uis, run_flow
-from flows.params import DemoParams, defaults
+from flows.params import DEMO_EXPERIMENT, DemoParams, defaults
 
 _DEMO = defaults(DemoParams)
 _SEVERITIES = ",".join(str(level) for level in _DEMO.severities)
@@ -68,7 +68,7 @@ def demo_command(
             "progress": sys.stderr.isatty(),
         },
     )
-    clinical, images = result["clinical"], result["images"]
+    clinical, images, scoring = result["clinical"], result["images"], result["scoring"]
 
     def row(label: str, value: object) -> None:
         typer.echo(f"{label + ':':<34}{value}")
@@ -80,7 +80,10 @@ def demo_command(
         row(f"{method} report", f"{Path(html).parent} (report.parquet, report.csv, report.json)")
         row("  HTML summary", html)
     for method, run_id in clinical["runs"].items():
-        row(f"MLflow run {method}", f"{run_id} (experiment demo-mimic-ihm)")
+        row(f"MLflow run {method}", f"{run_id} (experiment {DEMO_EXPERIMENT})")
+    row("new patients scored", f"{scoring['stays']} stays by {scoring['model']}")
+    row("  report", scoring["files"]["html"])
+    row("  MLflow scoring run", f"{scoring['run_id']} (experiment {DEMO_EXPERIMENT}-scoring)")
     for method, run_id in images["runs"].items():
         summary = images["validation"][method]
         row(
@@ -88,4 +91,4 @@ def demo_command(
             f"{run_id} (experiment demo-images; accuracy clean "
             f"{summary['clean/accuracy']:.3f}, corrupted {summary['corrupt/mean/accuracy']:.3f})",
         )
-    print_uis(["demo-mimic-ihm", "demo-images"])
+    print_uis([DEMO_EXPERIMENT, f"{DEMO_EXPERIMENT}-scoring", "demo-images"])

@@ -1,8 +1,9 @@
-"""``rank1`` commands of the clinical pipeline: synth to pipeline, promote, compare-cohorts.
+"""``rank1`` commands of the clinical pipeline: synth to pipeline, promote, score, compare-cohorts.
 
 ``synth`` and ``extract`` call :mod:`features.synthetic` and :mod:`features.mimic`, ``train``
 and ``report`` call :mod:`pipeline.ehr`, ``promote`` moves a registry alias
-(:func:`pipeline.tracking.promote`), ``compare-cohorts`` runs the Prefect flow
+(:func:`pipeline.tracking.promote`), ``score`` runs the Prefect flow
+:func:`flows.score.score_mimic`, ``compare-cohorts`` runs the Prefect flow
 :func:`flows.shift.compare_cohorts` and ``pipeline`` the flow
 :func:`flows.mimic.clinical_pipeline`.
 """
@@ -22,6 +23,7 @@ from flows.params import (
     CompareParams,
     ExtractParams,
     ReportParams,
+    ScoreParams,
     TrainParams,
     defaults,
 )
@@ -31,6 +33,7 @@ from pipeline.tracking.registry import CHAMPION
 _EXTRACT, _REPORT = defaults(ExtractParams), defaults(ReportParams)
 _CLINICAL, _COMPARE = defaults(ClinicalParams), defaults(CompareParams)
 _TRAIN = defaults(TrainParams)
+_SCORE = ScoreParams.model_fields
 #: The MLflow experiment of the EHR runs.
 EXPERIMENT = _TRAIN.experiment
 _METHODS = ",".join(_CLINICAL.methods)
@@ -277,6 +280,82 @@ def report_command(
         fail(error_line(err))
     for kind, path in paths.items():
         typer.echo(f"wrote {kind}: {path}")
+
+
+def score_command(
+    out: Annotated[Path, typer.Option("--out", help="Report folder (owner-only).")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", metavar="URI", help="Registered version: models:/NAME@ALIAS or /VERSION."
+        ),
+    ] = _SCORE["model_uri"].default,
+    mimic_dir: Annotated[
+        Path | None,
+        typer.Option("--mimic-dir", help="Raw MIMIC-III tables of the patients to score."),
+    ] = None,
+    exports_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--exports-dir",
+            help="Folder of dated exports: score the newest (report in --out/<its name>).",
+        ),
+    ] = None,
+    features: Annotated[
+        Path | None, typer.Option("--features", help="An existing feature folder instead.")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="With a training --features: one split.")
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            metavar="TIME",
+            help="Export time (YYYY-MM-DD HH:MM:SS) for stays still in the ICU; default: "
+            "the newest event.",
+        ),
+    ] = None,
+    coverage: Annotated[
+        float, typer.Option("--coverage", min=0.0, max=1.0, help="Share not referred.")
+    ] = _SCORE["coverage"].default,
+    experiment: Annotated[
+        str, typer.Option("--experiment", help="MLflow experiment of the scoring run.")
+    ] = _SCORE["experiment"].default,
+) -> None:
+    """Score new patients with a registered model: per-patient report, drift, MLflow run."""
+    from flows.score import score_mimic
+
+    result = run_flow(
+        score_mimic,
+        ScoreParams,
+        {
+            "model_uri": model,
+            "mimic_dir": mimic_dir,
+            "exports_dir": exports_dir,
+            "features_dir": features,
+            "out_dir": out,
+            "split": split,
+            "as_of": as_of,
+            "coverage": coverage,
+            "experiment": experiment,
+        },
+    )
+    skipped = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result["skipped"].items())
+    unlike = result["unlike_training"]
+    typer.echo(
+        f"{result['model']} scored {result['stays']} stays"
+        + (f" as of {result['as_of']}" if result["as_of"] else "")
+        + f": mean risk {result['mean_risk']:.3f}, {result['referred']} referred, "
+        + ("unlike training: n/a" if unlike is None else f"{unlike} unlike training")
+        + (f"; skipped: {skipped}" if skipped else "")
+    )
+    for line in result["drifted"]:
+        typer.echo(f"drift: {line}")
+    for kind, path in result["files"].items():
+        typer.echo(f"wrote {kind}: {path}")
+    typer.echo(f"MLflow run {result['run_id']}")
+    print_uis([experiment])
 
 
 #: The columns of compare-cohorts' table: (heading, CohortScore field).
