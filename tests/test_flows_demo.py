@@ -36,3 +36,12 @@ def test_demo_command_end_to_end(prefect_harness, tmp_path, monkeypatch):
     experiments = {client.get_run(r).info.experiment_id for r in run_ids}
     names = {client.get_experiment(e).name for e in experiments}
     assert names == {"demo-mimic-ihm", "demo-images"}
+    # New patients: the rank-1 run is the champion of its own registered model, and it
+    # scored the demo's second export into scoring/<export>/.
+    champion = client.get_model_version_by_alias("demo-mimic-ihm-rank1", "champion")
+    assert champion.run_id in run_ids
+    assert (out / "scoring" / "tonight" / "report.html").is_file()
+    assert "new patients scored:" in result.output
+    assert "by models:/demo-mimic-ihm-rank1/1 (champion)" in result.output
+    scoring_run = re.search(r"MLflow scoring run:\s+([0-9a-f]{32})", result.output).group(1)
+    assert client.get_run(scoring_run).data.tags["rank1.source_run"] == champion.run_id

@@ -192,3 +192,46 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(champion, tiny_ehr_featu
     assert "\n" not in str(err.value)
     assert not out.exists()
     assert _scoring_runs() == runs
+
+
+def test_cli_score_refuses_bad_arguments_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    both = runner.invoke(
+        app, ["score", "--out", str(tmp_path / "o"), "--mimic-dir", str(tmp_path),
+              "--exports-dir", str(tmp_path)],
+    )  # fmt: skip
+    assert both.exit_code == 1
+    assert both.output.strip() == (
+        "error: score_mimic: give exactly one of mimic_dir, exports_dir and features_dir, "
+        "got mimic_dir, exports_dir"
+    )
+    bad_uri = runner.invoke(
+        app, ["score", "--out", str(tmp_path / "o"), "--mimic-dir", str(tmp_path),
+              "--model", "runs:/abc/model"],
+    )  # fmt: skip
+    assert bad_uri.exit_code == 1 and bad_uri.output.count("\n") == 1
+    assert "parameter 'model_uri': must be models:/NAME@ALIAS or models:/NAME/VERSION" in (
+        bad_uri.output
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_score_of_an_unknown_alias_is_one_line(
+    champion, tiny_ehr_features, prefect_harness, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(
+        app, ["score", "--out", str(tmp_path / "o"), "--features", str(tiny_ehr_features),
+              "--model", "models:/mimic-ihm-rank1@staging"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("error: RegistryError:") and "has no alias 'staging'" in line
+    assert not (tmp_path / "o").exists()
