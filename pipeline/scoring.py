@@ -45,6 +45,7 @@ import torch
 from pipeline import tracking
 from pipeline.config import SCORING_EXPERIMENT, TrainConfig
 from pipeline.drift import DriftReference, DriftReport, compare
+from pipeline.ehr import MODEL_NAME
 from pipeline.predict import predict_logits
 from pipeline.provenance import Provenance, cohort_counts
 from pipeline.report import DEFAULT_COVERAGE, build_report_table, write_report
@@ -194,9 +195,9 @@ def _stays(
 def _provenance(model: tracking.ModelVersionRef, bundle: ScoringBundle, scored: str) -> Provenance:
     return Provenance(
         run_id=model.run_id,
-        model_name=model.name,
+        model_name=MODEL_NAME,
         model_id=model.model_id,
-        model_registry_version=str(model.version),
+        model_registry_version=model.uri,
         method=bundle.method,
         posterior=bundle.posterior,
         feature_fingerprint=bundle.feature_fingerprint,

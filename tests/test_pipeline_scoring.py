@@ -113,8 +113,8 @@ def test_a_new_export_without_outcomes_is_scored_and_logged(champion, tmp_path):
     assert _mode(out) == 0o700
     assert all(_mode(path) == 0o600 for path in result.files.values())
     document = json.loads(result.files["json"].read_text())
-    assert document["provenance"]["model_registry_version"] == str(champion.version)
-    assert document["provenance"]["model_name"] == "mimic-ihm-rank1"
+    assert document["provenance"]["model_registry_version"] == champion.uri
+    assert document["provenance"]["model_id"] == champion.model_id
     assert document["drift"]["stays"] == cohort.stays
     assert read_report_document(result.files["parquet"])["drift"] == document["drift"]
 
