@@ -8,9 +8,10 @@ inputs z-scored with its *training* folder's statistics, and refitting them on t
 cohort would quietly remove exactly the shift one wants to measure (a site whose values
 all read lower would be re-centred to look like the training site).
 
-:func:`load_normalised_as` loads a folder's stays with a reference folder's normaliser.
-Because the grid on disk is raw, nothing has to be undone: the reference statistics are
-applied to the raw values directly.
+:func:`load_normalised_as` loads a folder's stays and labels with a reference folder's
+normaliser (``features.mimic.loader.load_for_scoring`` with that folder's statistics, after
+checking that both folders have the same channels). Because the grid on disk is raw,
+nothing has to be undone: the reference statistics are applied to the raw values directly.
 """
 
 from __future__ import annotations
@@ -22,15 +23,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from features.mimic.grid import apply_normaliser
-from features.mimic.manifest import (
-    GRID_FILE,
-    MANIFEST_FILE,
-    STAYS_FILE,
-    FeatureFolderError,
-    load_manifest,
-)
-from features.mimic.splits import SPLITS
+from features.mimic.loader import load_for_scoring
+from features.mimic.manifest import MANIFEST_FILE, FeatureFolderError, load_manifest
 
 
 def load_normalised_as(
@@ -57,8 +51,6 @@ def load_normalised_as(
             file that is missing or disagrees with the manifest.
         ValueError: If ``split`` is not None or one of the three splits.
     """
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be None or one of {', '.join(SPLITS)}, got {split!r}")
     folder = Path(feature_dir)
     manifest = load_manifest(folder)
     reference = load_manifest(reference_dir)
@@ -67,36 +59,6 @@ def load_normalised_as(
             f"{folder / MANIFEST_FILE}: channels or hours differ from those of "
             f"{Path(reference_dir) / MANIFEST_FILE}; both folders must be extracted the same way"
         )
-    stays = _read_stays(folder)
-    grid = _read_grid(folder, (stays.height, manifest.hours, len(manifest.channels)))
-    if split is None:
-        rows = np.arange(stays.height)
-    else:
-        rows = np.flatnonzero((stays["split"] == split).to_numpy())
-    x = apply_normaliser(np.asarray(grid[rows]), reference.normaliser.model_dump())
-    part = stays[rows.tolist()] if len(rows) else stays.clear()
+    x, part = load_for_scoring(folder, reference.normaliser, split=split)
     y = part["label"].to_numpy().astype(np.float32)
-    return torch.from_numpy(x), torch.from_numpy(y), part
-
-
-def _read_stays(folder: Path) -> pl.DataFrame:
-    path = folder / STAYS_FILE
-    try:
-        return pl.read_parquet(path)
-    except (OSError, pl.exceptions.PolarsError) as err:
-        raise FeatureFolderError(f"{path}: cannot read the stays table: {err}") from err
-
-
-def _read_grid(folder: Path, expected: tuple[int, int, int]) -> np.ndarray:
-    """The raw grid, memory-mapped, checked against the stays table and the manifest."""
-    path = folder / GRID_FILE
-    try:
-        grid = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise FeatureFolderError(f"{path}: cannot read the grid: {err}") from err
-    if grid.shape != expected:
-        raise FeatureFolderError(
-            f"{path}: grid shape {grid.shape} does not match {expected} from "
-            f"{STAYS_FILE} and {MANIFEST_FILE}"
-        )
-    return grid
+    return x, torch.from_numpy(y), part
