@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.mimic.variables import Variable, load_variables
+from pipeline.config import config_error
 
 Kind = Literal["continuous", "categorical"]
 Level = Literal["stable", "moderate", "major", "not charted", "no reference"]
@@ -54,8 +55,6 @@ CHARTING_RATIO = (0.5, 2.0)
 #: Shares of a recorded reference must sum to 1 within this (JSON floats round-trip exactly,
 #: so this only absorbs the rounding of the division that produced them).
 _SUM_TOLERANCE = 1e-6
-#: Longest repr of a bad value an error message quotes, to keep it on one line.
-_QUOTED_CHARS = 60
 
 
 class DriftReferenceError(ValueError):
@@ -184,24 +183,9 @@ class DriftReference(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise _reference_error(err) from None
-
-
-def _reference_error(err: ValidationError) -> DriftReferenceError:
-    """The one-line error of pydantic's first complaint, with a dotted field path."""
-    first = err.errors()[0]
-    field = ""
-    for part in first["loc"]:
-        field += f"[{part}]" if isinstance(part, int) else f"{'.' if field else ''}{part}"
-    reason = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        reason = "unknown field"
-    elif first["type"] != "value_error" and "input" in first:
-        given = repr(first["input"])
-        if len(given) > _QUOTED_CHARS:
-            given = given[: _QUOTED_CHARS - 3] + "..."
-        reason = f"{reason}, got {given}"
-    return DriftReferenceError(" ".join(reason.split()), field or "<root>")
+            # Worded as every config of the project is (pipeline.config.config_error).
+            problem = config_error(err)
+            raise DriftReferenceError(problem.reason, problem.field) from None
 
 
 def _columns_of(variable: VariableReference | Variable) -> list[str]:

@@ -78,6 +78,20 @@ def tiny_ehr_features(tmp_path_factory) -> Path:
     return root / "features"
 
 
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory, request):
+    """A temporary sqlite MLflow store (and working folder) shared by one test module.
+
+    One per module, not per test: creating the store's schema costs seconds. Yields its URI.
+    """
+    folder = tmp_path_factory.mktemp(f"mlflow-{request.module.__name__}")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(folder)
+        yield uri
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect API and database for flow tests (about 12-14 s to start, once)."""

@@ -290,7 +290,7 @@ _DELETE = object()
         (("stays",), "200", "stays", "integer"),
         (("colour",), 1, "colour", "unknown field"),
         (("variables", 8, "kind"), "ordinal", "variables[8].kind", "continuous"),
-        (("variables", 8, "shares", 0), 1.5, "variables[8].shares[0]", "less than or equal"),
+        (("variables", 8, "shares", 0), 1.5, "variables[8].shares[0]", "must be <= 1.0, got 1.5"),
         (("variables", 8, "shares"), [0.5, 0.5], "variables[8]", "shares: must have"),
         (("variables", 8, "edges", 1), -1.0, "variables[8]", "strictly increasing"),
         (("variables", 0, "shares"), [0.5, 0.4], "variables[0]", "must sum to 1"),

@@ -29,17 +29,6 @@ from rank1.models import EHRConfig
 SMALL = EHRConfig(projection_dim=8, rnn_dim=16, hidden_dim=16)
 
 
-@pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    # One temporary sqlite store for the module: creating its schema costs seconds.
-    folder = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.chdir(folder)
-        yield uri
-
-
 def _config(method="rank1"):
     return TrainConfig(
         method=method,

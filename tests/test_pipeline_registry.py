@@ -33,17 +33,6 @@ SMALL = EHRConfig(projection_dim=8, rnn_dim=16, hidden_dim=16)
 NAME = "mimic-ihm-rank1"  # the default registered model of a rank-1 training
 
 
-@pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    # One temporary sqlite store for the module: creating its schema costs seconds.
-    folder = tmp_path_factory.mktemp("mlflow-registry")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.chdir(folder)
-        yield uri
-
-
 def _config(lr: float = 3e-3) -> TrainConfig:
     return TrainConfig(
         method="rank1",

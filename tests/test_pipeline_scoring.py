@@ -26,17 +26,6 @@ IDENTIFIERS = ("subject_id", "hadm_id", "icustay_id")
 
 
 @pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    # One temporary sqlite store for the module: creating its schema costs seconds.
-    folder = tmp_path_factory.mktemp("mlflow-scoring")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.chdir(folder)
-        yield uri
-
-
-@pytest.fixture(scope="module")
 def champion(tiny_ehr_features, mlflow_store) -> tracking.ModelVersionRef:
     """A rank-1 model trained on the tiny synthetic cohort, registered and promoted."""
     config = TrainConfig(
