@@ -275,10 +275,8 @@ def score_mimic(
     if stays.as_of is not None:
         scored = f"stays with 48 h of data as of {stays.as_of.isoformat(sep=' ')}"
     counts = cohort_counts(table)
-    shown: dict[str, Any] = {
-        "stays scored": counts.n_stays,
-        "mean predicted risk": float(table["risk"].mean()),
-    }
+    mean_risk = float(table["risk"].mean())
+    shown: dict[str, Any] = {"stays scored": counts.n_stays, "mean predicted risk": mean_risk}
     shown.update({f"stays skipped: {k.replace('_', ' ')}": n for k, n in stays.skipped.items()})
     files = write_report(
         table,
@@ -295,7 +293,7 @@ def score_mimic(
         stays=counts.n_stays,
         skipped=stays.skipped,
         as_of=stays.as_of,
-        mean_risk=float(table["risk"].mean()),
+        mean_risk=mean_risk,
         referred=counts.n_referred,
         unlike_training=counts.n_unlike_training,
         drift=drift,

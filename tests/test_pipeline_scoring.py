@@ -16,13 +16,12 @@ from features.synthetic import generate
 from pipeline import tracking
 from pipeline.config import OptimConfig, ScheduleConfig, TrainConfig
 from pipeline.ehr import report_ehr, train_ehr
-from pipeline.report import read_report_document
+from pipeline.report import ID_COLUMNS, read_report_document
 from pipeline.scoring import FeatureSchemaError, score_mimic
 from rank1.models import EHRConfig
 
 SMALL = EHRConfig(projection_dim=8, rnn_dim=16, hidden_dim=16)
 CHAMPION = "models:/mimic-ihm-rank1@champion"
-IDENTIFIERS = ("subject_id", "hadm_id", "icustay_id")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +118,7 @@ def test_a_new_export_without_outcomes_is_scored_and_logged(champion, tmp_path):
     assert run.data.tags["rank1.model_version"] == champion.uri
     assert run.data.tags["rank1.model_id"] == champion.model_id
     assert run.data.tags["rank1.source_run"] == champion.run_id
-    ids = {str(v) for c in IDENTIFIERS for v in table[c].to_list()}
+    ids = {str(v) for c in ID_COLUMNS for v in table[c].to_list()}
     logged = [*run.data.params.values(), *run.data.tags.values(), *run.data.metrics]
     assert not any(str(value) in ids for value in logged)
 
