@@ -75,7 +75,7 @@ def test_the_manifest_is_frozen(tiny_ehr_features):
             lambda raw: raw["source"]["tables"]["PATIENTS"].pop("sha256"),
             "source.tables.PATIENTS.sha256: Field required",
         ),
-        (lambda raw: raw.update(task="decompensation"), "task: Input should be"),
+        (lambda raw: raw.update(task="sepsis"), "task: Input should be"),
         (
             lambda raw: raw["normaliser"]["stds"].pop(),
             "normaliser: 76 means, 75 stds and 76 flags for 76 channels",

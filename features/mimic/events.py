@@ -65,20 +65,27 @@ def _window_query(
     table: str,
     root: pl.DataFrame,
     task: pl.DataFrame,
-    hours: int,
+    hours: int | None,
     open_ended: bool = False,
+    with_hours: bool = False,
 ) -> pl.LazyFrame:
-    """Steps 1-6 of the module docstring for one event table."""
+    """Steps 1-6 of the module docstring for one event table.
+
+    ``hours=None`` reads each stay's own window length from the task's ``window_hours``
+    column (whole stays: their LOS in hours).
+    """
     items = item_frame()
     lf = events.filter(pl.col("itemid").is_in(items["itemid"].to_list()))
     lf = parse_datetimes(lf, table)
+    window = pl.lit(float(hours)) if hours is not None else pl.col("window_hours")
     # Pre-filter before the joins: an event can only end up in a window if it lies between
-    # its subject's first INTIME and last INTIME + 48 h. (A join keeps the streaming
-    # engine's memory flat here; an is_in filter followed by a replace_strict lookup made
-    # it grow with the table.)
+    # its subject's first INTIME and last window end (one second of slack; the window is
+    # applied exactly below). (A join keeps the streaming engine's memory flat here; an
+    # is_in filter followed by a replace_strict lookup made it grow with the table.)
+    window_us = (window * 3.6e9).cast(pl.Int64) + 1_000_000
     spans = task.group_by("subject_id").agg(
         span_first=pl.col("intime").min(),
-        span_last=(pl.col("intime") + pl.duration(hours=hours)).max(),
+        span_last=(pl.col("intime") + pl.duration(microseconds=window_us)).max(),
     )
     lf = lf.join(spans.lazy(), on="subject_id", how="inner")
     lf = lf.filter(pl.col("charttime").is_between("span_first", "span_last")).drop(
@@ -90,24 +97,29 @@ def _window_query(
     lf = lf.join(stays.lazy(), on=["subject_id", "hadm_id"], how="inner")
     lf = lf.with_columns(icustay_id=pl.coalesce("icustay_id", "root_icustay"))
     lf = lf.filter(pl.col("icustay_id") == pl.col("root_icustay")).drop("root_icustay")
+    per_stay = [] if hours is not None else ["window_hours"]
     candidates = task.select(
-        "subject_id", pl.col("icustay_id").alias("stay"), "intime", "outtime"
+        "subject_id", pl.col("icustay_id").alias("stay"), "intime", "outtime", *per_stay
     ).lazy()
     lf = lf.join(candidates, on="subject_id", how="inner")
     lf = lf.filter((pl.col("icustay_id") == pl.col("stay")) | _in_stay(open_ended))
     elapsed = (pl.col("charttime") - pl.col("intime")).dt.total_microseconds() / 3.6e9
     lf = lf.with_columns(hours=elapsed).filter(
-        (pl.col("hours") > -EPS) & (pl.col("hours") < hours + EPS)
+        (pl.col("hours") > -EPS) & (pl.col("hours") < window + EPS)
     )
     lf = clean_values(lf)
+    # The discretizer's bin count for a window of w hours is int(w + 1 - eps) (48 for the
+    # 48-hour window): an event within eps past the window's end lands in the last bin.
+    last_bin = ((window + 1.0 - EPS).floor() - 1.0).clip(lower_bound=0.0)
     return lf.select(
         "stay",
         "var",
-        bin=(pl.col("hours") - EPS).floor().clip(0, hours - 1).cast(pl.Int16),
+        bin=(pl.col("hours") - EPS).floor().clip(0.0, last_bin).cast(pl.Int16),
         charttime="charttime",
         val="val",
         key_a="key_a",
         key_b="key_b",
+        **({"hours": "hours"} if with_hours else {}),
     )
 
 
@@ -185,8 +197,9 @@ def window_events(
     root: pl.DataFrame,
     task: pl.DataFrame,
     *,
-    hours: int = HOURS,
+    hours: int | None = HOURS,
     open_ended: bool = False,
+    with_hours: bool = False,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Cleaned events of the 17 variables in the first ``hours`` hours of each task stay.
 
@@ -198,10 +211,11 @@ def window_events(
         root: The root cohort (``subject_id``, ``hadm_id``, ``icustay_id``) used to
             validate events.
         task: The stays to cut windows for (``subject_id``, ``icustay_id``, ``intime``,
-            ``outtime``).
-        hours: Window length in hours.
+            ``outtime``, and ``window_hours`` when ``hours`` is None).
+        hours: Window length in hours; None: each stay's ``window_hours`` (whole stays).
         open_ended: Treat a null OUTTIME as a stay still in the ICU, open-ended (step 4);
             ``False`` keeps the benchmark's rule (training).
+        with_hours: Also return each event's exact ``hours`` since INTIME (Float64).
 
     Returns:
         ``(events, counts)``: one row per kept event with ``stay`` (ICUSTAY_ID), ``var``
@@ -212,7 +226,9 @@ def window_events(
     Raises:
         MimicInputError: If a table is missing, lacks a column or has a bad value.
     """
-    windows, counts, _ = _windows(mimic_dir, root, task, hours, open_ended, newest=False)
+    windows, counts, _ = _windows(
+        mimic_dir, root, task, hours, open_ended, newest=False, with_hours=with_hours
+    )
     return windows, counts
 
 
@@ -236,15 +252,18 @@ def _windows(
     mimic_dir: str | Path,
     root: pl.DataFrame,
     task: pl.DataFrame,
-    hours: int,
+    hours: int | None,
     open_ended: bool,
     newest: bool,
+    with_hours: bool = False,
 ) -> tuple[pl.DataFrame, dict[str, int], datetime | None]:
     """Run the window and validation queries over every table, each table read once."""
     queries = []
     for table in EVENT_TABLES:
         events = _scan_events(mimic_dir, table)
-        queries.append(_window_query(events, table, root, task, hours, open_ended))
+        queries.append(
+            _window_query(events, table, root, task, hours, open_ended, with_hours=with_hours)
+        )
         queries.append(_validation_query(events, root, newest))
     results = _collect(mimic_dir, queries)
     validations = results[1::2]

@@ -81,15 +81,18 @@ from features.mimic.events import (
     window_events,
     window_events_and_newest,
 )
-from features.mimic.grid import build_grid, fit_normaliser
+from features.mimic.grid import build_grid, build_hourly, fit_normaliser
 from features.mimic.manifest import (
     GRID_FILE,
+    HOURLY_FILE,
     MANIFEST_FILE,
+    SAMPLES_FILE,
     SCHEMA_VERSION,
     SCORING_SOURCE_TABLES,
     SOURCE_TABLES,
     STAYS_FILE,
     TASK,
+    TASK_SOURCE_TABLES,
     Cohort,
     CohortStep,
     EventValidation,
@@ -103,6 +106,8 @@ from features.mimic.manifest import (
     Split,
     SplitCount,
     SplitCounts,
+    TaskFiles,
+    TaskManifest,
     read_manifest_header,
 )
 from features.mimic.splits import assign_splits, check_split_fractions, split_column
@@ -114,12 +119,26 @@ from features.mimic.tables import (
     check_table,
     file_fingerprint,
 )
+from features.mimic.tasks import (
+    SEQUENCE_TASKS,
+    TASKS,
+    SequenceTask,
+    Task,
+    hourly_samples,
+    known_diagnoses,
+    phenotype_labels,
+    phenotype_names,
+)
 from features.mimic.variables import channel_names
 
 TRUTH_FILE = "synthetic_truth.csv"
 DATETIME_US = pl.Datetime("us")
 #: Everything a feature folder holds; a folder with anything else is never replaced.
 FOLDER_FILES = frozenset({STAYS_FILE, GRID_FILE, MANIFEST_FILE})
+#: Everything a whole-stay task folder holds.
+TASK_FOLDER_FILES = frozenset({STAYS_FILE, HOURLY_FILE, SAMPLES_FILE, MANIFEST_FILE})
+#: The task names of ``manifest.json`` for each ``--task``.
+MANIFEST_TASK: dict[str, str] = {"ihm": TASK, **{name: name for name in SEQUENCE_TASKS}}
 #: What each purpose's output folder must be, for the refusal message.
 _OURS: dict[str, str] = {
     "training": "a feature folder written by rank1 extract",
@@ -171,21 +190,22 @@ class _Steps:
         return {**self.timings, "total": round(time.perf_counter() - self.started, 3)}
 
 
-def _is_feature_folder(folder: Path, purpose: Purpose = "training") -> bool:
-    """Whether ``folder`` is a ``purpose`` feature folder this code wrote, holding nothing else."""
+def _is_feature_folder(folder: Path, purpose: Purpose = "training", task: Task = "ihm") -> bool:
+    """Whether ``folder`` is a ``task`` feature folder this code wrote, holding nothing else."""
     names = {entry.name for entry in folder.iterdir()}
-    if MANIFEST_FILE not in names or not names <= FOLDER_FILES:
+    files = FOLDER_FILES if task == "ihm" else TASK_FOLDER_FILES
+    if MANIFEST_FILE not in names or not names <= files:
         return False
     # Any schema version: an older or newer folder of ours may be replaced too.
     header = read_manifest_header(folder)
-    return header is not None and header.task == TASK and header.purpose == purpose
+    return header is not None and header.task == MANIFEST_TASK[task] and header.purpose == purpose
 
 
-def _output_folder(out_dir: str | Path, purpose: Purpose) -> OutputFolder:
+def _output_folder(out_dir: str | Path, purpose: Purpose, task: Task = "ihm") -> OutputFolder:
     """The checked output folder of one extraction (refused in one line, before any work)."""
     output = OutputFolder(
         Path(out_dir),
-        is_ours=partial(_is_feature_folder, purpose=purpose),
+        is_ours=partial(_is_feature_folder, purpose=purpose, task=task),
         what=_OURS[purpose],
         marker=MANIFEST_FILE,
         error=MimicInputError,
@@ -197,6 +217,12 @@ def _output_folder(out_dir: str | Path, purpose: Purpose) -> OutputFolder:
         raise MimicInputError(
             f"{out}: output folder holds a {header.purpose[:20]} feature folder; refusing "
             f"to replace it with a {purpose} one (choose another output folder)"
+        )
+    known = set(MANIFEST_TASK.values())
+    if header is not None and header.task in known and header.task != MANIFEST_TASK[task]:
+        raise MimicInputError(
+            f"{out}: output folder holds a {header.task} feature folder; refusing to replace "
+            f"it with a {MANIFEST_TASK[task]} one (choose another output folder)"
         )
     output.check()
     return output
@@ -215,8 +241,14 @@ def _hash_sources(hasher: ThreadPoolExecutor, paths: dict[str, Path]) -> dict[st
     return {name: hasher.submit(file_fingerprint, path) for name, path in paths.items()}
 
 
-def _read_truth(mimic_dir: Path) -> pl.DataFrame | None:
-    """Read the generator's planted risk per stay, if the input folder has one."""
+def _read_truth(mimic_dir: Path, *, every_column: bool = False) -> pl.DataFrame | None:
+    """Read the generator's planted truth per stay, if the input folder has one.
+
+    Args:
+        mimic_dir: The input folder.
+        every_column: Keep every ``true_*`` column (the whole-stay tasks' planted truth),
+            not only ``true_risk``.
+    """
     path = mimic_dir / TRUTH_FILE
     if not path.exists():
         return None
@@ -229,25 +261,31 @@ def _read_truth(mimic_dir: Path) -> pl.DataFrame | None:
     for column in ("icustay_id", "true_risk"):
         if column not in truth.columns:
             raise MimicInputError(f"{path}: column {column} is missing")
-    return truth.select("icustay_id", "true_risk")
+    keep = [c for c in truth.columns if c.startswith("true_")] if every_column else ["true_risk"]
+    return truth.select("icustay_id", *keep)
 
 
 def extract(
     mimic_dir: str | Path,
     out_dir: str | Path,
     *,
+    task: Task = "ihm",
     seed: int = 0,
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     progress: bool = True,
-) -> FeatureManifest:
-    """Extract the in-hospital-mortality features from raw MIMIC-III tables.
+) -> FeatureManifest | TaskManifest:
+    """Extract one benchmark task's features from raw MIMIC-III tables.
 
     Args:
         mimic_dir: Folder with the MIMIC-III tables (``.csv`` or ``.csv.gz``).
         out_dir: Feature folder to write: a new path, an empty folder (filled in place),
-            or a feature folder written by this function holding nothing else (replaced).
-            A symbolic link is followed; the folder it points to is written.
+            or a feature folder of the same task written by this function holding nothing
+            else (replaced). A symbolic link is followed; the folder it points to is written.
+        task: ``"ihm"`` (the 48 x 76 grid, :class:`FeatureManifest`) or a whole-stay task,
+            ``"decompensation"``, ``"length-of-stay"`` or ``"phenotyping"`` (hourly rows of
+            whole stays and the task's samples, :class:`TaskManifest`; see
+            :mod:`features.mimic.tasks`).
         seed: Seed of the subject-level split.
         val_fraction: Share of subjects in the validation split.
         test_fraction: Share of subjects in the test split.
@@ -259,11 +297,20 @@ def extract(
     Raises:
         MimicInputError: For missing or bad input or a refused output folder; nothing is
             written then.
-        ValueError: If the split shares are out of range (before anything is read).
+        ValueError: If the split shares are out of range or the task is unknown (before
+            anything is read).
     """
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
     check_split_fractions(val_fraction, test_fraction)
     mimic_dir = Path(mimic_dir)
-    output = _output_folder(out_dir, "training")
+    output = _output_folder(out_dir, "training", task)
+    if task != "ihm":
+        paths = _check_tables(mimic_dir, TASK_SOURCE_TABLES, TRAINING_RULES)
+        with output.writing() as tmp:
+            return _extract_task_into(
+                mimic_dir, paths, tmp, task, seed, val_fraction, test_fraction, progress
+            )
     paths = _check_tables(mimic_dir, SOURCE_TABLES, TRAINING_RULES)
     with output.writing() as tmp:
         return _extract_into(mimic_dir, paths, tmp, seed, val_fraction, test_fraction, progress)
@@ -337,6 +384,142 @@ def _extract_into(
                 positives=int(stays["label"].sum()),
                 split=split,
                 normaliser=Normaliser(fitted_on="train", **normaliser),
+            )
+            manifest.write(tmp)
+    return manifest
+
+
+def _whole_stay_cohort(mimic_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame, list, pl.DataFrame]:
+    """The root cohort and the whole-stay tasks' candidate stays (before the event rule).
+
+    Returns:
+        ``(root, stays, cohort_steps, diagnoses)``: ``stays`` carries ``length_hours`` (the
+        LOS in hours) and ``death_hours`` (hours from INTIME to DEATHTIME, or null).
+    """
+    root, cohort_steps = root_stays(mimic_dir)
+    diagnoses = known_diagnoses(mimic_dir)
+    admitted = diagnoses.select("subject_id", "hadm_id").unique()
+    stays = root.join(admitted, on=["subject_id", "hadm_id"], how="semi")
+    cohort_steps.append(_count("with_diagnoses", stays))
+    stays = stays.filter(pl.col("los").is_not_null())
+    cohort_steps.append(_count("length_of_stay_known", stays))
+    death = (pl.col("deathtime") - pl.col("intime")).dt.total_microseconds() / 3.6e9
+    stays = stays.with_columns(length_hours=pl.col("los") * 24.0, death_hours=death)
+    return root, stays, cohort_steps, diagnoses
+
+
+def _stay_hours(stays: pl.DataFrame) -> np.ndarray:
+    """Hourly rows of each whole stay: the benchmark discretizer's int(LOS + 1 - eps), >= 1."""
+    hours = np.floor(stays["length_hours"].to_numpy() + 1.0 - EPS).astype(np.int64)
+    return np.maximum(hours, 1)
+
+
+def _task_samples(
+    task: SequenceTask, stays: pl.DataFrame, diagnoses: pl.DataFrame
+) -> tuple[pl.DataFrame, int | tuple[int, ...] | None, tuple[str, ...]]:
+    """The task's samples, its positives and its label names."""
+    if task == "phenotyping":
+        samples = phenotype_labels(diagnoses, stays)
+        names = phenotype_names()
+        return samples, tuple(int(samples[name].sum()) for name in names), names
+    samples = hourly_samples(stays, task)
+    if task == "decompensation":
+        return samples, int(samples["label"].sum()), ("death within 24 h",)
+    return samples, None, ("remaining length of stay",)
+
+
+def _extract_task_into(
+    mimic_dir: Path,
+    paths: dict[str, Path],
+    tmp: Path,
+    task: SequenceTask,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    progress: bool,
+) -> TaskManifest:
+    """The body of :func:`extract` for a whole-stay task: compute it all, write to ``tmp``."""
+    with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
+        fingerprints = _hash_sources(hasher, paths)
+        with steps.step("cohort: stays, admissions, patients, diagnoses"):
+            root, stays, cohort_steps, diagnoses = _whole_stay_cohort(mimic_dir)
+        with steps.step("events: validate and cut whole stays"):
+            whole = stays.with_columns(window_hours=pl.col("length_hours"))
+            events, validation = window_events(mimic_dir, root, whole, hours=None, with_hours=True)
+            stays = _with_event_counts(stays, events)
+            first = events.group_by("stay").agg(first_event_hours=pl.col("hours").min())
+            stays = stays.join(first, left_on="icustay_id", right_on="stay", how="left")
+            events = events.drop("hours")
+            cohort_steps.append(_count("events_in_stay", stays))
+            warnings = _unobserved_variables(events, stays, "of any whole stay")
+        if stays.height == 0:
+            raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
+        with steps.step("hourly rows: bins, forward fill, masks"):
+            lengths = _stay_hours(stays)
+            hourly, offsets = build_hourly(
+                last_per_bin(events), stays["icustay_id"].to_numpy(), lengths
+            )
+            del events
+        with steps.step(f"{task} samples"):
+            samples, positives, labels = _task_samples(task, stays, diagnoses)
+        with steps.step("splits and normaliser"):
+            assignment = assign_splits(
+                stays["subject_id"].to_numpy(),
+                seed=seed,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+            )
+            stays = stays.with_columns(split_column(stays, assignment))
+            in_train = (stays["split"] == "train").to_numpy()
+            if not in_train.any():
+                raise MimicInputError(f"{mimic_dir}: no stay in the training split")
+            normaliser = fit_normaliser(hourly, np.flatnonzero(np.repeat(in_train, lengths)))
+            truth = _read_truth(mimic_dir, every_column=True)
+            table = _stays_table(
+                stays.with_columns(hours=pl.Series(lengths, dtype=pl.Int32)),
+                truth,
+                [pl.col("label").cast(pl.Int32), pl.col("split")],
+                [
+                    pl.col("length_hours"),
+                    pl.col("hours"),
+                    pl.Series("offset", offsets[:-1], dtype=pl.Int64),
+                    pl.col("first_event_hours"),
+                    pl.col("death_hours"),
+                ],
+            )
+        with steps.step("write feature folder"):
+            sources = {name: future.result() for name, future in fingerprints.items()}
+            _write_task_data(tmp, table, hourly, samples)
+            manifest = TaskManifest(
+                schema_version=SCHEMA_VERSION,
+                task=task,
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                source=Source(
+                    dir=str(mimic_dir.resolve()),
+                    tables={name: SourceTable(**found) for name, found in sources.items()},
+                ),
+                cohort=Cohort(
+                    steps=tuple(CohortStep(**step) for step in cohort_steps),
+                    event_validation=EventValidation(**validation),
+                ),
+                stays=table.height,
+                hourly_rows=int(offsets[-1]),
+                samples=samples.height,
+                positives=positives,
+                labels=labels,
+                split=Split(
+                    seed=seed,
+                    val_fraction=val_fraction,
+                    test_fraction=test_fraction,
+                    by="subject_id",
+                    counts=_split_counts(table),
+                ),
+                channels=tuple(channel_names()),
+                normaliser=Normaliser(fitted_on="train", **normaliser),
+                files=TaskFiles(stays=STAYS_FILE, hourly=HOURLY_FILE, samples=SAMPLES_FILE),
+                truth_columns=tuple(c for c in table.columns if c.startswith("true_")),
+                warnings=tuple(warnings),
+                timings_s=steps.with_total(),
             )
             manifest.write(tmp)
     return manifest
@@ -516,7 +699,21 @@ def _write_data(tmp: Path, stays: pl.DataFrame, grid: np.ndarray) -> None:
         np.save(handle, grid, allow_pickle=False)
 
 
-def _unobserved_variables(events: pl.DataFrame, task: pl.DataFrame) -> list[str]:
+def _write_task_data(
+    tmp: Path, stays: pl.DataFrame, hourly: np.ndarray, samples: pl.DataFrame
+) -> None:
+    """Write ``stays.parquet``, ``hourly.npy`` and ``samples.parquet`` owner-only."""
+    with create_private_file(tmp / STAYS_FILE) as handle:
+        stays.write_parquet(handle)
+    with create_private_file(tmp / HOURLY_FILE) as handle:
+        np.save(handle, hourly, allow_pickle=False)
+    with create_private_file(tmp / SAMPLES_FILE) as handle:
+        samples.write_parquet(handle)
+
+
+def _unobserved_variables(
+    events: pl.DataFrame, task: pl.DataFrame, window: str = f"in the first {HOURS} h of any stay"
+) -> list[str]:
     """Warn (log and return) about variables never observed in any task stay's window."""
     from features.mimic.variables import load_variables
 
@@ -524,7 +721,7 @@ def _unobserved_variables(events: pl.DataFrame, task: pl.DataFrame) -> list[str]
     kept = events.filter(in_task & pl.col("val").is_not_null())
     seen = set(kept["var"].unique().to_list())
     warnings = [
-        f"variable {variable.channel!r} is never observed in the first {HOURS} h of any stay; "
+        f"variable {variable.channel!r} is never observed {window}; "
         "its grid columns hold only its normal value"
         for index, variable in enumerate(load_variables())
         if index not in seen

@@ -23,7 +23,7 @@ STD_FLOOR = 1e-7
 
 
 def build_grid(bins: pl.DataFrame, stay_ids: np.ndarray, hours: int = HOURS) -> np.ndarray:
-    """Build the (stays, hours, 76) float32 grid.
+    """Build the (stays, hours, 76) float32 grid: every stay ``hours`` hours long.
 
     Args:
         bins: One row per observed (``stay``, ``var``, ``bin``) with the kept ``val`` (a
@@ -34,48 +34,97 @@ def build_grid(bins: pl.DataFrame, stay_ids: np.ndarray, hours: int = HOURS) -> 
     Returns:
         The raw (un-normalised) grid.
     """
+    lengths = np.full(len(stay_ids), hours, dtype=np.int64)
+    rows, _ = build_hourly(bins, stay_ids, lengths)
+    return rows.reshape(len(stay_ids), hours, rows.shape[1])
+
+
+def stay_offsets(lengths: np.ndarray) -> np.ndarray:
+    """Row offsets of stays laid end to end: stay i is rows ``offsets[i]:offsets[i + 1]``.
+
+    Args:
+        lengths: ``(stays,)`` hours per stay.
+
+    Returns:
+        ``(stays + 1,)`` int64 offsets, starting at 0.
+    """
+    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))])
+
+
+def build_hourly(
+    bins: pl.DataFrame, stay_ids: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Build the hourly rows of stays of different lengths, laid end to end.
+
+    Each stay's rows are filled exactly as the benchmark's discretizer fills one stay:
+    the last value of each bin, carried forward, the normal value before the first
+    observation, one-hot categories and 17 masks. Carrying forward never crosses from one
+    stay into the next.
+
+    Args:
+        bins: One row per observed (``stay``, ``var``, ``bin``) with the kept ``val``;
+            ``bin`` must be below the stay's length.
+        stay_ids: ``(stays,)`` ICUSTAY_IDs in output order.
+        lengths: ``(stays,)`` hours of each stay (at least 1).
+
+    Returns:
+        ``(rows, offsets)``: the raw ``(sum(lengths), 76)`` float32 rows and the
+        ``(stays + 1,)`` offsets of :func:`stay_offsets`.
+    """
     variables = load_variables()
     n_stays, n_vars = len(stay_ids), len(variables)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = stay_offsets(lengths)
+    total = int(offsets[-1])
     order = np.argsort(stay_ids, kind="stable")
     sorted_ids = stay_ids[order]
     stay = bins["stay"].to_numpy()
     pos = np.searchsorted(sorted_ids, stay)
     if np.any(pos >= n_stays) or np.any(sorted_ids[np.minimum(pos, n_stays - 1)] != stay):
         raise ValueError("events refer to stays that are not in the stay list")
-    row = order[pos]
-    var = bins["var"].to_numpy().astype(np.int64)
     hour = bins["bin"].to_numpy().astype(np.int64)
+    stay_row = order[pos]
+    if np.any(hour >= lengths[stay_row]) or np.any(hour < 0):
+        raise ValueError("events fall outside their stay's hours")
+    row = offsets[stay_row] + hour
+    var = bins["var"].to_numpy().astype(np.int64)
 
-    # float32 throughout and one preallocated output: the grid is the largest thing the
-    # extraction holds (stays x 48 x 76), so no float64 copies or concatenations of it.
-    values = np.full((n_stays, hours, n_vars), np.nan, dtype=np.float32)
-    values[row, hour, var] = bins["val"].to_numpy().astype(np.float32)
+    # float32 throughout and one preallocated output: the rows are the largest thing the
+    # extraction holds (stay-hours x 76), so no float64 copies or concatenations of them.
+    values = np.full((total, n_vars), np.nan, dtype=np.float32)
+    values[row, var] = bins["val"].to_numpy().astype(np.float32)
     observed = ~np.isnan(values)
 
-    # Forward fill: index of the latest observed hour at or before each hour.
-    latest = np.where(observed, np.arange(hours, dtype=np.int16)[None, :, None], -1)
-    latest = np.maximum.accumulate(latest.astype(np.int16), axis=1)
-    filled = np.take_along_axis(values, np.maximum(latest, 0), axis=1)
-    del values
+    # Forward fill: the latest observed row at or before each row; one running maximum over
+    # all rows, and a row whose latest observation lies before its stay's first row has
+    # seen nothing yet (so nothing leaks from the previous stay).
+    index_type = np.int32 if total < np.iinfo(np.int32).max else np.int64
+    latest = np.where(observed, np.arange(total, dtype=index_type)[:, None], -1)
+    latest = np.maximum.accumulate(latest.astype(index_type), axis=0)
+    first_row = np.repeat(offsets[:-1], lengths).astype(index_type)
+    seen = latest >= first_row[:, None]
+    del first_row
+    filled = np.take_along_axis(values, np.maximum(latest, 0), axis=0)
+    del values, latest
     normal = np.array([v.normal_code for v in variables], dtype=np.float32)
-    filled = np.where(latest >= 0, filled, normal[None, None, :])
-    del latest
+    filled = np.where(seen, filled, normal[None, :])
+    del seen
 
-    grid = np.zeros((n_stays, hours, len(channel_names())), dtype=np.float32)
+    rows = np.zeros((total, len(channel_names())), dtype=np.float32)
     column = 0
+    every_row = np.arange(total)
     for index, variable in enumerate(variables):
         if variable.is_categorical:
-            codes = filled[:, :, index].astype(np.int64)
-            n_stay, n_hour = np.indices(codes.shape)
-            grid[n_stay, n_hour, column + codes] = 1.0
+            codes = filled[:, index].astype(np.int64)
+            rows[every_row, column + codes] = 1.0
             column += len(variable.categories)
         else:
-            grid[:, :, column] = filled[:, :, index]
+            rows[:, column] = filled[:, index]
             column += 1
-    grid[:, :, column:] = observed
-    if column + n_vars != grid.shape[2]:
+    rows[:, column:] = observed
+    if column + n_vars != rows.shape[1]:
         raise AssertionError(f"grid has {column + n_vars} columns, expected 76")
-    return grid
+    return rows, offsets
 
 
 def fit_normaliser(grid: np.ndarray, rows: np.ndarray | None = None) -> dict[str, list[float]]:
@@ -86,8 +135,10 @@ def fit_normaliser(grid: np.ndarray, rows: np.ndarray | None = None) -> dict[str
     the grid is made) and takes the sample standard deviation, floored at 1e-7.
 
     Args:
-        grid: (stays, hours, 76) raw grid.
-        rows: Indices of the stays to fit on (the training split); all stays if ``None``.
+        grid: (stays, hours, 76) raw grid, or (stay-hours, 76) rows of stays laid end to end
+            (:func:`build_hourly`).
+        rows: Indices along the first axis to fit on (the training split's stays, or their
+            hourly rows); all if ``None``.
 
     Returns:
         ``{"means": [...76], "stds": [...76], "normalised": [...76 bools]}``; columns that
@@ -96,13 +147,14 @@ def fit_normaliser(grid: np.ndarray, rows: np.ndarray | None = None) -> dict[str
     """
     rows = np.arange(len(grid)) if rows is None else np.asarray(rows)
     width = grid.shape[-1]
-    count = len(rows) * grid.shape[1]
+    count = len(rows) * (grid.shape[1] if grid.ndim == 3 else 1)
     if count < 2:
         raise ValueError("need at least two training hours to fit the normaliser")
     total = np.zeros(width)
     total_sq = np.zeros(width)
-    for start in range(0, len(rows), 4096):
-        block = grid[rows[start : start + 4096]].reshape(-1, width).astype(np.float64)
+    block_rows = 4096 if grid.ndim == 3 else 4096 * 48
+    for start in range(0, len(rows), block_rows):
+        block = grid[rows[start : start + block_rows]].reshape(-1, width).astype(np.float64)
         total += block.sum(axis=0)
         total_sq += (block * block).sum(axis=0)
     means = total / count

@@ -36,9 +36,16 @@ TASK = "in-hospital-mortality"
 SOURCE_TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "DIAGNOSES_ICD", *EVENT_TABLES)
 #: The raw tables a scoring extraction reads: no DIAGNOSES_ICD (codes come at discharge).
 SCORING_SOURCE_TABLES = tuple(name for name in SOURCE_TABLES if name != "DIAGNOSES_ICD")
+#: The raw tables a whole-stay task extraction reads: D_ICD_DIAGNOSES too, because the
+#: benchmark keeps only diagnoses whose code the dictionary lists.
+TASK_SOURCE_TABLES = (*SOURCE_TABLES[:4], "D_ICD_DIAGNOSES", *EVENT_TABLES)
 STAYS_FILE = "stays.parquet"
 GRID_FILE = "grid.npy"
+HOURLY_FILE = "hourly.npy"
+SAMPLES_FILE = "samples.parquet"
 MANIFEST_FILE = "manifest.json"
+#: The tasks of whole-stay (task) folders, as ``manifest.json`` names them.
+WholeStayTask = Literal["decompensation", "length-of-stay", "phenotyping"]
 
 #: The longest schema-version value an error message quotes.
 _QUOTED_CHARS = 20
@@ -177,7 +184,9 @@ class ManifestHeader(BaseModel):
     task: str
     # A str, not a Purpose: a newer purpose is still read (and is then no purpose of ours).
     purpose: str = "training"
-    files: FolderFiles
+    # Names of the folder's data files (in-hospital mortality: stays and grid; the whole-stay
+    # tasks: stays, hourly and samples).
+    files: dict[str, str]
 
 
 class FeatureManifest(_Part):
@@ -325,6 +334,73 @@ class FeatureManifest(_Part):
         return None
 
 
+class TaskFiles(_Part):
+    """The data files of a whole-stay task folder beside the manifest."""
+
+    stays: Literal[STAYS_FILE]
+    hourly: Literal[HOURLY_FILE]
+    samples: Literal[SAMPLES_FILE]
+
+
+class TaskManifest(_Part):
+    """The ``manifest.json`` of a whole-stay task folder.
+
+    Written by :func:`features.mimic.extract.extract` for decompensation, length of stay
+    and phenotyping.
+
+    Attributes:
+        schema_version: Layout version of the folder (:data:`SCHEMA_VERSION`).
+        task: The task.
+        created: When the folder was written (ISO 8601, UTC, seconds).
+        source: The raw tables it was extracted from.
+        cohort: Cohort steps and event-validation counts.
+        stays: Stays in the folder (the task cohort; a stay may have no hourly sample).
+        hourly_rows: Rows of ``hourly.npy``: the stays' hours, laid end to end.
+        samples: Rows of ``samples.parquet`` (phenotyping: one per stay).
+        positives: Positive samples (decompensation) or per-label positives (phenotyping,
+            in ``labels`` order); None for length of stay.
+        labels: The label names: phenotyping's 25 phenotypes, or the task's one target.
+        split: Split settings and counts (``positives``: in-hospital deaths per split).
+        channels: The hourly rows' column names.
+        normaliser: Statistics fitted on every hour of the training stays.
+        files: The data files beside the manifest.
+        truth_columns: The generator's planted truth columns carried into the tables.
+        warnings: Cohort-level warnings, e.g. a variable never observed.
+        timings_s: Seconds per extraction step, and ``"total"``.
+    """
+
+    schema_version: Literal[SCHEMA_VERSION]
+    task: WholeStayTask
+    created: str
+    source: Source
+    cohort: Cohort
+    stays: int
+    hourly_rows: int
+    samples: int
+    positives: int | tuple[int, ...] | None
+    labels: tuple[str, ...]
+    split: Split
+    channels: tuple[str, ...]
+    normaliser: Normaliser
+    files: TaskFiles
+    truth_columns: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    timings_s: dict[str, float]
+
+    @property
+    def purpose(self) -> str:
+        """Always ``"training"``: task folders hold labels and splits."""
+        return "training"
+
+    def to_json(self) -> str:
+        """The manifest as ``manifest.json`` holds it (two-space indent, final newline)."""
+        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+
+    def write(self, folder: Path) -> None:
+        """Write ``manifest.json`` into ``folder`` owner-only (0600) and atomically."""
+        write_private_text(folder / MANIFEST_FILE, self.to_json())
+
+
 #: The fields only a folder of one purpose has.
 _PURPOSE_FIELDS: dict[str, tuple[str, ...]] = {
     "training": ("positives", "split", "normaliser"),
@@ -341,14 +417,15 @@ def read_manifest_header(feature_dir: str | Path) -> ManifestHeader | None:
         return None
 
 
-def load_manifest(feature_dir: str | Path) -> FeatureManifest:
+def load_manifest(feature_dir: str | Path) -> FeatureManifest | TaskManifest:
     """Read and check ``manifest.json`` of a feature folder.
 
     Args:
         feature_dir: A feature folder.
 
     Returns:
-        The typed manifest.
+        The typed manifest: :class:`FeatureManifest` for in-hospital mortality,
+        :class:`TaskManifest` for a whole-stay task.
 
     Raises:
         FeatureFolderError: One line naming the file if it is missing, not JSON, of another
@@ -376,8 +453,9 @@ def load_manifest(feature_dir: str | Path) -> FeatureManifest:
             f"{path}: schema_version {repr(version)[:_QUOTED_CHARS]}, this code reads "
             f"{SCHEMA_VERSION}; re-extract the feature folder (rank1 extract)"
         )
+    model = FeatureManifest if raw.get("task", TASK) == TASK else TaskManifest
     try:
-        return FeatureManifest.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as err:
         raise FeatureFolderError(f"{path}: {_first_problem(err)}") from None
 
@@ -394,3 +472,35 @@ def _first_problem(err: ValidationError) -> str:
     others = err.error_count() - 1
     more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
     return f"{location}: {message}{more}" if location else f"{message}{more}"
+
+
+def load_ihm_manifest(feature_dir: str | Path) -> FeatureManifest:
+    """:func:`load_manifest` of a folder that must be an in-hospital-mortality one.
+
+    Raises:
+        FeatureFolderError: As :func:`load_manifest`, or naming the folder's task if it is a
+            whole-stay task folder.
+    """
+    manifest = load_manifest(feature_dir)
+    if not isinstance(manifest, FeatureManifest):
+        raise FeatureFolderError(
+            f"{Path(feature_dir) / MANIFEST_FILE}: is a {manifest.task} feature folder, not an "
+            f"in-hospital-mortality one (use --task {manifest.task})"
+        )
+    return manifest
+
+
+def load_task_manifest(feature_dir: str | Path) -> TaskManifest:
+    """:func:`load_manifest` of a folder that must be a whole-stay task folder.
+
+    Raises:
+        FeatureFolderError: As :func:`load_manifest`, or if it is an in-hospital-mortality
+            folder.
+    """
+    manifest = load_manifest(feature_dir)
+    if not isinstance(manifest, TaskManifest):
+        raise FeatureFolderError(
+            f"{Path(feature_dir) / MANIFEST_FILE}: is an in-hospital-mortality feature folder, "
+            "not a decompensation, length-of-stay or phenotyping one (use --task ihm)"
+        )
+    return manifest

@@ -66,6 +66,7 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
         "los": pl.Float64,
     },
     "DIAGNOSES_ICD": {"subject_id": pl.Int64, "hadm_id": pl.Int64, "icd9_code": pl.String},
+    "D_ICD_DIAGNOSES": {"icd9_code": pl.String},
     "CHARTEVENTS": {
         "subject_id": pl.Int64,
         "hadm_id": pl.Int64,
@@ -100,6 +101,7 @@ REQUIRED_NONEMPTY: dict[str, tuple[str, ...]] = {
     "ADMISSIONS": ("subject_id", "hadm_id", "admittime", "dischtime"),
     "ICUSTAYS": ("subject_id", "hadm_id", "icustay_id", "intime"),
     "DIAGNOSES_ICD": ("subject_id", "hadm_id"),
+    "D_ICD_DIAGNOSES": ("icd9_code",),
 }
 
 #: The outcome columns: an export of patients still in hospital may not carry them at all
