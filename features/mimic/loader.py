@@ -6,6 +6,9 @@
   one of its splits), normalised with a *given* normaliser: the trained model's. A model
   must see new patients on the scale it was trained on; refitting statistics on the new
   cohort would silently re-centre it.
+* :func:`load_task_split`: one split of a whole-stay task folder (decompensation, length
+  of stay, phenotyping) as a :class:`TaskSplit`: the stays' normalised hourly rows laid end
+  to end with their offsets, and the samples with the index of their stay.
 
 This is the only module of ``features`` that imports torch.
 """
@@ -14,26 +17,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from features.mimic.grid import apply_normaliser
+from features.mimic.grid import apply_normaliser, stay_offsets
 from features.mimic.manifest import (
     GRID_FILE,
+    HOURLY_FILE,
     MANIFEST_FILE,
+    SAMPLES_FILE,
     STAYS_FILE,
     FeatureFolderError,
     FeatureManifest,
     Normaliser,
+    TaskManifest,
+    load_ihm_manifest,
     load_manifest,
+    load_task_manifest,
 )
 from features.mimic.splits import SPLITS
 
 # The manifest's reader and error live in features.mimic.manifest; they are also this
 # module's public API, as the README shows.
-__all__ = ["FeatureFolderError", "load_for_scoring", "load_manifest", "load_raw", "load_split"]
+__all__ = [
+    "FeatureFolderError",
+    "TaskSplit",
+    "load_for_scoring",
+    "load_manifest",
+    "load_raw",
+    "load_split",
+    "load_task_split",
+]
 
 
 def load_split(feature_dir: str | Path, split: str):
@@ -58,7 +75,7 @@ def load_split(feature_dir: str | Path, split: str):
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     folder = Path(feature_dir)
-    manifest = load_manifest(folder)
+    manifest = load_ihm_manifest(folder)
     if manifest.purpose == "scoring" or manifest.normaliser is None:
         raise FeatureFolderError(
             f"{folder / MANIFEST_FILE}: is a scoring folder (no labels or splits); load it "
@@ -103,7 +120,7 @@ def load_for_scoring(
     import torch
 
     folder = Path(feature_dir)
-    statistics = _checked_normaliser(normaliser, load_manifest(folder), folder / MANIFEST_FILE)
+    statistics = _checked_normaliser(normaliser, load_ihm_manifest(folder), folder / MANIFEST_FILE)
     grid, part = load_raw(folder, split=split)
     return torch.from_numpy(apply_normaliser(grid, statistics)), part
 
@@ -128,7 +145,7 @@ def load_raw(feature_dir: str | Path, *, split: str | None = None):
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be None or one of {', '.join(SPLITS)}, got {split!r}")
     folder = Path(feature_dir)
-    manifest = load_manifest(folder)
+    manifest = load_ihm_manifest(folder)
     if split is not None and manifest.purpose == "scoring":
         raise FeatureFolderError(
             f"{folder / MANIFEST_FILE}: is a scoring folder (no labels or splits); "
@@ -195,3 +212,117 @@ def _read_data(folder: Path, manifest: FeatureManifest) -> tuple[pl.DataFrame, n
             f"{stays_path.name} and {MANIFEST_FILE}"
         )
     return stays, grid
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """One split of a whole-stay task folder, normalised with its training statistics.
+
+    Attributes:
+        task: ``"decompensation"``, ``"length-of-stay"`` or ``"phenotyping"``.
+        stays: The split's rows of ``stays.parquet``, in folder order.
+        values: ``(rows, 76)`` float32 hourly rows of those stays laid end to end,
+            continuous columns z-scored (one-hot and mask columns as they are).
+        offsets: ``(stays + 1,)`` int64: stay ``i`` is ``values[offsets[i]:offsets[i + 1]]``.
+        stay: ``(samples,)`` int64 index into ``stays`` of each sample's stay.
+        hour: ``(samples,)`` int32 prediction time ``t``: the sample sees its stay's first
+            ``t`` rows (phenotyping: all of them).
+        target: Decompensation ``(samples,)`` int8 death within 24 h; length of stay
+            ``(samples,)`` int8 bucket 0-9; phenotyping ``(samples, 25)`` int8 labels.
+        remaining_hours: Length of stay only: ``(samples,)`` float64 hours left.
+        label_names: The names of the target's labels (:attr:`TaskManifest.labels`).
+    """
+
+    task: str
+    stays: pl.DataFrame
+    values: np.ndarray
+    offsets: np.ndarray
+    stay: np.ndarray
+    hour: np.ndarray
+    target: np.ndarray
+    remaining_hours: np.ndarray | None
+    label_names: tuple[str, ...]
+
+
+def load_task_split(feature_dir: str | Path, split: str) -> TaskSplit:
+    """Load one split of a whole-stay task folder, normalised with its training statistics.
+
+    Args:
+        feature_dir: A folder written by ``extract(..., task=...)`` for decompensation,
+            length of stay or phenotyping.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+
+    Returns:
+        The split's :class:`TaskSplit`.
+
+    Raises:
+        FeatureFolderError: Naming the file if a file is missing or they disagree, or if
+            the folder is an in-hospital-mortality one.
+        ValueError: If ``split`` is not one of the three splits.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    folder = Path(feature_dir)
+    manifest = load_task_manifest(folder)
+    stays, hourly, samples = _read_task_data(folder, manifest)
+    rows = np.flatnonzero((stays["split"] == split).to_numpy())
+    part = stays[rows.tolist()] if len(rows) else stays.clear()
+    lengths = part["hours"].to_numpy().astype(np.int64)
+    offsets = stay_offsets(lengths)
+    # Row r of the split is row r - offsets[i] + offset[i] of the folder, for its stay i.
+    shift = np.repeat(part["offset"].to_numpy() - offsets[:-1], lengths)
+    values = apply_normaliser(
+        np.asarray(hourly[np.arange(int(offsets[-1])) + shift]), manifest.normaliser.model_dump()
+    )
+    index = pl.DataFrame({"icustay_id": part["icustay_id"], "stay": np.arange(part.height)})
+    mine = samples.join(index, on="icustay_id", how="inner", maintain_order="left")
+    if manifest.task == "phenotyping":
+        target = mine.select(manifest.labels).to_numpy().astype(np.int8)
+        hour = lengths[mine["stay"].to_numpy()].astype(np.int32)
+    else:
+        column = "label" if manifest.task == "decompensation" else "bucket"
+        target = mine[column].to_numpy().astype(np.int8)
+        hour = mine["hour"].to_numpy().astype(np.int32)
+    remaining = mine["remaining_hours"].to_numpy() if manifest.task == "length-of-stay" else None
+    return TaskSplit(
+        task=manifest.task,
+        stays=part,
+        values=values,
+        offsets=offsets,
+        stay=mine["stay"].to_numpy().astype(np.int64),
+        hour=hour,
+        target=target,
+        remaining_hours=remaining,
+        label_names=manifest.labels,
+    )
+
+
+def _read_task_data(
+    folder: Path, manifest: TaskManifest
+) -> tuple[pl.DataFrame, np.ndarray, pl.DataFrame]:
+    """``stays.parquet``, the memory-mapped hourly rows and ``samples.parquet``, checked."""
+    tables = []
+    for name, what in ((STAYS_FILE, "stays"), (SAMPLES_FILE, "samples")):
+        try:
+            tables.append(pl.read_parquet(folder / name))
+        except (OSError, pl.exceptions.PolarsError) as err:
+            message = f"{folder / name}: cannot read the {what} table: {err}"
+            raise FeatureFolderError(message) from err
+    stays, samples = tables
+    path = folder / HOURLY_FILE
+    try:
+        hourly = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise FeatureFolderError(f"{path}: cannot read the hourly rows: {err}") from err
+    expected = (manifest.hourly_rows, len(manifest.channels))
+    if hourly.shape != expected or int(stays["hours"].sum()) != manifest.hourly_rows:
+        raise FeatureFolderError(
+            f"{path}: hourly rows {hourly.shape} do not match {expected} from "
+            f"{STAYS_FILE} and {MANIFEST_FILE}"
+        )
+    if stays.height != manifest.stays or samples.height != manifest.samples:
+        raise FeatureFolderError(
+            f"{folder / MANIFEST_FILE}: records {manifest.stays} stays and {manifest.samples} "
+            f"samples; the tables hold {stays.height} and {samples.height}"
+        )
+    return stays, hourly, samples
