@@ -64,7 +64,8 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -81,7 +82,7 @@ from features.mimic.events import (
     window_events,
     window_events_and_newest,
 )
-from features.mimic.grid import build_grid, build_hourly, fit_normaliser
+from features.mimic.grid import build_grid, build_hourly, fit_normaliser, stay_offsets
 from features.mimic.manifest import (
     GRID_FILE,
     HOURLY_FILE,
@@ -316,6 +317,46 @@ def extract(
         return _extract_into(mimic_dir, paths, tmp, seed, val_fraction, test_fraction, progress)
 
 
+@dataclass(frozen=True)
+class _Common:
+    """What every task folder of one extraction shares: its input, settings and progress."""
+
+    mimic_dir: Path
+    fingerprints: dict[str, Future]
+    steps: _Steps
+    validation: dict[str, int]
+    seed: int
+    val_fraction: float
+    test_fraction: float
+
+    def split_of(self, stays: pl.DataFrame) -> pl.DataFrame:
+        """``stays`` with its seeded subject-level ``split`` column; refuses an empty train."""
+        assignment = assign_splits(
+            stays["subject_id"].to_numpy(),
+            seed=self.seed,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+        )
+        stays = stays.with_columns(split_column(stays, assignment))
+        if not (stays["split"] == "train").any():
+            raise MimicInputError(f"{self.mimic_dir}: no stay in the training split")
+        return stays
+
+    def split(self, stays: pl.DataFrame) -> Split:
+        """The manifest's split record of a folder's stays table."""
+        return Split(
+            seed=self.seed,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            by="subject_id",
+            counts=_split_counts(stays),
+        )
+
+    def sources(self, names: tuple[str, ...]) -> dict[str, dict[str, object]]:
+        """The fingerprints of the tables ``names`` (waiting for their hashing to end)."""
+        return {name: self.fingerprints[name].result() for name in names}
+
+
 def _extract_into(
     mimic_dir: Path,
     paths: dict[str, Path],
@@ -325,16 +366,12 @@ def _extract_into(
     test_fraction: float,
     progress: bool,
 ) -> FeatureManifest:
-    """The body of :func:`extract`: compute everything and write it to ``tmp``."""
+    """The body of :func:`extract` for in-hospital mortality: compute it, write to ``tmp``."""
     with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
         fingerprints = _hash_sources(hasher, paths)
         with steps.step("cohort: stays, admissions, patients"):
             root, cohort_steps = root_stays(mimic_dir)
-            diagnosed = admissions_with_diagnoses(mimic_dir)
-            task = root.filter(pl.col("los").is_not_null() & (pl.col("los") * 24.0 >= HOURS - EPS))
-            cohort_steps.append(_count("length_of_stay_48h", task))
-            task = task.join(diagnosed, on=["subject_id", "hadm_id"], how="semi")
-            cohort_steps.append(_count("with_diagnoses", task))
+            task = _ihm_candidates(root, admissions_with_diagnoses(mimic_dir), cohort_steps)
         with steps.step("events: validate and cut the first 48 h"):
             events, validation = window_events(mimic_dir, root, task, hours=HOURS)
             task = _with_event_counts(task, events)
@@ -344,68 +381,249 @@ def _extract_into(
             raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
         with steps.step("grid: hourly bins, forward fill, masks"):
             grid = _grid(events, task)
-        with steps.step("splits and normaliser"):
-            assignment = assign_splits(
-                task["subject_id"].to_numpy(),
-                seed=seed,
-                val_fraction=val_fraction,
-                test_fraction=test_fraction,
+        common = _Common(
+            mimic_dir, fingerprints, steps, validation, seed, val_fraction, test_fraction
+        )
+        return _finish_ihm(common, tmp, task, grid, cohort_steps, warnings)
+
+
+def extract_all(
+    mimic_dir: str | Path,
+    out_root: str | Path,
+    *,
+    tasks: tuple[Task, ...] = TASKS,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    progress: bool = True,
+) -> dict[str, FeatureManifest | TaskManifest]:
+    """Extract several benchmark tasks from one read of the tables: ``out_root/<task>/``.
+
+    The shared stage (cohort, event validation, whole-stay events, hourly rows) runs once
+    for all tasks; each task folder is then exactly what :func:`extract` writes for that
+    task alone (in-hospital mortality's grid is the first 48 hourly rows of its stays).
+
+    Args:
+        mimic_dir: Folder with the MIMIC-III tables.
+        out_root: Folder to write the task folders into (created if missing); each
+            ``out_root/<task>`` is checked as :func:`extract` checks its output folder.
+        tasks: The tasks to write (default: all four).
+        seed: Seed of the subject-level split (each task splits its own stays' subjects).
+        val_fraction: Share of subjects in the validation split.
+        test_fraction: Share of subjects in the test split.
+        progress: Show a progress display on the terminal.
+
+    Returns:
+        Each task's manifest, by task.
+
+    Raises:
+        MimicInputError: For missing or bad input or a refused output folder; no task
+            folder is written then.
+        ValueError: If a task is unknown or the split shares are out of range.
+    """
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"tasks: expected some of {', '.join(TASKS)}, got {list(tasks)!r}")
+    check_split_fractions(val_fraction, test_fraction)
+    mimic_dir = Path(mimic_dir)
+    outputs = {task: _output_folder(Path(out_root) / task, "training", task) for task in tasks}
+    names = TASK_SOURCE_TABLES if set(tasks) - {"ihm"} else SOURCE_TABLES
+    paths = _check_tables(mimic_dir, names, TRAINING_RULES)
+    with ExitStack() as stack:
+        tmps = {task: stack.enter_context(output.writing()) for task, output in outputs.items()}
+        return _extract_all_into(
+            mimic_dir, paths, tmps, seed, val_fraction, test_fraction, progress
+        )
+
+
+def _extract_all_into(
+    mimic_dir: Path,
+    paths: dict[str, Path],
+    tmps: dict[str, Path],
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    progress: bool,
+) -> dict[str, FeatureManifest | TaskManifest]:
+    """The body of :func:`extract_all`: the shared stage once, then each task's folder."""
+    whole_tasks = [task for task in tmps if task != "ihm"]
+    with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
+        fingerprints = _hash_sources(hasher, paths)
+        with steps.step("cohort: stays, admissions, patients, diagnoses"):
+            root, root_steps = root_stays(mimic_dir)
+            diagnosed = admissions_with_diagnoses(mimic_dir)
+            ihm_steps, whole_steps = list(root_steps), list(root_steps)
+            ihm = _ihm_candidates(root, diagnosed, ihm_steps)
+            diagnoses = known_diagnoses(mimic_dir) if whole_tasks else None
+            whole = None
+            if diagnoses is not None:
+                whole = _whole_stay_cohort(root, diagnoses, whole_steps)
+            # Every candidate of any task: in-hospital mortality's rule (any diagnosis) is
+            # the wider one; each task's own rule is applied to the result.
+            union = _whole_stay_cohort(root, diagnosed, [])
+            if not whole_tasks:
+                union = union.join(ihm.select("icustay_id"), on="icustay_id", how="semi")
+        with steps.step("events: validate and cut whole stays"):
+            union, events, validation = _whole_stay_events(mimic_dir, root, union)
+        if union.height == 0:
+            raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
+        with steps.step("hourly rows: bins, forward fill, masks"):
+            lengths = _stay_hours(union)
+            hourly, offsets = build_hourly(
+                last_per_bin(events), union["icustay_id"].to_numpy(), lengths
             )
-            task = task.with_columns(split_column(task, assignment))
-            train = np.flatnonzero((task["split"] == "train").to_numpy())
-            if len(train) == 0:
-                raise MimicInputError(f"{mimic_dir}: no stay in the training split")
-            normaliser = fit_normaliser(grid, train)
-            stays = _stays_table(
-                task,
-                _read_truth(mimic_dir),
-                [pl.col("label").cast(pl.Int32), pl.col("split")],
-                [(pl.col("los") * 24.0).alias("length_hours")],
+        common = _Common(
+            mimic_dir, fingerprints, steps, validation, seed, val_fraction, test_fraction
+        )
+        manifests: dict[str, FeatureManifest | TaskManifest] = {}
+        if "ihm" in tmps:
+            first = events.filter(pl.col("bin") < HOURS)
+            task = _with_event_counts(
+                ihm.join(union.select("icustay_id"), on="icustay_id", how="semi"), first
             )
-        with steps.step("write feature folder"):
-            sources = {name: future.result() for name, future in fingerprints.items()}
-            _write_data(tmp, stays, grid)
-            split = Split(
-                seed=seed,
-                val_fraction=val_fraction,
-                test_fraction=test_fraction,
-                by="subject_id",
-                counts=_split_counts(stays),
+            ihm_steps.append(_count("events_in_first_48h", task))
+            warnings = _unobserved_variables(first, task)
+            if task.height == 0:
+                raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
+            rows = _rows_of(union, offsets, task, HOURS)
+            grid = hourly[rows].reshape(task.height, HOURS, hourly.shape[1])
+            manifests["ihm"] = _finish_ihm(
+                common, tmps["ihm"], task, grid, ihm_steps, warnings, "ihm: "
             )
-            manifest = _manifest(
-                mimic_dir,
+            del grid
+        if whole is not None:
+            stays = union.join(whole.select("icustay_id"), on="icustay_id", how="semi")
+            whole_steps.append(_count("events_in_stay", stays))
+            warnings = _unobserved_variables(
+                events.filter(pl.col("stay").is_in(stays["icustay_id"].implode())),
                 stays,
-                sources=sources,
-                cohort_steps=cohort_steps,
-                validation=validation,
-                warnings=warnings,
-                # Timed before this last step ends, as ever: its own time is only in the total.
-                timings=steps.with_total(),
-                positives=int(stays["label"].sum()),
-                split=split,
-                normaliser=Normaliser(fitted_on="train", **normaliser),
+                "in any whole stay",
             )
-            manifest.write(tmp)
+            if stays.height != union.height:
+                rows = _rows_of(union, offsets, stays, None)
+                hourly, offsets = hourly[rows], stay_offsets(_stay_hours(stays))
+            del events
+            for task in whole_tasks:
+                manifests[task] = _finish_whole_stay(
+                    common,
+                    tmps[task],
+                    task,
+                    stays,
+                    hourly,
+                    offsets,
+                    diagnoses,
+                    list(whole_steps),
+                    warnings,
+                    f"{task}: ",
+                )
+    return manifests
+
+
+def _rows_of(
+    union: pl.DataFrame, offsets: np.ndarray, stays: pl.DataFrame, hours: int | None
+) -> np.ndarray:
+    """Indices of the hourly rows of ``stays`` (a subset of ``union``, in its order).
+
+    Args:
+        union: The stays the hourly rows were built for.
+        offsets: Their offsets.
+        stays: Stays of ``union`` to take, in ``union``'s order.
+        hours: Take each stay's first ``hours`` rows; None: all of them.
+    """
+    position = {stay: i for i, stay in enumerate(union["icustay_id"].to_list())}
+    picked = np.array([position[s] for s in stays["icustay_id"].to_list()], dtype=np.int64)
+    if len(picked) > 1 and np.any(np.diff(picked) <= 0):
+        raise AssertionError("task stays are not in the order of the shared stays")
+    lengths = np.diff(offsets)[picked] if hours is None else np.full(len(picked), hours)
+    starts = np.repeat(offsets[picked], lengths)
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return starts + within
+
+
+def _ihm_candidates(
+    root: pl.DataFrame, diagnosed: pl.DataFrame, cohort_steps: list[dict[str, object]]
+) -> pl.DataFrame:
+    """The in-hospital-mortality stays before the event rule: LOS >= 48 h, with diagnoses."""
+    task = root.filter(pl.col("los").is_not_null() & (pl.col("los") * 24.0 >= HOURS - EPS))
+    cohort_steps.append(_count("length_of_stay_48h", task))
+    task = task.join(diagnosed, on=["subject_id", "hadm_id"], how="semi")
+    cohort_steps.append(_count("with_diagnoses", task))
+    return task
+
+
+def _finish_ihm(
+    common: _Common,
+    tmp: Path,
+    task: pl.DataFrame,
+    grid: np.ndarray,
+    cohort_steps: list[dict[str, object]],
+    warnings: list[str],
+    label: str = "",
+) -> FeatureManifest:
+    """Splits, normaliser, stays table and manifest of an in-hospital-mortality folder."""
+    steps = common.steps
+    with steps.step(f"{label}splits and normaliser"):
+        task = common.split_of(task)
+        normaliser = fit_normaliser(grid, np.flatnonzero((task["split"] == "train").to_numpy()))
+        stays = _stays_table(
+            task,
+            _read_truth(common.mimic_dir),
+            [pl.col("label").cast(pl.Int32), pl.col("split")],
+            [(pl.col("los") * 24.0).alias("length_hours")],
+        )
+    with steps.step(f"{label}write feature folder"):
+        sources = common.sources(SOURCE_TABLES)
+        _write_data(tmp, stays, grid)
+        manifest = _manifest(
+            common.mimic_dir,
+            stays,
+            sources=sources,
+            cohort_steps=cohort_steps,
+            validation=common.validation,
+            warnings=warnings,
+            # Timed before this last step ends, as ever: its own time is only in the total.
+            timings=steps.with_total(),
+            positives=int(stays["label"].sum()),
+            split=common.split(stays),
+            normaliser=Normaliser(fitted_on="train", **normaliser),
+        )
+        manifest.write(tmp)
     return manifest
 
 
-def _whole_stay_cohort(mimic_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame, list, pl.DataFrame]:
-    """The root cohort and the whole-stay tasks' candidate stays (before the event rule).
+def _whole_stay_cohort(
+    root: pl.DataFrame, diagnoses: pl.DataFrame, cohort_steps: list[dict[str, object]]
+) -> pl.DataFrame:
+    """The whole-stay tasks' stays before the event rule: known diagnoses, LOS present.
 
     Returns:
-        ``(root, stays, cohort_steps, diagnoses)``: ``stays`` carries ``length_hours`` (the
-        LOS in hours) and ``death_hours`` (hours from INTIME to DEATHTIME, or null).
+        The stays with ``length_hours`` (the LOS in hours) and ``death_hours`` (hours from
+        INTIME to DEATHTIME, or null).
     """
-    root, cohort_steps = root_stays(mimic_dir)
-    diagnoses = known_diagnoses(mimic_dir)
     admitted = diagnoses.select("subject_id", "hadm_id").unique()
     stays = root.join(admitted, on=["subject_id", "hadm_id"], how="semi")
     cohort_steps.append(_count("with_diagnoses", stays))
     stays = stays.filter(pl.col("los").is_not_null())
     cohort_steps.append(_count("length_of_stay_known", stays))
     death = (pl.col("deathtime") - pl.col("intime")).dt.total_microseconds() / 3.6e9
-    stays = stays.with_columns(length_hours=pl.col("los") * 24.0, death_hours=death)
-    return root, stays, cohort_steps, diagnoses
+    return stays.with_columns(length_hours=pl.col("los") * 24.0, death_hours=death)
+
+
+def _whole_stay_events(
+    mimic_dir: Path, root: pl.DataFrame, stays: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """Events of whole stays; the stays that have one, with ``first_event_hours``.
+
+    Returns:
+        ``(stays, events, validation)``: ``stays`` keeps the stays with an event in
+        ``(-1e-6, LOS + 1e-6)`` hours, adding ``n_events`` and ``first_event_hours``.
+    """
+    whole = stays.with_columns(window_hours=pl.col("length_hours"))
+    events, validation = window_events(mimic_dir, root, whole, hours=None, with_hours=True)
+    stays = _with_event_counts(stays, events)
+    first = events.group_by("stay").agg(first_event_hours=pl.col("hours").min())
+    stays = stays.join(first, left_on="icustay_id", right_on="stay", how="left")
+    return stays, events.drop("hours"), validation
 
 
 def _stay_hours(stays: pl.DataFrame) -> np.ndarray:
@@ -442,16 +660,13 @@ def _extract_task_into(
     with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
         fingerprints = _hash_sources(hasher, paths)
         with steps.step("cohort: stays, admissions, patients, diagnoses"):
-            root, stays, cohort_steps, diagnoses = _whole_stay_cohort(mimic_dir)
+            root, cohort_steps = root_stays(mimic_dir)
+            diagnoses = known_diagnoses(mimic_dir)
+            stays = _whole_stay_cohort(root, diagnoses, cohort_steps)
         with steps.step("events: validate and cut whole stays"):
-            whole = stays.with_columns(window_hours=pl.col("length_hours"))
-            events, validation = window_events(mimic_dir, root, whole, hours=None, with_hours=True)
-            stays = _with_event_counts(stays, events)
-            first = events.group_by("stay").agg(first_event_hours=pl.col("hours").min())
-            stays = stays.join(first, left_on="icustay_id", right_on="stay", how="left")
-            events = events.drop("hours")
+            stays, events, validation = _whole_stay_events(mimic_dir, root, stays)
             cohort_steps.append(_count("events_in_stay", stays))
-            warnings = _unobserved_variables(events, stays, "of any whole stay")
+            warnings = _unobserved_variables(events, stays, "in any whole stay")
         if stays.height == 0:
             raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
         with steps.step("hourly rows: bins, forward fill, masks"):
@@ -460,68 +675,80 @@ def _extract_task_into(
                 last_per_bin(events), stays["icustay_id"].to_numpy(), lengths
             )
             del events
-        with steps.step(f"{task} samples"):
-            samples, positives, labels = _task_samples(task, stays, diagnoses)
-        with steps.step("splits and normaliser"):
-            assignment = assign_splits(
-                stays["subject_id"].to_numpy(),
-                seed=seed,
-                val_fraction=val_fraction,
-                test_fraction=test_fraction,
-            )
-            stays = stays.with_columns(split_column(stays, assignment))
-            in_train = (stays["split"] == "train").to_numpy()
-            if not in_train.any():
-                raise MimicInputError(f"{mimic_dir}: no stay in the training split")
-            normaliser = fit_normaliser(hourly, np.flatnonzero(np.repeat(in_train, lengths)))
-            truth = _read_truth(mimic_dir, every_column=True)
-            table = _stays_table(
-                stays.with_columns(hours=pl.Series(lengths, dtype=pl.Int32)),
-                truth,
-                [pl.col("label").cast(pl.Int32), pl.col("split")],
-                [
-                    pl.col("length_hours"),
-                    pl.col("hours"),
-                    pl.Series("offset", offsets[:-1], dtype=pl.Int64),
-                    pl.col("first_event_hours"),
-                    pl.col("death_hours"),
-                ],
-            )
-        with steps.step("write feature folder"):
-            sources = {name: future.result() for name, future in fingerprints.items()}
-            _write_task_data(tmp, table, hourly, samples)
-            manifest = TaskManifest(
-                schema_version=SCHEMA_VERSION,
-                task=task,
-                created=datetime.now(UTC).isoformat(timespec="seconds"),
-                source=Source(
-                    dir=str(mimic_dir.resolve()),
-                    tables={name: SourceTable(**found) for name, found in sources.items()},
-                ),
-                cohort=Cohort(
-                    steps=tuple(CohortStep(**step) for step in cohort_steps),
-                    event_validation=EventValidation(**validation),
-                ),
-                stays=table.height,
-                hourly_rows=int(offsets[-1]),
-                samples=samples.height,
-                positives=positives,
-                labels=labels,
-                split=Split(
-                    seed=seed,
-                    val_fraction=val_fraction,
-                    test_fraction=test_fraction,
-                    by="subject_id",
-                    counts=_split_counts(table),
-                ),
-                channels=tuple(channel_names()),
-                normaliser=Normaliser(fitted_on="train", **normaliser),
-                files=TaskFiles(stays=STAYS_FILE, hourly=HOURLY_FILE, samples=SAMPLES_FILE),
-                truth_columns=tuple(c for c in table.columns if c.startswith("true_")),
-                warnings=tuple(warnings),
-                timings_s=steps.with_total(),
-            )
-            manifest.write(tmp)
+        common = _Common(
+            mimic_dir, fingerprints, steps, validation, seed, val_fraction, test_fraction
+        )
+        return _finish_whole_stay(
+            common, tmp, task, stays, hourly, offsets, diagnoses, cohort_steps, warnings
+        )
+
+
+def _finish_whole_stay(
+    common: _Common,
+    tmp: Path,
+    task: SequenceTask,
+    stays: pl.DataFrame,
+    hourly: np.ndarray,
+    offsets: np.ndarray,
+    diagnoses: pl.DataFrame,
+    cohort_steps: list[dict[str, object]],
+    warnings: list[str],
+    label: str = "",
+) -> TaskManifest:
+    """Samples, splits, normaliser, stays table and manifest of a whole-stay task folder.
+
+    ``hourly`` holds the ``(rows, 76)`` hourly rows of ``stays`` laid end to end in their
+    order, ``offsets`` their ``(stays + 1,)`` offsets; ``label`` prefixes the step names.
+    """
+    steps = common.steps
+    lengths = np.diff(offsets)
+    with steps.step(f"{task} samples"):
+        samples, positives, labels = _task_samples(task, stays, diagnoses)
+    with steps.step(f"{label}splits and normaliser"):
+        stays = common.split_of(stays)
+        in_train = (stays["split"] == "train").to_numpy()
+        normaliser = fit_normaliser(hourly, np.flatnonzero(np.repeat(in_train, lengths)))
+        table = _stays_table(
+            stays.with_columns(hours=pl.Series(lengths, dtype=pl.Int32)),
+            _read_truth(common.mimic_dir, every_column=True),
+            [pl.col("label").cast(pl.Int32), pl.col("split")],
+            [
+                pl.col("length_hours"),
+                pl.col("hours"),
+                pl.Series("offset", offsets[:-1], dtype=pl.Int64),
+                pl.col("first_event_hours"),
+                pl.col("death_hours"),
+            ],
+        )
+    with steps.step(f"{label}write feature folder"):
+        sources = common.sources(TASK_SOURCE_TABLES)
+        _write_task_data(tmp, table, hourly, samples)
+        manifest = TaskManifest(
+            schema_version=SCHEMA_VERSION,
+            task=task,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            source=Source(
+                dir=str(common.mimic_dir.resolve()),
+                tables={name: SourceTable(**found) for name, found in sources.items()},
+            ),
+            cohort=Cohort(
+                steps=tuple(CohortStep(**step) for step in cohort_steps),
+                event_validation=EventValidation(**common.validation),
+            ),
+            stays=table.height,
+            hourly_rows=int(offsets[-1]),
+            samples=samples.height,
+            positives=positives,
+            labels=labels,
+            split=common.split(table),
+            channels=tuple(channel_names()),
+            normaliser=Normaliser(fitted_on="train", **normaliser),
+            files=TaskFiles(stays=STAYS_FILE, hourly=HOURLY_FILE, samples=SAMPLES_FILE),
+            truth_columns=tuple(c for c in table.columns if c.startswith("true_")),
+            warnings=tuple(warnings),
+            timings_s=steps.with_total(),
+        )
+        manifest.write(tmp)
     return manifest
 
 
