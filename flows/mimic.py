@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger
 
 from features.io import make_private_dir
+from features.mimic.manifest import TaskManifest
 from flows.params import (
     ClinicalParams,
     ExtractParams,
@@ -101,6 +102,7 @@ def extract_features(params: ExtractParams) -> dict[str, Any]:
     manifest = extract(
         params.mimic_dir,
         params.out_dir,
+        task=params.task,
         seed=params.seed,
         val_fraction=params.val_fraction,
         test_fraction=params.test_fraction,
@@ -114,13 +116,16 @@ def extract_features(params: ExtractParams) -> dict[str, Any]:
     return _counts(manifest)
 
 
-def _counts(manifest: FeatureManifest) -> dict[str, Any]:
+def _counts(manifest: FeatureManifest | TaskManifest) -> dict[str, Any]:
     """The flow's cohort-level counts (plain JSON for Prefect's result)."""
-    return {
+    counts = {
         "stays": manifest.stays,
         "positives": manifest.positives,
         "splits": manifest.split.counts.model_dump(),
     }
+    if isinstance(manifest, TaskManifest):
+        counts["samples"] = manifest.samples
+    return counts
 
 
 @retried_task(1, 30, task_run_name="train-{method}", timeout_seconds=TRAIN_TIMEOUT_S)
@@ -216,7 +221,7 @@ def write_report(params: ReportParams) -> dict[str, str]:
 
 @flow(name="extract-mimic", validate_parameters=False)
 def extract_mimic(params: ExtractParams) -> dict[str, Any]:
-    """Extract the in-hospital-mortality feature folder from raw MIMIC-III tables.
+    """Extract one benchmark task's feature folder from raw MIMIC-III tables.
 
     Skipped when ``out_dir`` already holds a feature folder extracted from tables with the
     same sizes and sha256 hashes and the same split settings (unless ``force``).

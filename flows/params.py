@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from features.mimic.tasks import Task
 from pipeline.config import (
     DEVICE_PATTERN,
     EHR_EXPERIMENT,
@@ -268,11 +269,14 @@ class ExtractParams(SplitSettings):
     Attributes:
         mimic_dir: Folder with the raw MIMIC-III tables (CSV or CSV.gz).
         out_dir: Feature folder to write.
+        task: The benchmark task: ``ihm`` (in-hospital mortality, the 48-hour grid),
+            ``decompensation``, ``length-of-stay`` or ``phenotyping`` (whole stays).
         force: Extract even when the inputs are unchanged since the last extraction.
     """
 
     mimic_dir: ExistingDir
     out_dir: Path
+    task: Task = "ihm"
     force: bool = False
 
 

@@ -296,42 +296,9 @@ class FeatureManifest(_Part):
     ) -> str | None:
         """Why extracting ``mimic_dir`` with these settings would write another folder.
 
-        Compares the split settings, then the byte size of every source table with the
-        recorded one (cheap, so a changed table usually costs no hashing), then its sha256.
-
-        Args:
-            mimic_dir: Folder with the MIMIC-III tables.
-            seed: Seed of the subject-level split.
-            val_fraction: Share of subjects in the validation split.
-            test_fraction: Share of subjects in the test split.
-
-        Returns:
-            A short reason, or None when re-extracting would write the same feature folder
-            (up to its creation time and timings).
+        See :func:`outdated_reason`.
         """
-        if self.split is None:
-            return "the folder holds scoring features, not training ones"
-        split = self.split
-        if (split.seed, split.val_fraction, split.test_fraction) != (
-            seed,
-            val_fraction,
-            test_fraction,
-        ):
-            return "the split settings changed"
-        recorded = self.source.tables
-        if set(recorded) != set(SOURCE_TABLES):
-            return "the manifest records other source tables"
-        try:
-            paths = {name: table_path(mimic_dir, name) for name in SOURCE_TABLES}
-        except MimicInputError:
-            return "a source table is missing"  # extraction reports which, properly
-        for name, path in paths.items():
-            if path.stat().st_size != recorded[name].bytes:
-                return f"{name} changed size"
-        for name, path in paths.items():
-            if file_fingerprint(path)["sha256"] != recorded[name].sha256:
-                return f"{name} changed content"
-        return None
+        return outdated_reason(self, mimic_dir, seed, val_fraction, test_fraction)
 
 
 class TaskFiles(_Part):
@@ -392,6 +359,20 @@ class TaskManifest(_Part):
         """Always ``"training"``: task folders hold labels and splits."""
         return "training"
 
+    @property
+    def total_seconds(self) -> float:
+        """Wall time of the whole extraction."""
+        return self.timings_s["total"]
+
+    def outdated_reason(
+        self, mimic_dir: str | Path, *, seed: int, val_fraction: float, test_fraction: float
+    ) -> str | None:
+        """Why extracting ``mimic_dir`` with these settings would write another folder.
+
+        See :func:`outdated_reason`.
+        """
+        return outdated_reason(self, mimic_dir, seed, val_fraction, test_fraction)
+
     def to_json(self) -> str:
         """The manifest as ``manifest.json`` holds it (two-space indent, final newline)."""
         return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
@@ -406,6 +387,55 @@ _PURPOSE_FIELDS: dict[str, tuple[str, ...]] = {
     "training": ("positives", "split", "normaliser"),
     "scoring": ("as_of", "skipped"),
 }
+
+
+def outdated_reason(
+    manifest: FeatureManifest | TaskManifest,
+    mimic_dir: str | Path,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+) -> str | None:
+    """Why extracting ``mimic_dir`` with these settings would write another folder.
+
+    Compares the split settings, then the byte size of every source table with the
+    recorded one (cheap, so a changed table usually costs no hashing), then its sha256.
+
+    Args:
+        manifest: The existing folder's manifest.
+        mimic_dir: Folder with the MIMIC-III tables.
+        seed: Seed of the subject-level split.
+        val_fraction: Share of subjects in the validation split.
+        test_fraction: Share of subjects in the test split.
+
+    Returns:
+        A short reason, or None when re-extracting would write the same feature folder
+        (up to its creation time and timings).
+    """
+    if manifest.split is None:
+        return "the folder holds scoring features, not training ones"
+    split = manifest.split
+    if (split.seed, split.val_fraction, split.test_fraction) != (
+        seed,
+        val_fraction,
+        test_fraction,
+    ):
+        return "the split settings changed"
+    recorded = manifest.source.tables
+    expected = SOURCE_TABLES if isinstance(manifest, FeatureManifest) else TASK_SOURCE_TABLES
+    if set(recorded) != set(expected):
+        return "the manifest records other source tables"
+    try:
+        paths = {name: table_path(mimic_dir, name) for name in expected}
+    except MimicInputError:
+        return "a source table is missing"  # extraction reports which, properly
+    for name, path in paths.items():
+        if path.stat().st_size != recorded[name].bytes:
+            return f"{name} changed size"
+    for name, path in paths.items():
+        if file_fingerprint(path)["sha256"] != recorded[name].sha256:
+            return f"{name} changed content"
+    return None
 
 
 def read_manifest_header(feature_dir: str | Path) -> ManifestHeader | None:

@@ -78,7 +78,18 @@ def synth_command(
 
 def extract_command(
     mimic_dir: Annotated[Path, typer.Option("--mimic-dir", help="Folder with MIMIC-III CSV(.gz).")],
-    out: Annotated[Path, typer.Option("--out", help="Feature folder to write.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Feature folder to write (--task all: one per task in it)."),
+    ],
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="ihm | decompensation | length-of-stay | phenotyping | all (the four "
+            "from one read of the tables, into OUT/<task>).",
+        ),
+    ] = _EXTRACT.task,
     seed: options.SplitSeed = _EXTRACT.seed,
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Share of subjects.")
@@ -87,28 +98,40 @@ def extract_command(
         float, typer.Option("--test-fraction", help="Share of subjects.")
     ] = _EXTRACT.test_fraction,
 ) -> None:
-    """Extract the in-hospital-mortality features (mimic3-benchmarks definitions)."""
-    from features.mimic.extract import extract
+    """Extract a benchmark task's features (mimic3-benchmarks definitions)."""
+    from features.mimic.extract import extract, extract_all
     from features.mimic.tables import MimicInputError
+    from features.mimic.tasks import TASKS
 
+    if task not in (*TASKS, "all"):
+        fail(f"--task: expected one of {', '.join(TASKS)} or all, got {task!r}")
+    settings = {"seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction}
     try:
-        manifest = extract(
-            mimic_dir,
-            out,
-            seed=seed,
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            progress=True,
-        )
+        if task == "all":
+            manifests = extract_all(mimic_dir, out, progress=True, **settings)
+        else:
+            manifests = {task: extract(mimic_dir, out, task=task, progress=True, **settings)}
     except (MimicInputError, OSError, ValueError) as err:
         fail(str(err))
-    typer.echo(f"wrote {out} in {manifest.total_seconds:.1f} s")
+    for name, manifest in manifests.items():
+        folder = out / name if task == "all" else out
+        _describe_extraction(folder, manifest)
+
+
+def _describe_extraction(folder: Path, manifest: Any) -> None:
+    """Print what one extraction wrote: cohort steps, samples and splits, warnings."""
+    typer.echo(f"wrote {folder} ({manifest.task}) in {manifest.total_seconds:.1f} s")
     typer.echo("cohort (stays / subjects):")
     for step in manifest.cohort.steps:
         typer.echo(f"  {step.step:<28} {step.stays:>8,} / {step.subjects:,}")
+    samples = getattr(manifest, "samples", None)
+    if samples is not None and manifest.task != "phenotyping":
+        positives = manifest.positives
+        of = f" ({positives:,} positive)" if isinstance(positives, int) else ""
+        typer.echo(f"hourly samples: {samples:,}{of}")
     counts = manifest.split.counts
     parts = [f"{name} {c.stays:,} ({c.positives:,} deaths)" for name, c in counts]
-    typer.echo("splits: " + ", ".join(parts))
+    typer.echo("splits (stays): " + ", ".join(parts))
     for warning in manifest.warnings:
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
