@@ -131,7 +131,7 @@ def _describe_extraction(folder: Path, manifest: Any) -> None:
         typer.echo(f"hourly samples: {samples:,}{of}")
     counts = manifest.split.counts
     parts = [f"{name} {c.stays:,} ({c.positives:,} deaths)" for name, c in counts]
-    typer.echo("splits (stays): " + ", ".join(parts))
+    typer.echo("splits: " + ", ".join(parts))
     for warning in manifest.warnings:
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
 
