@@ -349,3 +349,30 @@ def severity_figure(
     axes[0].legend(fontsize="small")
     fig.suptitle(title)
     return _maybe_save(fig, path)
+
+
+def trajectory_figure(
+    hours: Any, risk: Any, low: Any, high: Any, *, title: str = "Risk trajectory"
+) -> Figure:
+    """One stay's hourly risk with its credible interval as a band.
+
+    Args:
+        hours: ``(T,)`` prediction hours since ICU admission.
+        risk: ``(T,)`` calibrated risk at each hour.
+        low: ``(T,)`` lower end of the interval.
+        high: ``(T,)`` upper end of the interval.
+        title: Figure title.
+
+    Returns:
+        The figure.
+    """
+    fig = Figure(figsize=(4.0, 2.6), dpi=_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.fill_between(hours, low, high, color="#4c78a8", alpha=0.25, label="interval")
+    ax.plot(hours, risk, color="#4c78a8", label="risk")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("hours since ICU admission")
+    ax.set_ylabel("risk of death in 24 h")
+    ax.set_title(title, fontsize="small")
+    return fig
