@@ -234,3 +234,34 @@ def test_missing_code_dictionary_is_named(tmp_path):
     with pytest.raises(MimicInputError, match="D_ICD_DIAGNOSES"):
         extract(src, tmp_path / "out", task="phenotyping", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_scoring_a_stay_still_in_the_icu_reads_every_hour_so_far(tmp_path):
+    from datetime import datetime
+
+    from features.mimic.extract import extract_for_scoring
+    from features.mimic.loader import load_manifest, load_task_for_scoring
+
+    src = write_stays(tmp_path / "mimic")
+    # B is still in the ICU: no OUTTIME or LOS, and no outcome columns at all.
+    icu = (src / "ICUSTAYS.csv").read_text().splitlines()
+    icu = [line if not line.startswith("2,") else line.rsplit(",", 2)[0] + ",," for line in icu]
+    (src / "ICUSTAYS.csv").write_text("\n".join(icu) + "\n")
+    out = tmp_path / "ward"
+    manifest = extract_for_scoring(
+        src, out, task="decompensation", as_of=datetime(2150, 1, 2, 10, 0), progress=False
+    )
+    assert manifest.purpose == "scoring" and manifest.split is None
+    stays = pl.read_parquet(out / "stays.parquet")
+    b = stays.filter(pl.col("icustay_id") == 102)
+    # 24 h since INTIME at as_of: 24 hourly rows; no diagnosis rule, so D is scored too.
+    assert b["in_icu"][0] and b["hours"][0] == 24 and 104 in stays["icustay_id"].to_list()
+    samples = pl.read_parquet(out / "samples.parquet")
+    assert samples.filter(pl.col("icustay_id") == 102)["hour"].to_list() == list(range(7, 25))
+    assert "label" not in samples.columns
+    trained = tmp_path / "trained"
+    extract(write_stays(tmp_path / "train-src"), trained, task="decompensation", progress=False)
+    split = load_task_for_scoring(out, load_manifest(trained).normaliser)
+    assert split.target is None and split.values.shape == (int(stays["hours"].sum()), 76)
+    with pytest.raises(FeatureFolderError, match="is a scoring folder"):
+        load_task_split(out, "train")

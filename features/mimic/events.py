@@ -233,7 +233,12 @@ def window_events(
 
 
 def window_events_and_newest(
-    mimic_dir: str | Path, root: pl.DataFrame, task: pl.DataFrame, *, hours: int = HOURS
+    mimic_dir: str | Path,
+    root: pl.DataFrame,
+    task: pl.DataFrame,
+    *,
+    hours: int | None = HOURS,
+    with_hours: bool = False,
 ) -> tuple[pl.DataFrame, dict[str, int], datetime | None]:
     """:func:`window_events` for scoring (open-ended stays), plus the newest event time.
 
@@ -245,7 +250,9 @@ def window_events_and_newest(
         of the 17 variables' events with an admission, of the subjects of ``root``, in any
         event table (None if there is none).
     """
-    return _windows(mimic_dir, root, task, hours, open_ended=True, newest=True)
+    return _windows(
+        mimic_dir, root, task, hours, open_ended=True, newest=True, with_hours=with_hours
+    )
 
 
 def _windows(

@@ -213,7 +213,7 @@ def _output_folder(out_dir: str | Path, purpose: Purpose, task: Task = "ihm") ->
     )
     out = output.target
     header = read_manifest_header(out) if out.is_dir() else None
-    if header is not None and header.task == TASK and header.purpose != purpose:
+    if header is not None and header.task == MANIFEST_TASK[task] and header.purpose != purpose:
         # Said plainly, rather than "not a feature folder": it is one, for the other use.
         raise MimicInputError(
             f"{out}: output folder holds a {header.purpose[:20]} feature folder; refusing "
@@ -756,6 +756,7 @@ def extract_for_scoring(
     mimic_dir: str | Path,
     out_dir: str | Path,
     *,
+    task: Task = "ihm",
     as_of: datetime | None = None,
     progress: bool = True,
 ) -> FeatureManifest:
@@ -771,6 +772,8 @@ def extract_for_scoring(
         out_dir: Feature folder to write: a new path, an empty folder (filled in place),
             or a scoring folder written by this function holding nothing else (replaced).
             A training feature folder is refused.
+        task: ``"ihm"`` (the 48-hour grids) or a whole-stay task (every hour so far of
+            every stay; see :func:`_extract_task_for_scoring_into`).
         as_of: The time the export was taken, in the export's (naive) clock: a stay still
             in the ICU counts when ``as_of - INTIME >= 48 h``. None: the newest event time
             of the 17 variables among the cohort's patients.
@@ -791,11 +794,127 @@ def extract_for_scoring(
             "as_of must be a naive datetime in the export's clock "
             "(MIMIC-III times carry no time zone)"
         )
+    if task not in TASKS:
+        raise ValueError(f"task: expected one of {', '.join(TASKS)}, got {task!r}")
     mimic_dir = Path(mimic_dir)
-    output = _output_folder(out_dir, "scoring")
+    output = _output_folder(out_dir, "scoring", task)
     paths = _check_tables(mimic_dir, SCORING_SOURCE_TABLES, SCORING_RULES)
     with output.writing() as tmp:
+        if task != "ihm":
+            return _extract_task_for_scoring_into(mimic_dir, paths, tmp, task, as_of, progress)
         return _extract_for_scoring_into(mimic_dir, paths, tmp, as_of, progress)
+
+
+#: The window of a stay still in the ICU while ``as_of`` is unknown: ten years, i.e. all
+#: of it; the events are cut to ``as_of`` once the event pass has found it.
+_OPEN_WINDOW_HOURS = 24.0 * 365 * 10
+
+
+def _extract_task_for_scoring_into(
+    mimic_dir: Path,
+    paths: dict[str, Path],
+    tmp: Path,
+    task: SequenceTask,
+    as_of: datetime | None,
+    progress: bool,
+) -> TaskManifest:
+    """:func:`extract_for_scoring` for a whole-stay task: every hour of every stay so far.
+
+    The training rules apply with the scoring mode's differences (see the module
+    docstring): no outcome and no diagnosis is read, and a stay still in the ICU lasts
+    until ``as_of``. Its samples are the hours a prediction is made at: for
+    decompensation and length of stay every ``t > 4`` after the first event up to the
+    stay's length so far (no death is known), for phenotyping one per stay.
+    """
+    with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
+        fingerprints = _hash_sources(hasher, paths)
+        with steps.step("cohort: stays, admissions, patients"):
+            root, cohort_steps = root_stays(mimic_dir, rules=SCORING_RULES)
+            root = _with_length(root, as_of)
+            window = pl.col("length_hours").fill_null(_OPEN_WINDOW_HOURS)
+            candidates = root.filter(pl.col("in_icu") | pl.col("length_hours").is_not_null())
+            candidates = candidates.with_columns(window_hours=window)
+        with steps.step("events: validate and cut whole stays"):
+            if as_of is None:
+                events, validation, as_of = window_events_and_newest(
+                    mimic_dir, root, candidates, hours=None, with_hours=True
+                )
+                if as_of is None:
+                    raise MimicInputError(f"{mimic_dir}: no event of the 17 variables to score")
+                root = _with_length(root, as_of)
+            else:
+                events, validation = window_events(
+                    mimic_dir, root, candidates, hours=None, open_ended=True, with_hours=True
+                )
+            stays = root.filter(pl.col("length_hours").is_not_null())
+            cohort_steps.append(_count("length_of_stay_known", stays))
+            length = stays.select(pl.col("icustay_id").alias("stay"), "length_hours")
+            events = events.join(length, on="stay", how="inner").filter(
+                pl.col("hours") < pl.col("length_hours") + EPS
+            )
+            first = events.group_by("stay").agg(first_event_hours=pl.col("hours").min())
+            stays = _with_event_counts(stays, events)
+            stays = stays.join(first, left_on="icustay_id", right_on="stay", how="left")
+            events = events.drop("hours", "length_hours")
+            cohort_steps.append(_count("events_in_stay", stays))
+            warnings = _unobserved_variables(events, stays, "in any whole stay")
+        if stays.height == 0:
+            raise MimicInputError(f"{mimic_dir}: no ICU stay with an event to score")
+        with steps.step("hourly rows: bins, forward fill, masks"):
+            lengths = _stay_hours(stays)
+            # hours < length + eps puts every bin below the stay's int(length + 1 - eps).
+            hourly, offsets = build_hourly(
+                last_per_bin(events), stays["icustay_id"].to_numpy(), lengths
+            )
+            del events
+        with steps.step(f"{task} samples"):
+            if task == "phenotyping":
+                samples = stays.select("icustay_id")
+            else:
+                no_death = stays.with_columns(death_hours=pl.lit(None, pl.Float64), label=0)
+                samples = hourly_samples(no_death, "length-of-stay").select("icustay_id", "hour")
+            table = _stays_table(
+                stays.with_columns(hours=pl.Series(lengths, dtype=pl.Int32)),
+                _read_truth(mimic_dir, every_column=True),
+                [],
+                [
+                    pl.col("length_hours"),
+                    pl.col("in_icu"),
+                    pl.col("hours"),
+                    pl.Series("offset", offsets[:-1], dtype=pl.Int64),
+                    pl.col("first_event_hours"),
+                ],
+            )
+        with steps.step("write feature folder"):
+            sources = {name: future.result() for name, future in fingerprints.items()}
+            _write_task_data(tmp, table, hourly, samples)
+            manifest = TaskManifest(
+                schema_version=SCHEMA_VERSION,
+                task=task,
+                purpose="scoring",
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                source=Source(
+                    dir=str(mimic_dir.resolve()),
+                    tables={name: SourceTable(**found) for name, found in sources.items()},
+                ),
+                cohort=Cohort(
+                    steps=tuple(CohortStep(**step) for step in cohort_steps),
+                    event_validation=EventValidation(**validation),
+                ),
+                stays=table.height,
+                hourly_rows=int(offsets[-1]),
+                samples=samples.height,
+                positives=None,
+                labels=phenotype_names() if task == "phenotyping" else (),
+                channels=tuple(channel_names()),
+                files=TaskFiles(stays=STAYS_FILE, hourly=HOURLY_FILE, samples=SAMPLES_FILE),
+                truth_columns=tuple(c for c in table.columns if c.startswith("true_")),
+                warnings=tuple(warnings),
+                timings_s=steps.with_total(),
+                as_of=as_of,
+            )
+            manifest.write(tmp)
+    return manifest
 
 
 def _extract_for_scoring_into(

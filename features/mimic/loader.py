@@ -49,6 +49,7 @@ __all__ = [
     "load_manifest",
     "load_raw",
     "load_split",
+    "load_task_for_scoring",
     "load_task_split",
 ]
 
@@ -162,7 +163,7 @@ def load_raw(feature_dir: str | Path, *, split: str | None = None):
 
 def _checked_normaliser(
     normaliser: Mapping[str, Sequence[float]] | Normaliser,
-    manifest: FeatureManifest,
+    manifest: FeatureManifest | TaskManifest,
     manifest_path: Path,
 ) -> dict[str, list[float]]:
     """The ``means`` and ``stds`` of a given normaliser, checked against the folder.
@@ -228,7 +229,8 @@ class TaskSplit:
         hour: ``(samples,)`` int32 prediction time ``t``: the sample sees its stay's first
             ``t`` rows (phenotyping: all of them).
         target: Decompensation ``(samples,)`` int8 death within 24 h; length of stay
-            ``(samples,)`` int8 bucket 0-9; phenotyping ``(samples, 25)`` int8 labels.
+            ``(samples,)`` int8 bucket 0-9; phenotyping ``(samples, 25)`` int8 labels;
+            None for a scoring folder.
         remaining_hours: Length of stay only: ``(samples,)`` float64 hours left.
         label_names: The names of the target's labels (:attr:`TaskManifest.labels`).
     """
@@ -239,7 +241,7 @@ class TaskSplit:
     offsets: np.ndarray
     stay: np.ndarray
     hour: np.ndarray
-    target: np.ndarray
+    target: np.ndarray | None
     remaining_hours: np.ndarray | None
     label_names: tuple[str, ...]
 
@@ -257,33 +259,74 @@ def load_task_split(feature_dir: str | Path, split: str) -> TaskSplit:
 
     Raises:
         FeatureFolderError: Naming the file if a file is missing or they disagree, or if
-            the folder is an in-hospital-mortality one.
+            the folder is an in-hospital-mortality or a scoring one.
         ValueError: If ``split`` is not one of the three splits.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     folder = Path(feature_dir)
     manifest = load_task_manifest(folder)
+    if manifest.normaliser is None:
+        raise FeatureFolderError(
+            f"{folder / MANIFEST_FILE}: is a scoring folder (no labels or splits); load it "
+            "with load_task_for_scoring and the trained model's normaliser"
+        )
     stays, hourly, samples = _read_task_data(folder, manifest)
     rows = np.flatnonzero((stays["split"] == split).to_numpy())
+    return _task_split(manifest, stays, hourly, samples, rows, manifest.normaliser.model_dump())
+
+
+def load_task_for_scoring(
+    feature_dir: str | Path, normaliser: Mapping[str, Sequence[float]] | Normaliser
+) -> TaskSplit:
+    """Every stay of a whole-stay folder, normalised with a trained model's statistics.
+
+    Args:
+        feature_dir: A whole-stay scoring folder (``extract_for_scoring(..., task=...)``)
+            or training folder (all its stays).
+        normaliser: The model's ``means`` and ``stds`` (76 each).
+
+    Returns:
+        A :class:`TaskSplit` of all stays; ``target`` and ``remaining_hours`` are None
+        for a scoring folder.
+
+    Raises:
+        FeatureFolderError: As :func:`load_task_split`.
+        ValueError: If the normaliser does not fit the folder's channels.
+    """
+    folder = Path(feature_dir)
+    manifest = load_task_manifest(folder)
+    statistics = _checked_normaliser(normaliser, manifest, folder / MANIFEST_FILE)
+    stays, hourly, samples = _read_task_data(folder, manifest)
+    return _task_split(manifest, stays, hourly, samples, np.arange(stays.height), statistics)
+
+
+def _task_split(
+    manifest: TaskManifest,
+    stays: pl.DataFrame,
+    hourly: np.ndarray,
+    samples: pl.DataFrame,
+    rows: np.ndarray,
+    normaliser: Mapping[str, Sequence[float]],
+) -> TaskSplit:
+    """The stays ``rows`` of a whole-stay folder with their normalised hours and samples."""
     part = stays[rows.tolist()] if len(rows) else stays.clear()
     lengths = part["hours"].to_numpy().astype(np.int64)
     offsets = stay_offsets(lengths)
     # Row r of the split is row r - offsets[i] + offset[i] of the folder, for its stay i.
     shift = np.repeat(part["offset"].to_numpy() - offsets[:-1], lengths)
-    values = apply_normaliser(
-        np.asarray(hourly[np.arange(int(offsets[-1])) + shift]), manifest.normaliser.model_dump()
-    )
+    values = apply_normaliser(np.asarray(hourly[np.arange(int(offsets[-1])) + shift]), normaliser)
     index = pl.DataFrame({"icustay_id": part["icustay_id"], "stay": np.arange(part.height)})
     mine = samples.join(index, on="icustay_id", how="inner", maintain_order="left")
+    labelled = manifest.purpose == "training"
     if manifest.task == "phenotyping":
-        target = mine.select(manifest.labels).to_numpy().astype(np.int8)
+        target = mine.select(manifest.labels).to_numpy().astype(np.int8) if labelled else None
         hour = lengths[mine["stay"].to_numpy()].astype(np.int32)
     else:
         column = "label" if manifest.task == "decompensation" else "bucket"
-        target = mine[column].to_numpy().astype(np.int8)
+        target = mine[column].to_numpy().astype(np.int8) if labelled else None
         hour = mine["hour"].to_numpy().astype(np.int32)
-    remaining = mine["remaining_hours"].to_numpy() if manifest.task == "length-of-stay" else None
+    los = labelled and manifest.task == "length-of-stay"
     return TaskSplit(
         task=manifest.task,
         stays=part,
@@ -292,7 +335,7 @@ def load_task_split(feature_dir: str | Path, split: str) -> TaskSplit:
         stay=mine["stay"].to_numpy().astype(np.int64),
         hour=hour,
         target=target,
-        remaining_hours=remaining,
+        remaining_hours=mine["remaining_hours"].to_numpy() if los else None,
         label_names=manifest.labels,
     )
 

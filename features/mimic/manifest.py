@@ -313,11 +313,15 @@ class TaskManifest(_Part):
     """The ``manifest.json`` of a whole-stay task folder.
 
     Written by :func:`features.mimic.extract.extract` for decompensation, length of stay
-    and phenotyping.
+    and phenotyping (``purpose="training"``), or by
+    :func:`features.mimic.extract.extract_for_scoring` for new patients
+    (``purpose="scoring"``: no labels, so no ``positives``, ``split`` or ``normaliser``;
+    instead ``as_of``).
 
     Attributes:
         schema_version: Layout version of the folder (:data:`SCHEMA_VERSION`).
         task: The task.
+        purpose: ``"training"`` or ``"scoring"``.
         created: When the folder was written (ISO 8601, UTC, seconds).
         source: The raw tables it was extracted from.
         cohort: Cohort steps and event-validation counts.
@@ -334,10 +338,12 @@ class TaskManifest(_Part):
         truth_columns: The generator's planted truth columns carried into the tables.
         warnings: Cohort-level warnings, e.g. a variable never observed.
         timings_s: Seconds per extraction step, and ``"total"``.
+        as_of: The time a stay still in the ICU was measured to (scoring only).
     """
 
     schema_version: Literal[SCHEMA_VERSION]
     task: WholeStayTask
+    purpose: Purpose = "training"
     created: str
     source: Source
     cohort: Cohort
@@ -346,18 +352,26 @@ class TaskManifest(_Part):
     samples: int
     positives: int | tuple[int, ...] | None
     labels: tuple[str, ...]
-    split: Split
+    split: Split | None = None
     channels: tuple[str, ...]
-    normaliser: Normaliser
+    normaliser: Normaliser | None = None
     files: TaskFiles
     truth_columns: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     timings_s: dict[str, float]
+    as_of: datetime | None = None
 
-    @property
-    def purpose(self) -> str:
-        """Always ``"training"``: task folders hold labels and splits."""
-        return "training"
+    @model_validator(mode="after")
+    def _fields_match_the_purpose(self) -> TaskManifest:
+        own = ("split", "normaliser") if self.purpose == "training" else ("as_of",)
+        other = ("as_of",) if self.purpose == "training" else ("split", "normaliser", "positives")
+        missing = [name for name in own if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"a {self.purpose} folder needs {', '.join(missing)}")
+        extra = [name for name in other if getattr(self, name) is not None]
+        if extra:
+            raise ValueError(f"a {self.purpose} folder has no {', '.join(extra)}")
+        return self
 
     @property
     def total_seconds(self) -> float:
@@ -375,7 +389,10 @@ class TaskManifest(_Part):
 
     def to_json(self) -> str:
         """The manifest as ``manifest.json`` holds it (two-space indent, final newline)."""
-        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+        absent = {"split", "normaliser", "as_of"} - {
+            name for name in ("split", "normaliser", "as_of") if getattr(self, name) is not None
+        }
+        return json.dumps(self.model_dump(mode="json", exclude=absent), indent=2) + "\n"
 
     def write(self, folder: Path) -> None:
         """Write ``manifest.json`` into ``folder`` owner-only (0600) and atomically."""
