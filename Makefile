@@ -33,9 +33,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/rank1 demo
 
+# The full suite in two pytest-xdist workers (one per core, each pinning torch to one thread
+# as conftest does); --dist loadfile keeps a file's tests, and its module fixtures, together.
+PARALLEL := -n 2 --dist loadfile
+
 test: $(STAMP)
 	@# pytest exits 5 when it collected no tests: that is a failure too.
-	$(PY) -m pytest -q; status=$$?; \
+	$(PY) -m pytest -q $(PARALLEL); status=$$?; \
 	if [ $$status -eq 5 ]; then echo 'pytest ran no tests' >&2; exit 1; fi; exit $$status
 
 test-fast: $(STAMP)

@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from features.mimic.tasks import Task
+from features.mimic.task_names import Task
 from pipeline.config import (
     DEVICE_PATTERN,
     EHR_EXPERIMENT,

@@ -120,11 +120,8 @@ from features.mimic.tables import (
     check_table,
     file_fingerprint,
 )
+from features.mimic.task_names import SEQUENCE_TASKS, TASKS, SequenceTask, Task
 from features.mimic.tasks import (
-    SEQUENCE_TASKS,
-    TASKS,
-    SequenceTask,
-    Task,
     hourly_samples,
     known_diagnoses,
     phenotype_labels,

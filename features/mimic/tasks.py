@@ -34,20 +34,14 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import polars as pl
 
 from features.mimic.events import EPS
 from features.mimic.tables import read_table
+from features.mimic.task_names import SequenceTask
 
-#: The four benchmark tasks, as named on the command line.
-TASKS = ("ihm", "decompensation", "length-of-stay", "phenotyping")
-Task = Literal["ihm", "decompensation", "length-of-stay", "phenotyping"]
-#: The tasks built on whole stays (variable-length hourly rows).
-SequenceTask = Literal["decompensation", "length-of-stay", "phenotyping"]
-SEQUENCE_TASKS: tuple[SequenceTask, ...] = ("decompensation", "length-of-stay", "phenotyping")
 #: A sample needs more than this many hours since INTIME (the benchmark's shortest_length).
 SHORTEST_HOURS = 4.0
 #: Decompensation: death within this many hours of the prediction time.

@@ -101,7 +101,7 @@ def extract_command(
     """Extract a benchmark task's features (mimic3-benchmarks definitions)."""
     from features.mimic.extract import extract, extract_all
     from features.mimic.tables import MimicInputError
-    from features.mimic.tasks import TASKS
+    from features.mimic.task_names import TASKS
 
     if task not in (*TASKS, "all"):
         fail(f"--task: expected one of {', '.join(TASKS)} or all, got {task!r}")
