@@ -112,9 +112,11 @@ def _recipe(makefile: str, target: str) -> str:
 
 def test_make_test_runs_everything_and_test_fast_only_the_unit_tests():
     makefile = (ROOT / "Makefile").read_text()
-    # CI runs `make test`: no marker may leave anything out of it.
-    assert "$(PY) -m pytest -q;" in _recipe(makefile, "test")
+    # CI runs `make test`: no marker may leave anything out of it (it only spreads the
+    # suite over two xdist workers).
+    assert "$(PY) -m pytest -q $(PARALLEL);" in _recipe(makefile, "test")
     assert " -m " not in _recipe(makefile, "test").replace("$(PY) -m pytest", "")
+    assert re.search(r"^PARALLEL := -n 2 --dist loadfile$", makefile, flags=re.M)
     assert "$(FAST_TESTS)" in _recipe(makefile, "test-fast")
     assert re.search(r'^FAST_TESTS := -m "not slow and not integration"$', makefile, flags=re.M)
 
