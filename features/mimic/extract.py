@@ -465,10 +465,7 @@ def _extract_all_into(
         if union.height == 0:
             raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
         with steps.step("hourly rows: bins, forward fill, masks"):
-            lengths = _stay_hours(union)
-            hourly, offsets = build_hourly(
-                last_per_bin(events), union["icustay_id"].to_numpy(), lengths
-            )
+            hourly, offsets = _hourly_rows(union, events)
         common = _Common(
             mimic_dir, fingerprints, steps, validation, seed, val_fraction, test_fraction
         )
@@ -617,10 +614,20 @@ def _whole_stay_events(
     """
     whole = stays.with_columns(window_hours=pl.col("length_hours"))
     events, validation = window_events(mimic_dir, root, whole, hours=None, with_hours=True)
-    stays = _with_event_counts(stays, events)
+    return _with_first_events(stays, events), events.drop("hours"), validation
+
+
+def _hourly_rows(stays: pl.DataFrame, events: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The hourly rows of whole stays, laid end to end in ``stays``' order, and offsets."""
+    lengths = _stay_hours(stays)
+    return build_hourly(last_per_bin(events), stays["icustay_id"].to_numpy(), lengths)
+
+
+def _with_first_events(stays: pl.DataFrame, events: pl.DataFrame) -> pl.DataFrame:
+    """The stays with an event, with ``n_events`` and ``first_event_hours`` (events' ``hours``)."""
     first = events.group_by("stay").agg(first_event_hours=pl.col("hours").min())
-    stays = stays.join(first, left_on="icustay_id", right_on="stay", how="left")
-    return stays, events.drop("hours"), validation
+    stays = _with_event_counts(stays, events)
+    return stays.join(first, left_on="icustay_id", right_on="stay", how="left")
 
 
 def _stay_hours(stays: pl.DataFrame) -> np.ndarray:
@@ -667,10 +674,7 @@ def _extract_task_into(
         if stays.height == 0:
             raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
         with steps.step("hourly rows: bins, forward fill, masks"):
-            lengths = _stay_hours(stays)
-            hourly, offsets = build_hourly(
-                last_per_bin(events), stays["icustay_id"].to_numpy(), lengths
-            )
+            hourly, offsets = _hourly_rows(stays, events)
             del events
         common = _Common(
             mimic_dir, fingerprints, steps, validation, seed, val_fraction, test_fraction
@@ -720,33 +724,74 @@ def _finish_whole_stay(
     with steps.step(f"{label}write feature folder"):
         sources = common.sources(TASK_SOURCE_TABLES)
         _write_task_data(tmp, table, hourly, samples)
-        manifest = TaskManifest(
-            schema_version=SCHEMA_VERSION,
-            task=task,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            source=Source(
-                dir=str(common.mimic_dir.resolve()),
-                tables={name: SourceTable(**found) for name, found in sources.items()},
-            ),
-            cohort=Cohort(
-                steps=tuple(CohortStep(**step) for step in cohort_steps),
-                event_validation=EventValidation(**common.validation),
-            ),
-            stays=table.height,
-            hourly_rows=int(offsets[-1]),
-            samples=samples.height,
+        manifest = _task_manifest(
+            common.mimic_dir,
+            task,
+            sources,
+            cohort_steps,
+            common.validation,
+            table,
+            offsets,
+            samples,
+            warnings,
+            steps.with_total(),
             positives=positives,
             labels=labels,
             split=common.split(table),
-            channels=tuple(channel_names()),
             normaliser=Normaliser(fitted_on="train", **normaliser),
-            files=TaskFiles(stays=STAYS_FILE, hourly=HOURLY_FILE, samples=SAMPLES_FILE),
-            truth_columns=tuple(c for c in table.columns if c.startswith("true_")),
-            warnings=tuple(warnings),
-            timings_s=steps.with_total(),
         )
         manifest.write(tmp)
     return manifest
+
+
+def _shared_manifest_fields(
+    mimic_dir: Path,
+    sources: dict[str, dict[str, object]],
+    cohort_steps: list[dict[str, object]],
+    validation: dict[str, int],
+) -> dict[str, object]:
+    """The manifest fields every feature folder has: version, creation, source, cohort."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": Source(
+            dir=str(mimic_dir.resolve()),
+            tables={name: SourceTable(**found) for name, found in sources.items()},
+        ),
+        "cohort": Cohort(
+            steps=tuple(CohortStep(**step) for step in cohort_steps),
+            event_validation=EventValidation(**validation),
+        ),
+    }
+
+
+def _task_manifest(
+    mimic_dir: Path,
+    task: SequenceTask,
+    sources: dict[str, dict[str, object]],
+    cohort_steps: list[dict[str, object]],
+    validation: dict[str, int],
+    table: pl.DataFrame,
+    offsets: np.ndarray,
+    samples: pl.DataFrame,
+    warnings: list[str],
+    timings: dict[str, float],
+    **purpose_fields: object,
+) -> TaskManifest:
+    """The manifest of a whole-stay folder: the fields of both purposes, plus its own."""
+    return TaskManifest(
+        task=task,
+        **_shared_manifest_fields(mimic_dir, sources, cohort_steps, validation),
+        stays=table.height,
+        hourly_rows=int(offsets[-1]),
+        samples=samples.height,
+        channels=tuple(channel_names()),
+        files=TaskFiles(stays=STAYS_FILE, hourly=HOURLY_FILE, samples=SAMPLES_FILE),
+        truth_columns=tuple(c for c in table.columns if c.startswith("true_")),
+        warnings=tuple(warnings),
+        timings_s=timings,
+        **purpose_fields,
+    )
 
 
 def extract_for_scoring(
@@ -849,20 +894,16 @@ def _extract_task_for_scoring_into(
             events = events.join(length, on="stay", how="inner").filter(
                 pl.col("hours") < pl.col("length_hours") + EPS
             )
-            first = events.group_by("stay").agg(first_event_hours=pl.col("hours").min())
-            stays = _with_event_counts(stays, events)
-            stays = stays.join(first, left_on="icustay_id", right_on="stay", how="left")
+            stays = _with_first_events(stays, events)
             events = events.drop("hours", "length_hours")
             cohort_steps.append(_count("events_in_stay", stays))
             warnings = _unobserved_variables(events, stays, "in any whole stay")
         if stays.height == 0:
             raise MimicInputError(f"{mimic_dir}: no ICU stay with an event to score")
         with steps.step("hourly rows: bins, forward fill, masks"):
-            lengths = _stay_hours(stays)
             # hours < length + eps puts every bin below the stay's int(length + 1 - eps).
-            hourly, offsets = build_hourly(
-                last_per_bin(events), stays["icustay_id"].to_numpy(), lengths
-            )
+            hourly, offsets = _hourly_rows(stays, events)
+            lengths = np.diff(offsets)
             del events
         with steps.step(f"{task} samples"):
             if task == "phenotyping":
@@ -885,29 +926,20 @@ def _extract_task_for_scoring_into(
         with steps.step("write feature folder"):
             sources = {name: future.result() for name, future in fingerprints.items()}
             _write_task_data(tmp, table, hourly, samples)
-            manifest = TaskManifest(
-                schema_version=SCHEMA_VERSION,
-                task=task,
+            manifest = _task_manifest(
+                mimic_dir,
+                task,
+                sources,
+                cohort_steps,
+                validation,
+                table,
+                offsets,
+                samples,
+                warnings,
+                steps.with_total(),
                 purpose="scoring",
-                created=datetime.now(UTC).isoformat(timespec="seconds"),
-                source=Source(
-                    dir=str(mimic_dir.resolve()),
-                    tables={name: SourceTable(**found) for name, found in sources.items()},
-                ),
-                cohort=Cohort(
-                    steps=tuple(CohortStep(**step) for step in cohort_steps),
-                    event_validation=EventValidation(**validation),
-                ),
-                stays=table.height,
-                hourly_rows=int(offsets[-1]),
-                samples=samples.height,
                 positives=None,
                 labels=phenotype_names() if task == "phenotyping" else (),
-                channels=tuple(channel_names()),
-                files=TaskFiles(stays=STAYS_FILE, hourly=HOURLY_FILE, samples=SAMPLES_FILE),
-                truth_columns=tuple(c for c in table.columns if c.startswith("true_")),
-                warnings=tuple(warnings),
-                timings_s=steps.with_total(),
                 as_of=as_of,
             )
             manifest.write(tmp)
@@ -1112,17 +1144,8 @@ def _manifest(
 ) -> FeatureManifest:
     """The manifest's fields common to both purposes, plus that purpose's own."""
     return FeatureManifest(
-        schema_version=SCHEMA_VERSION,
         task=TASK,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        source=Source(
-            dir=str(mimic_dir.resolve()),
-            tables={name: SourceTable(**found) for name, found in sources.items()},
-        ),
-        cohort=Cohort(
-            steps=tuple(CohortStep(**step) for step in cohort_steps),
-            event_validation=EventValidation(**validation),
-        ),
+        **_shared_manifest_fields(mimic_dir, sources, cohort_steps, validation),
         stays=stays.height,
         hours=HOURS,
         channels=tuple(channel_names()),

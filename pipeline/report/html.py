@@ -137,7 +137,20 @@ def provenance_value(key: str, value: str | None) -> str:
     return _PROVENANCE_MISSING.get(key, NOT_RECORDED) if value is None else str(value)
 
 
-def _provenance_html(provenance: Provenance) -> str:
+def metrics_html(metrics: Mapping[str, Any], title: str = "Model performance") -> str:
+    """A heading and a two-column table of cohort-level metrics."""
+    rows = "".join(
+        f'<tr><td class="id">{html.escape(str(key))}</td>'
+        f"<td>{html.escape(_format_metric(value))}</td></tr>"
+        for key, value in metrics.items()
+    )
+    return (
+        f"<h2>{html.escape(title)}</h2><table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
+    )
+
+
+def provenance_html(provenance: Provenance) -> str:
+    """The report's provenance as a heading and a table (unrecorded fields say so)."""
     rows = "".join(
         f'<tr><th>{html.escape(_PROVENANCE_LABELS[key])}</th><td class="id">'
         f"{html.escape(provenance_value(key, value))}</td></tr>"
@@ -238,18 +251,10 @@ def render_html(
         f"<h1>{html.escape(title)}</h1>",
         _summary_html(table),
         _warnings_html(report_warnings(table, drift)),
-        _provenance_html(provenance),
+        provenance_html(provenance),
     ]
     if metrics:
-        parts.append(
-            f"<h2>{html.escape(metrics_title)}</h2><table><tr><th>metric</th><th>value</th></tr>"
-        )
-        for key, value in metrics.items():
-            parts.append(
-                f'<tr><td class="id">{html.escape(str(key))}</td>'
-                f"<td>{html.escape(_format_metric(value))}</td></tr>"
-            )
-        parts.append("</table>")
+        parts.append(metrics_html(metrics, metrics_title))
 
     with_raw = table if raw_risk is None else table.with_columns(_raw_risk_series(raw_risk))
     known = with_raw.filter(pl.col("outcome").is_not_null()) if "outcome" in columns else None

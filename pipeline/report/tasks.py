@@ -34,9 +34,14 @@ from features.io import make_private_dir, write_private_bytes, write_private_tex
 from pipeline import plots
 from pipeline.metrics import to_numpy
 from pipeline.provenance import Provenance
-from pipeline.report.html import _CSS, _figure_html, _format_metric
+from pipeline.report.html import _CSS, _figure_html, metrics_html, provenance_html
 from pipeline.report.table import DEFAULT_COVERAGE, ID_COLUMNS
-from pipeline.uncertainty import DEFAULT_INTERVAL, decompose, refer_flags
+from pipeline.uncertainty import (
+    DEFAULT_INTERVAL,
+    PredictiveUncertainty,
+    decompose,
+    refer_flags,
+)
 
 #: The benchmark's 10 length-of-stay buckets, as column suffixes and as words.
 LOS_BUCKETS = (
@@ -107,6 +112,28 @@ def _ids(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(ID_COLUMNS)
 
 
+def _risks(unc: PredictiveUncertainty) -> dict[str, np.ndarray]:
+    """The risk and its interval as report columns."""
+    return {"risk": unc.probs, "risk_low": unc.interval_low, "risk_high": unc.interval_high}
+
+
+def _uncertainties(unc: PredictiveUncertainty) -> dict[str, np.ndarray]:
+    """The three uncertainties as report columns."""
+    return {
+        "uncertainty_total": unc.total,
+        "uncertainty_aleatoric": unc.aleatoric,
+        "uncertainty_epistemic": unc.epistemic,
+    }
+
+
+def _observed(rows: pl.DataFrame, samples: pl.DataFrame, names: dict[str, str]) -> pl.DataFrame:
+    """``rows`` with the observed columns ``samples`` has, renamed by ``names``."""
+    present = [
+        samples[source].alias(name) for source, name in names.items() if source in samples.columns
+    ]
+    return rows.with_columns(present) if present else rows
+
+
 def _latest_per_stay(rows: pl.DataFrame, uncertainty: str, coverage: float) -> pl.DataFrame:
     """Each stay's row at its latest hour, flagged for referral by ``uncertainty``."""
     ordered = rows.sort("icustay_id", "hour")
@@ -144,16 +171,10 @@ def decompensation_report(
     unc = decompose(logits, interval=interval)
     rows = _ids(samples).with_columns(
         samples["hour"].cast(pl.Int32),
-        risk=unc.probs,
-        risk_low=unc.interval_low,
-        risk_high=unc.interval_high,
-        uncertainty_total=unc.total,
-        uncertainty_aleatoric=unc.aleatoric,
-        uncertainty_epistemic=unc.epistemic,
+        **_risks(unc),
+        **_uncertainties(unc),
     )
-    for source, name in (("label", "outcome"), ("true_decomp_risk", "true_risk")):
-        if source in samples.columns:
-            rows = rows.with_columns(samples[source].alias(name))
+    rows = _observed(rows, samples, {"label": "outcome", "true_decomp_risk": "true_risk"})
     by = f"uncertainty_{unc.ranking}"
     latest = _latest_per_stay(rows, by, coverage)
     peak = rows.group_by("icustay_id").agg(max_risk=pl.col("risk").max())
@@ -197,13 +218,10 @@ def length_of_stay_report(
         predicted_bucket=pl.Series(bucket, dtype=pl.Int8),
         predicted_remaining_hours=np.asarray(LOS_BUCKET_MEAN_HOURS)[bucket],
         **columns,
-        uncertainty_total=unc.total,
-        uncertainty_aleatoric=unc.aleatoric,
-        uncertainty_epistemic=unc.epistemic,
+        **_uncertainties(unc),
     )
-    for source, name in (("remaining_hours", "observed_remaining_hours"), ("bucket", "outcome")):
-        if source in samples.columns:
-            rows = rows.with_columns(samples[source].alias(name))
+    names = {"remaining_hours": "observed_remaining_hours", "bucket": "outcome"}
+    rows = _observed(rows, samples, names)
     stays = _latest_per_stay(rows, f"uncertainty_{unc.ranking}", coverage)
     return TaskReport("length-of-stay", rows, stays, unc.ranking, coverage)
 
@@ -242,12 +260,8 @@ def phenotyping_report(
     # Row i * k + j is stay i, phenotype j: the order of the flattened logits.
     rows = _ids(stays)[np.repeat(np.arange(n), k).tolist()].with_columns(
         phenotype=pl.Series(np.tile(np.asarray(names, dtype=object), n), dtype=pl.String),
-        risk=unc.probs,
-        risk_low=unc.interval_low,
-        risk_high=unc.interval_high,
-        uncertainty_total=unc.total,
-        uncertainty_aleatoric=unc.aleatoric,
-        uncertainty_epistemic=unc.epistemic,
+        **_risks(unc),
+        **_uncertainties(unc),
     )
     if labels is not None:
         rows = rows.with_columns(outcome=to_numpy(labels).reshape(n * k).astype(np.int64))
@@ -432,22 +446,10 @@ def render_task_html(
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{report.stays.height} stays; {referred} of {report.stays.height} stays referred "
         f"({100 * share:.0f}%) by {html.escape(report.referral_by)} uncertainty.</p>",
-        "<h2>Provenance</h2><table>",
-        *(
-            f'<tr><td class="id">{html.escape(k)}</td><td class="id">'
-            f"{html.escape(str(v) if v is not None else 'not recorded')}</td></tr>"
-            for k, v in provenance.to_dict().items()
-        ),
-        "</table>",
+        provenance_html(provenance),
     ]
     if metrics:
-        parts.append("<h2>Model performance</h2><table><tr><th>metric</th><th>value</th></tr>")
-        parts.extend(
-            f'<tr><td class="id">{html.escape(str(k))}</td>'
-            f"<td>{html.escape(_format_metric(v))}</td></tr>"
-            for k, v in metrics.items()
-        )
-        parts.append("</table>")
+        parts.append(metrics_html(metrics))
     if report.task == "decompensation":
         parts.append("<h2>Hourly risk trajectories</h2>")
         parts.append(_trajectories_html(report))
