@@ -1,11 +1,13 @@
-"""A synthetic MIMIC-III generator with a planted, documented mortality risk model.
+"""A synthetic MIMIC-III generator with a planted, documented truth for the four benchmark tasks.
 
 ``generate(out_dir, patients=N, seed=S)`` writes PATIENTS, ADMISSIONS, ICUSTAYS, TRANSFERS,
-CHARTEVENTS, LABEVENTS, OUTPUTEVENTS, D_ITEMS, D_LABITEMS and DIAGNOSES_ICD as CSV files in
-MIMIC-III v1.4's layout (UPPERCASE quoted headers, quoted text and timestamps, the real item
-ids of CareVue and MetaVision), plus ``synthetic_truth.csv`` with the planted risk of every
-ICU stay. Event rows are generated and written a batch of patients at a time, so tens of
-millions of chart rows need little memory. The same seed gives the same bytes.
+CHARTEVENTS, LABEVENTS, OUTPUTEVENTS, D_ITEMS, D_LABITEMS, DIAGNOSES_ICD and D_ICD_DIAGNOSES
+as CSV files in MIMIC-III v1.4's layout (UPPERCASE quoted headers, quoted text and
+timestamps, the real item ids of CareVue and MetaVision), plus ``synthetic_truth.csv`` with
+the planted truth of every ICU stay and ``synthetic_truth_hourly.csv`` with the planted
+24-hour death risk at every decompensation sample hour (see "Planted truth of the four
+tasks" below). Event rows are generated and written a batch of patients at a time, so tens
+of millions of chart rows need little memory. The same seed gives the same bytes.
 
 Planted risk model
 ------------------
@@ -32,6 +34,68 @@ temperature every 4 h, glucose and pH every 6-8 h), so the risk is recoverable f
 48-hour grid. GCS follows the severity (``15 - 2.5 max(s, 0)`` plus noise) but has no
 coefficient of its own. Age, sex and everything else carry no risk.
 
+Planted truth of the four tasks
+-------------------------------
+The four mimic3-benchmarks tasks each have a planted reference. Times are hours since the
+stay's INTIME; ``s`` is the stay's severity.
+
+*In-hospital mortality* is as above: the admission's death is ``Bernoulli(true_risk)``
+(drawn for its first stay) and nothing else decides it.
+
+*Where and when a death happens.* A death is in the ICU for 70% (:data:`P_ICU_DEATH`) of the
+deaths of one-ICU-stay admissions whose stay is long and leaves room for the whole terminal
+course after the first 48 h: the deterioration lasts ``W ~ U(24, 72)`` h and starts at the
+onset ``o = LOS - W``, kept only where ``o >= 48.5`` h; death is at OUTTIME (DEATHTIME =
+OUTTIME = DISCHTIME). From the onset, heart rate, mean BP, respiratory rate, SpO2 and pH
+drift towards worse by 2 sd of ``z`` times ``min((t - o) / 48, 1)``, temperature by 0.5 sd,
+GCS total by 5 points times the same ramp (glucose does not drift); at the full ramp heart
+rate is 28 bpm higher and mean BP 20 mmHg lower. Every other death is 24.5-72 h after the
+admission's last ICU discharge, with no sign in the values. So the first 48 h (the
+mortality task's input) never show a terminal course, and no decompensation sample is
+within 24 h of a death without one.
+
+*Length of stay.* A first stay is long (85%) or short (``U(6, 47)`` h, unrelated to
+severity). A long one lasts ``48.5 + E * los_scale(s)`` h, ``E ~ Exp(1)``,
+``los_scale(s) = 60 exp(0.5 s - 0.125)`` (mean 60 h at ``s ~ N(0, 1)``), whether or not the
+patient dies in it. Second ICU stays last ``U(20, 120)`` h.
+
+*Decompensation.* Given the onset and ``s``, ``W`` has density proportional to
+``exp(-w / los_scale(s))`` on [24, 72] (the uniform ``W`` tilted by the exponential LOS it
+was selected with). At an hour ``t = o + a`` the patient is alive, so ``W > a``, and
+``true_decomp_risk = P(W < a + 24 | W > a)`` (:func:`decompensation_risk`). Before the onset,
+and in every stay without one, it is exactly 0: a death within 24 h always has its onset
+24 h or more before it. It is the risk given the planted state the history reveals (the
+drift shows the onset and its age, the levels the severity), an upper reference a model
+of the noisy values approaches; the label is 1 exactly when ``true_death_hour - t < 24``.
+
+*Phenotypes.* Three more per-stay latents ``~ N(0, 1)`` shift one variable each (they have
+no mortality coefficient): ``neuro`` lowers GCS total by ``2 max(neuro, 0)``; ``metabolic``
+sets weight ``80 + 18 (0.7 metabolic + 0.71 e)`` kg; ``respiratory`` gives mechanical
+ventilation (FiO2 charted every 4 h) with probability ``sigmoid(-0.7 + 1.5 respiratory)``.
+Phenotype ``k`` (phenotypes.json order) is present in the admission with probability
+``true_pheno_k = sigmoid(b_k + sum_j w_kj x_j)`` over the first stay's ``s``, ``z`` and
+latents (:data:`PHENOTYPE_MODEL`: shock, respiratory failure and cerebrovascular disease
+are easy, AUROC of the planted probability about 0.87; four labels have no inputs and
+AUROC 0.5). A present phenotype writes one of its codes (uniformly chosen), and every
+admission gets 1-5 distinct codes outside the 25 (:data:`FILLER_ICD9`), in random order;
+2% of admissions have no diagnosis row at all (the benchmark skips them; the drawn labels
+are then not written). D_ICD_DIAGNOSES lists every code of the 25 phenotypes (titled with
+the phenotype's name; the project's table has no per-code titles) and the fillers.
+
+``synthetic_truth.csv`` holds, per ICU stay: ``subject_id``, ``hadm_id``, ``icustay_id``,
+``true_risk``, ``died`` (the admission's in-hospital death), then :data:`TASK_COLUMNS`:
+``true_los_hours`` (OUTTIME - INTIME, exact), ``los_scale_hours`` (``los_scale(s)`` of a
+long first stay, else empty), ``true_death_hour`` (DEATHTIME - INTIME, empty if the
+admission survives; larger than ``true_los_hours`` for a death outside the ICU),
+``onset_hour`` (the deterioration's onset, empty unless the patient dies in this stay) and
+``true_pheno_0`` ... ``true_pheno_24`` (the admission's planted probabilities).
+``synthetic_truth_hourly.csv`` holds ``icustay_id``, ``hour``, ``true_decomp_risk`` for every
+stay and every integer ``hour`` with ``5 <= hour <= min(LOS, hours to DEATHTIME) + 1e-6``
+(LOS as ICUSTAYS.LOS, days to 4 decimals, times 24): the benchmark's decompensation and
+length-of-stay sample hours (every stay has charted events, temperature among them, in
+its first hour or two, so the benchmark's "after the first event" never removes one).
+The length-of-stay target at a sample hour is ``LOS - hour``, from ICUSTAYS itself.
+
 Realism for the extraction pipeline: half the patients are CareVue (item ids < 220000) and
 half MetaVision; about 7% of ICU stays have a ward transfer, 8% of admissions have two ICU
 stays, 3% of patients are minors and 5% are over 89 (date of birth shifted 300 years back);
@@ -53,14 +117,17 @@ it changes, what it keeps and why it is realistic: :mod:`features.shifts`):
   heart rate 0.5 -> 0.0.
 
 A shift is a frozen :class:`features.shifts.Shift` (a custom one may be passed too);
-everything it does not name is as in the base. With ``shift=None`` the files are byte for
-byte those of the generator before shifts existed. A shifted cohort's
-``synthetic_truth.csv`` keeps its five columns and gains ``shift`` (the name),
-``base_risk`` (the base formula on the same levels: what a perfect model of the base
-cohort predicts), ``severity`` and the levels ``z_hr`` ... ``z_ph``; ``true_risk`` is
-always the risk the outcome was drawn from. ``synthetic_shift.json`` records the shift's
-fields, the resolved risk model, the item ids never charted and which changes the
-extraction removes.
+everything it does not name is as in the base. With ``shift=None`` nothing of the shift
+machinery is written (the bytes are pinned by a test). A shifted cohort's
+``synthetic_truth.csv`` keeps its columns and gains ``shift`` (the name), ``base_risk``
+(the base formula on the same levels: what a perfect model of the base cohort predicts),
+``severity``, the levels ``z_hr`` ... ``z_ph`` and the phenotype latents
+``latent_neuro``, ``latent_metabolic``, ``latent_respiratory``; ``true_risk`` is always
+the risk the outcome was drawn from. Under ``mechanism`` the terminal course follows the
+shifted outcome: a stay whose death moves into or out of the ICU changes its values after
+the onset (always after 48 h) and its DEATHTIME, nothing else. ``synthetic_shift.json``
+records the shift's fields, the resolved risk model, the item ids never charted and which
+changes the extraction removes.
 """
 
 from __future__ import annotations
@@ -706,8 +773,9 @@ def generate(
             and ``synthetic_shift.json`` records the shift's parameters.
 
     Returns:
-        A summary: patients, admissions, ICU stays, row counts per table, deaths, the
-        mean planted risk and the shift's name (None for the base cohort).
+        A summary: patients, admissions, ICU stays, row counts per table, deaths, deaths
+        in the ICU, hourly truth rows (decompensation samples), the mean planted risk and
+        the shift's name (None for the base cohort).
 
     Raises:
         ValueError: If ``patients`` < 1 or ``shift`` is unknown or cannot be honoured;
@@ -1084,7 +1152,7 @@ def _hourly_truth(
 
     The hours are the benchmark's: integers ``t`` with ``FIRST_SAMPLE_HOUR <= t <=
     min(LOS, hours to DEATHTIME) + 1e-6``, LOS as ICUSTAYS.LOS (days, 4 decimals) * 24.
-    Every stay has a charted event before hour 1, so the first-event bound never binds.
+    Every stay has a charted event within its first 2 h, so the first-event bound never binds.
     """
     los = np.round((stays.outtime - stays.intime) / 86400.0, 4) * 24.0
     lived = np.where(died, death_hour, np.inf)
