@@ -39,8 +39,10 @@ about 40% only because the patients are sicker: a model that has learned the for
 stays calibrated, but sees levels beyond most of its training range. Age has no
 coefficient, as in the base.
 
-``mechanism``: the same patients and measurements (for the same seed every table but the
-outcomes is the base cohort's), but death depends on them differently: the glucose
+``mechanism``: the same patients and measurements in the first 48 h (for the same seed
+every table is the base cohort's but the outcomes and, for a stay whose death in the ICU
+comes or goes with the new outcome, the values of its terminal course after its onset,
+always past 48 h), but death depends on them differently: the glucose
 coefficient is 1.0 instead of 0.2 and heart rate's 0.0 instead of 0.5 (intercept
 unchanged, so the mortality moves from about 12% to 14%). Like a change of case mix that no
 measurement reveals (e.g. a diabetic ketoacidosis service, where hyperglycaemia is the

@@ -1,11 +1,13 @@
-"""A synthetic MIMIC-III generator with a planted, documented mortality risk model.
+"""A synthetic MIMIC-III generator with a planted, documented truth for the four benchmark tasks.
 
 ``generate(out_dir, patients=N, seed=S)`` writes PATIENTS, ADMISSIONS, ICUSTAYS, TRANSFERS,
-CHARTEVENTS, LABEVENTS, OUTPUTEVENTS, D_ITEMS, D_LABITEMS and DIAGNOSES_ICD as CSV files in
-MIMIC-III v1.4's layout (UPPERCASE quoted headers, quoted text and timestamps, the real item
-ids of CareVue and MetaVision), plus ``synthetic_truth.csv`` with the planted risk of every
-ICU stay. Event rows are generated and written a batch of patients at a time, so tens of
-millions of chart rows need little memory. The same seed gives the same bytes.
+CHARTEVENTS, LABEVENTS, OUTPUTEVENTS, D_ITEMS, D_LABITEMS, DIAGNOSES_ICD and D_ICD_DIAGNOSES
+as CSV files in MIMIC-III v1.4's layout (UPPERCASE quoted headers, quoted text and
+timestamps, the real item ids of CareVue and MetaVision), plus ``synthetic_truth.csv`` with
+the planted truth of every ICU stay and ``synthetic_truth_hourly.csv`` with the planted
+24-hour death risk at every decompensation sample hour (see "Planted truth of the four
+tasks" below). Event rows are generated and written a batch of patients at a time, so tens
+of millions of chart rows need little memory. The same seed gives the same bytes.
 
 Planted risk model
 ------------------
@@ -32,6 +34,68 @@ temperature every 4 h, glucose and pH every 6-8 h), so the risk is recoverable f
 48-hour grid. GCS follows the severity (``15 - 2.5 max(s, 0)`` plus noise) but has no
 coefficient of its own. Age, sex and everything else carry no risk.
 
+Planted truth of the four tasks
+-------------------------------
+The four mimic3-benchmarks tasks each have a planted reference. Times are hours since the
+stay's INTIME; ``s`` is the stay's severity.
+
+*In-hospital mortality* is as above: the admission's death is ``Bernoulli(true_risk)``
+(drawn for its first stay) and nothing else decides it.
+
+*Where and when a death happens.* A death is in the ICU for 70% (:data:`P_ICU_DEATH`) of the
+deaths of one-ICU-stay admissions whose stay is long and leaves room for the whole terminal
+course after the first 48 h: the deterioration lasts ``W ~ U(24, 72)`` h and starts at the
+onset ``o = LOS - W``, kept only where ``o >= 48.5`` h; death is at OUTTIME (DEATHTIME =
+OUTTIME = DISCHTIME). From the onset, heart rate, mean BP, respiratory rate, SpO2 and pH
+drift towards worse by 2 sd of ``z`` times ``min((t - o) / 48, 1)``, temperature by 0.5 sd,
+GCS total by 5 points times the same ramp (glucose does not drift); at the full ramp heart
+rate is 28 bpm higher and mean BP 20 mmHg lower. Every other death is 24.5-72 h after the
+admission's last ICU discharge, with no sign in the values. So the first 48 h (the
+mortality task's input) never show a terminal course, and no decompensation sample is
+within 24 h of a death without one.
+
+*Length of stay.* A first stay is long (85%) or short (``U(6, 47)`` h, unrelated to
+severity). A long one lasts ``48.5 + E * los_scale(s)`` h, ``E ~ Exp(1)``,
+``los_scale(s) = 60 exp(0.5 s - 0.125)`` (mean 60 h at ``s ~ N(0, 1)``), whether or not the
+patient dies in it. Second ICU stays last ``U(20, 120)`` h.
+
+*Decompensation.* Given the onset and ``s``, ``W`` has density proportional to
+``exp(-w / los_scale(s))`` on [24, 72] (the uniform ``W`` tilted by the exponential LOS it
+was selected with). At an hour ``t = o + a`` the patient is alive, so ``W > a``, and
+``true_decomp_risk = P(W < a + 24 | W > a)`` (:func:`decompensation_risk`). Before the onset,
+and in every stay without one, it is exactly 0: a death within 24 h always has its onset
+24 h or more before it. It is the risk given the planted state the history reveals (the
+drift shows the onset and its age, the levels the severity), an upper reference a model
+of the noisy values approaches; the label is 1 exactly when ``true_death_hour - t < 24``.
+
+*Phenotypes.* Three more per-stay latents ``~ N(0, 1)`` shift one variable each (they have
+no mortality coefficient): ``neuro`` lowers GCS total by ``2 max(neuro, 0)``; ``metabolic``
+sets weight ``80 + 18 (0.7 metabolic + 0.71 e)`` kg; ``respiratory`` gives mechanical
+ventilation (FiO2 charted every 4 h) with probability ``sigmoid(-0.7 + 1.5 respiratory)``.
+Phenotype ``k`` (phenotypes.json order) is present in the admission with probability
+``true_pheno_k = sigmoid(b_k + sum_j w_kj x_j)`` over the first stay's ``s``, ``z`` and
+latents (:data:`PHENOTYPE_MODEL`: shock, respiratory failure and cerebrovascular disease
+are easy, AUROC of the planted probability about 0.87; four labels have no inputs and
+AUROC 0.5). A present phenotype writes one of its codes (uniformly chosen), and every
+admission gets 1-5 distinct codes outside the 25 (:data:`FILLER_ICD9`), in random order;
+2% of admissions have no diagnosis row at all (the benchmark skips them; the drawn labels
+are then not written). D_ICD_DIAGNOSES lists every code of the 25 phenotypes (titled with
+the phenotype's name; the project's table has no per-code titles) and the fillers.
+
+``synthetic_truth.csv`` holds, per ICU stay: ``subject_id``, ``hadm_id``, ``icustay_id``,
+``true_risk``, ``died`` (the admission's in-hospital death), then :data:`TASK_COLUMNS`:
+``true_los_hours`` (OUTTIME - INTIME, exact), ``los_scale_hours`` (``los_scale(s)`` of a
+long first stay, else empty), ``true_death_hour`` (DEATHTIME - INTIME, empty if the
+admission survives; larger than ``true_los_hours`` for a death outside the ICU),
+``onset_hour`` (the deterioration's onset, empty unless the patient dies in this stay) and
+``true_pheno_0`` ... ``true_pheno_24`` (the admission's planted probabilities).
+``synthetic_truth_hourly.csv`` holds ``icustay_id``, ``hour``, ``true_decomp_risk`` for every
+stay and every integer ``hour`` with ``5 <= hour <= min(LOS, hours to DEATHTIME) + 1e-6``
+(LOS as ICUSTAYS.LOS, days to 4 decimals, times 24): the benchmark's decompensation and
+length-of-stay sample hours (every stay has charted events, temperature among them, in
+its first hour or two, so the benchmark's "after the first event" never removes one).
+The length-of-stay target at a sample hour is ``LOS - hour``, from ICUSTAYS itself.
+
 Realism for the extraction pipeline: half the patients are CareVue (item ids < 220000) and
 half MetaVision; about 7% of ICU stays have a ward transfer, 8% of admissions have two ICU
 stays, 3% of patients are minors and 5% are over 89 (date of birth shifted 300 years back);
@@ -53,18 +117,22 @@ it changes, what it keeps and why it is realistic: :mod:`features.shifts`):
   heart rate 0.5 -> 0.0.
 
 A shift is a frozen :class:`features.shifts.Shift` (a custom one may be passed too);
-everything it does not name is as in the base. With ``shift=None`` the files are byte for
-byte those of the generator before shifts existed. A shifted cohort's
-``synthetic_truth.csv`` keeps its five columns and gains ``shift`` (the name),
-``base_risk`` (the base formula on the same levels: what a perfect model of the base
-cohort predicts), ``severity`` and the levels ``z_hr`` ... ``z_ph``; ``true_risk`` is
-always the risk the outcome was drawn from. ``synthetic_shift.json`` records the shift's
-fields, the resolved risk model, the item ids never charted and which changes the
-extraction removes.
+everything it does not name is as in the base. With ``shift=None`` nothing of the shift
+machinery is written (the bytes are pinned by a test). A shifted cohort's
+``synthetic_truth.csv`` keeps its columns and gains ``shift`` (the name), ``base_risk``
+(the base formula on the same levels: what a perfect model of the base cohort predicts),
+``severity``, the levels ``z_hr`` ... ``z_ph`` and the phenotype latents
+``latent_neuro``, ``latent_metabolic``, ``latent_respiratory``; ``true_risk`` is always
+the risk the outcome was drawn from. Under ``mechanism`` the terminal course follows the
+shifted outcome: a stay whose death moves into or out of the ICU changes its values after
+the onset (always after 48 h) and its DEATHTIME, nothing else. ``synthetic_shift.json``
+records the shift's fields, the resolved risk model, the item ids never charted and which
+changes the extraction removes.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 from dataclasses import dataclass
@@ -81,16 +149,25 @@ __all__ = [
     "BASE",
     "COEFFICIENTS",
     "DATABASE_FILES",
+    "DETERIORATION",
     "INTERCEPT",
     "LEVELS",
+    "PHENOTYPES",
+    "PHENOTYPE_COLUMNS",
+    "PHENOTYPE_MODEL",
     "RISK_VARIABLES",
     "SHIFTS",
     "SHIFT_FILE",
     "SHIFT_NAMES",
+    "TASK_COLUMNS",
     "TRUTH_FILE",
+    "TRUTH_HOURLY_FILE",
     "Shift",
     "ShiftName",
+    "decompensation_risk",
     "generate",
+    "los_scale",
+    "phenotype_probabilities",
     "planted_risk",
     "resolve_shift",
     "shift_coefficients",
@@ -121,6 +198,90 @@ LEVELS = {
     "ph": (7.39, -0.05, 0.015),
 }
 SEVERITY_LOADING = 0.6
+
+# Length of stay: a long first stay lasts LONG_STAY_MIN_H + E * los_scale(s) hours, E ~ Exp(1),
+# los_scale(s) = LOS_SCALE_H * exp(LOS_SEVERITY * s - LOS_SEVERITY**2 / 2) (mean LOS_SCALE_H
+# over s ~ N(0, 1)); a short one U(SHORT_STAY_H), unrelated to severity.
+LONG_STAY_MIN_H = 48.5
+SHORT_STAY_H = (6.0, 47.0)
+LOS_SCALE_H = 60.0
+LOS_SEVERITY = 0.5
+# Death in the ICU: for a death that happens in the unit the deterioration starts at an onset
+# hour o, and death follows W hours later (W ~ U(DETERIORATION_WINDOW_H)); values drift
+# towards worse by DETERIORATION[k] * min((t - o) / DETERIORATION_RAMP_H, 1) sd of z.
+P_ICU_DEATH = 0.7
+DETERIORATION_WINDOW_H = (24.0, 72.0)
+DETERIORATION_RAMP_H = 48.0
+DETERIORATION = {
+    "hr": 2.0,
+    "map": 2.0,
+    "rr": 2.0,
+    "spo2": 2.0,
+    "temp": 0.5,
+    "glucose": 0.0,
+    "ph": 2.0,
+}
+GCS_DETERIORATION = 5.0
+# A death outside the ICU comes this many hours after the admission's last ICU discharge.
+POST_ICU_DEATH_H = (24.5, 72.0)
+DECOMPENSATION_HORIZON_H = 24.0
+#: First sample hour of decompensation and length of stay (the benchmark's t > 4 h).
+FIRST_SAMPLE_HOUR = 5
+
+# Phenotypes: three per-stay latent factors N(0, 1) besides severity and the levels z.
+# neuro lowers GCS, metabolic raises weight, respiratory makes mechanical ventilation
+# (FiO2 charted every 4 h) likelier.
+PHENOTYPE_LATENTS = ("neuro", "metabolic", "respiratory")
+NEURO_GCS = 2.0  # GCS total - NEURO_GCS * max(neuro, 0)
+METABOLIC_WEIGHT = 0.7  # weight = 80 + 18 (0.7 metabolic + sqrt(1 - 0.49) e)
+RESPIRATORY_VENTILATION = (-0.7, 1.5)  # P(ventilated) = sigmoid(-0.7 + 1.5 respiratory)
+# Found through the package, so that a copy of this module elsewhere (the byte-for-byte
+# reference test runs an older commit's copy) reads the same table.
+PHENOTYPE_FILE = importlib.resources.files("features.mimic") / "phenotypes.json"
+#: Planted phenotype model, one entry per phenotype of phenotypes.json in its order:
+#: (intercept, {input: coefficient}) with inputs severity ``s``, the levels ``z_<variable>``
+#: and the latents; P(label k) = sigmoid(intercept + sum coefficient * input).
+PHENOTYPE_MODEL: tuple[tuple[float, dict[str, float]], ...] = (
+    (-1.7, {"z_ph": 0.8, "z_map": 0.5, "s": 0.3}),  # acute renal failure
+    (-2.4, {"neuro": 2.0}),  # acute cerebrovascular disease: easy (GCS)
+    (-2.3, {"z_hr": 0.4, "z_map": 0.4}),  # acute myocardial infarction
+    (-1.0, {"z_hr": 1.2}),  # cardiac dysrhythmias
+    (-2.0, {"metabolic": 0.5}),  # chronic kidney disease: hard
+    (-1.9, {"z_spo2": 0.6, "z_rr": 0.4}),  # COPD
+    (-1.5, {}),  # complications of care: nothing to learn
+    (-2.4, {"z_hr": -0.5}),  # conduction disorders: hard
+    (-1.3, {"z_map": 0.5, "z_spo2": 0.4, "metabolic": 0.3}),  # CHF
+    (-1.1, {"metabolic": 0.6}),  # coronary atherosclerosis
+    (-2.3, {"z_glucose": 1.5, "metabolic": 0.8}),  # diabetes with complications
+    (-1.7, {"z_glucose": 1.5, "metabolic": 0.8}),  # diabetes without complication
+    (-1.2, {"metabolic": 1.0}),  # lipid metabolism
+    (-0.6, {"z_map": -0.8, "metabolic": 0.5}),  # essential hypertension (higher MAP)
+    (-1.1, {"z_ph": 0.6, "s": 0.3}),  # fluid and electrolyte disorders
+    (-2.2, {"z_map": 0.6, "z_hr": 0.4}),  # gastrointestinal hemorrhage
+    (-1.9, {"z_map": -0.6}),  # hypertension with complications
+    (-2.0, {}),  # other liver diseases: nothing to learn
+    (-2.6, {}),  # other lower respiratory disease: nothing to learn
+    (-3.0, {}),  # other upper respiratory disease: nothing to learn
+    (-2.2, {"respiratory": 0.6}),  # pleurisy, pneumothorax
+    (-1.6, {"z_temp": 1.0, "respiratory": 0.8}),  # pneumonia
+    (-1.8, {"respiratory": 2.0, "z_spo2": 0.8}),  # respiratory failure: easy
+    (-2.1, {"z_temp": 1.2, "z_hr": 0.5, "z_map": 0.5}),  # septicemia
+    (-2.8, {"z_map": 2.0, "s": 0.5}),  # shock: easy
+)
+#: Diagnoses outside the 25 phenotypes, 1-5 per admission (with their MIMIC-III titles).
+FILLER_ICD9 = {
+    "2449": ("Hypothyroidism NOS", "Unspecified acquired hypothyroidism"),
+    "3051": ("Tobacco use disorder", "Tobacco use disorder"),
+    "311": ("Depressive disorder NEC", "Depressive disorder, not elsewhere classified"),
+    "V5861": ("Long-term use anticoagul", "Long-term (current) use of anticoagulants"),
+    "V1582": ("History of tobacco use", "Personal history of tobacco use"),
+    "2809": ("Iron defic anemia NOS", "Iron deficiency anemia, unspecified"),
+    "V5867": ("Long-term use of insulin", "Long-term (current) use of insulin"),
+    "2875": ("Thrombocytopenia NOS", "Thrombocytopenia, unspecified"),
+    "53081": ("Esophageal reflux", "Esophageal reflux"),
+    "5990": ("Urin tract infection NOS", "Urinary tract infection, site not specified"),
+    "2859": ("Anemia NOS", "Anemia, unspecified"),
+}
 
 # Item ids per source system: CareVue (cv) and MetaVision (mv).
 ITEMS = {
@@ -260,26 +421,6 @@ GCS_TEXT = {
         ],
     },
 }
-ICD9_CODES = [
-    "4019",
-    "4280",
-    "41401",
-    "42731",
-    "25000",
-    "5849",
-    "2724",
-    "51881",
-    "53081",
-    "5990",
-    "2720",
-    "2859",
-    "486",
-    "0389",
-    "99591",
-    "78552",
-    "5070",
-    "2762",
-]
 CAREUNITS = ["MICU", "SICU", "CCU", "CSRU", "TSICU"]
 EPOCH = np.datetime64("2100-01-01T00:00:00", "s")
 
@@ -329,6 +470,8 @@ OUTPUT_COLUMNS = [
 
 
 TRUTH_FILE = "synthetic_truth.csv"
+#: The planted 24-hour death risk at every decompensation sample hour.
+TRUTH_HOURLY_FILE = "synthetic_truth_hourly.csv"
 #: The shift's parameters, written only for a shifted cohort.
 SHIFT_FILE = "synthetic_shift.json"
 #: Every file the generator writes; a folder holding exactly (a subset of) these and the
@@ -347,15 +490,88 @@ DATABASE_FILES = frozenset(
             "OUTPUTEVENTS",
             "D_ITEMS",
             "D_LABITEMS",
+            "D_ICD_DIAGNOSES",
         )
     }
-    | {TRUTH_FILE, SHIFT_FILE}
+    | {TRUTH_FILE, TRUTH_HOURLY_FILE, SHIFT_FILE}
 )
+
+
+def _load_phenotypes() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    table = json.loads(PHENOTYPE_FILE.read_text())
+    return tuple((entry["name"], tuple(entry["codes"])) for entry in table["phenotypes"])
+
+
+#: (name, ICD-9 codes) of the 25 benchmark phenotypes, in phenotypes.json's (label) order.
+PHENOTYPES = _load_phenotypes()
+#: The truth file's column of each phenotype's planted probability, in label order.
+PHENOTYPE_COLUMNS = tuple(f"true_pheno_{k}" for k in range(len(PHENOTYPES)))
+#: Per-stay truth columns every cohort's truth file holds after the first five.
+TASK_COLUMNS = (
+    "true_los_hours",
+    "los_scale_hours",
+    "true_death_hour",
+    "onset_hour",
+    *PHENOTYPE_COLUMNS,
+)
+_PHENOTYPE_CODES = np.array([code for _, codes in PHENOTYPES for code in codes])
+_PHENOTYPE_LENGTHS = np.array([len(codes) for _, codes in PHENOTYPES])
+_PHENOTYPE_OFFSETS = np.cumsum(_PHENOTYPE_LENGTHS) - _PHENOTYPE_LENGTHS
+_FILLER_CODES = np.array(sorted(FILLER_ICD9))
+assert len(PHENOTYPE_MODEL) == len(PHENOTYPES)
+assert len(set(_PHENOTYPE_CODES)) == len(_PHENOTYPE_CODES)  # no code in two phenotypes
+assert not set(FILLER_ICD9) & set(_PHENOTYPE_CODES)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """The logistic function."""
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def los_scale(severity: np.ndarray) -> np.ndarray:
+    """The planted mean of a long first stay's LOS beyond LONG_STAY_MIN_H, in hours."""
+    return LOS_SCALE_H * np.exp(LOS_SEVERITY * severity - LOS_SEVERITY**2 / 2)
+
+
+def phenotype_probabilities(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The planted probability of each phenotype label, shape (stays, 25).
+
+    Args:
+        inputs: Per-stay arrays ``s``, ``z_<variable>`` and the :data:`PHENOTYPE_LATENTS`
+            (only those the model names are read).
+    """
+    n = len(inputs["s"])
+    logits = np.empty((n, len(PHENOTYPE_MODEL)))
+    for k, (intercept, weights) in enumerate(PHENOTYPE_MODEL):
+        logits[:, k] = intercept
+        for name, weight in weights.items():
+            logits[:, k] += weight * inputs[name]
+    return sigmoid(logits)
+
+
+def decompensation_risk(hours_since_onset: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """P(death within 24 h) at hours ``a`` after the onset of a fatal deterioration.
+
+    Given the onset ``o`` (an ICU death's stay), death comes ``W`` hours after it, and
+    ``W | o`` is ``W ~ U(24, 72)`` tilted by the stay's exponential LOS: density
+    proportional to ``exp(-w / scale)`` on [24, 72] (``scale`` = :func:`los_scale` of the
+    severity). Alive at ``o + a`` means ``W > a``, so the risk is
+    ``P(W < a + 24 | W > a)``. Before the onset (``a < 0``, NaN or no onset) the risk is
+    exactly 0: every death in the next 24 h has its onset at least 24 h before it.
+    """
+    a = np.asarray(hours_since_onset, dtype=np.float64)
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), a.shape)
+    low_w, high_w = DETERIORATION_WINDOW_H
+    with np.errstate(invalid="ignore"):
+        started = a >= 0
+    a = np.where(started, a, 0.0)
+    lo = np.maximum(low_w, a)
+    hi = np.minimum(a + DECOMPENSATION_HORIZON_H, high_w)
+    num = -np.expm1(-np.maximum(hi - lo, 0.0) / scale)
+    den = -np.expm1(-np.maximum(high_w - lo, 0.0) / scale)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        risk = np.where(den > 1e-12, num / np.where(den > 1e-12, den, 1.0), 1.0)
+    return np.where(started, np.clip(risk, 0.0, 1.0), 0.0)
 
 
 def planted_risk(
@@ -458,23 +674,32 @@ class _Stays:
     ventilated: np.ndarray
     weight: np.ndarray
     height: np.ndarray
+    onset: np.ndarray  # hours since INTIME of a fatal deterioration's onset; NaN if none
+    neuro: np.ndarray
 
 
 class _Writer:
     """Appends polars frames to one CSV file, header once, MIMIC-style quoting."""
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    def __init__(self, path: Path, columns: list[str], *, mimic_style: bool = True) -> None:
         self.path = path
         self.columns = columns
+        # The truth files are plain CSV (bare header, no ROW_ID), like synthetic_truth.csv.
+        self.mimic_style = mimic_style
         # Owner-only (0600): the tables look like patient data and are treated as such.
         self.handle = os.fdopen(
             os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE), "wb"
         )
         self.rows = 0
-        header = ",".join(f'"{c}"' for c in columns) + "\n"
+        quote = '"' if mimic_style else ""
+        header = ",".join(f"{quote}{c}{quote}" for c in columns) + "\n"
         self.handle.write(header.encode())
 
     def write(self, frame: pl.DataFrame) -> None:
+        if not self.mimic_style:
+            frame.select(self.columns).write_csv(self.handle, include_header=False)
+            self.rows += frame.height
+            return
         frame = frame.with_columns(
             pl.int_range(self.rows + 1, self.rows + 1 + frame.height, dtype=pl.Int64).alias(
                 "ROW_ID"
@@ -491,6 +716,32 @@ class _Writer:
 
     def close(self) -> None:
         self.handle.close()
+
+
+_HOURLY_COLUMNS = ("icustay_id", "hour", "true_decomp_risk")
+
+
+def _icd_dictionary(folder: Path) -> None:
+    """D_ICD_DIAGNOSES: every code the generator can write (the benchmark inner-joins it).
+
+    The 25 phenotypes' codes carry their phenotype's name as a synthetic title (the
+    project's table has no per-code titles); the filler codes their MIMIC-III titles.
+    """
+    rows = []
+    for name, codes in PHENOTYPES:
+        for code in codes:
+            rows.append((code, name[:24], f"{name} (synthetic title, ICD-9 {code})"))
+    rows.extend((code, short, long) for code, (short, long) in sorted(FILLER_ICD9.items()))
+    frame = pl.DataFrame(
+        {
+            "ROW_ID": np.arange(1, len(rows) + 1),
+            "ICD9_CODE": [r[0] for r in rows],
+            "SHORT_TITLE": [r[1] for r in rows],
+            "LONG_TITLE": [r[2] for r in rows],
+        }
+    )
+    with create_private_file(folder / "D_ICD_DIAGNOSES.csv") as handle:
+        frame.write_csv(handle, quote_style="non_numeric")
 
 
 def _times(seconds: np.ndarray) -> pl.Series:
@@ -522,8 +773,9 @@ def generate(
             and ``synthetic_shift.json`` records the shift's parameters.
 
     Returns:
-        A summary: patients, admissions, ICU stays, row counts per table, deaths, the
-        mean planted risk and the shift's name (None for the base cohort).
+        A summary: patients, admissions, ICU stays, row counts per table, deaths, deaths
+        in the ICU, hourly truth rows (decompensation samples), the mean planted risk and
+        the shift's name (None for the base cohort).
 
     Raises:
         ValueError: If ``patients`` < 1 or ``shift`` is unknown or cannot be honoured;
@@ -563,6 +815,7 @@ def _generate_into(
     static: dict[str, list[pl.DataFrame]] = {
         k: [] for k in ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "TRANSFERS", "DIAGNOSES_ICD", "truth")
     }
+    hourly = _Writer(folder / TRUTH_HOURLY_FILE, list(_HOURLY_COLUMNS), mimic_style=False)
     try:
         for start in range(0, n_patients, batch_patients):
             count = min(batch_patients, n_patients - start)
@@ -570,6 +823,7 @@ def _generate_into(
             # independent of how far earlier batches consumed their streams.
             rng = np.random.default_rng([seed, start])
             stays, tables = _patients_batch(rng, start, count, spec, record)
+            hourly.write(tables.pop("hourly"))
             for name, frame in tables.items():
                 static[name].append(frame)
             writers["CHARTEVENTS"].write(_chart_rows(rng, stays, spec))
@@ -578,6 +832,7 @@ def _generate_into(
     finally:
         for writer in writers.values():
             writer.close()
+        hourly.close()
     for name in ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "TRANSFERS", "DIAGNOSES_ICD"):
         frame = pl.concat(static[name])
         frame = frame.with_columns(
@@ -586,6 +841,7 @@ def _generate_into(
         with create_private_file(folder / f"{name}.csv") as handle:
             frame.write_csv(handle, quote_style="non_numeric", datetime_format="%Y-%m-%d %H:%M:%S")
     _dictionaries(folder, spec)
+    _icd_dictionary(folder)
     truth = pl.concat(static["truth"])
     with create_private_file(folder / TRUTH_FILE) as handle:
         truth.write_csv(handle)
@@ -600,6 +856,8 @@ def _generate_into(
         "icustays": truth.height,
         "rows": {name: writer.rows for name, writer in writers.items()},
         "deaths": int(truth["died"].sum()),
+        "icu_deaths": int(truth["onset_hour"].is_not_null().sum()),
+        "hourly_samples": hourly.rows,
         "mean_true_risk": float(truth["true_risk"].mean()),
         "seed": seed,
         "shift": spec.name if record else None,
@@ -635,19 +893,15 @@ def _patients_batch(
     two_stays = rng.random(count) < 0.08
     first_in = admit + (rng.uniform(0.2, 24.0, count) * 3600).astype(np.int64)
     long_stay = rng.random(count) < 0.85
-    los_h = np.where(long_stay, 48.5 + rng.exponential(60.0, count), rng.uniform(6.0, 47.0, count))
-    first_out = first_in + (los_h * 3600).astype(np.int64)
-    second_in = first_out + (rng.uniform(2.0, 48.0, count) * 3600).astype(np.int64)
+    los_unit = rng.exponential(1.0, count)  # E ~ Exp(1), scaled by the severity below
+    short_los = rng.uniform(*SHORT_STAY_H, count)
+    gap_h = rng.uniform(2.0, 48.0, count)
     second_los = rng.uniform(20.0, 120.0, count)
-    second_out = second_in + (second_los * 3600).astype(np.int64)
-    last_out = np.where(two_stays, second_out, first_out)
 
     # Stays: the first of every admission, then the second ones.
     idx = np.concatenate([np.arange(count), np.flatnonzero(two_stays)])
     n_stays = len(idx)
     is_second = np.arange(n_stays) >= count
-    intime = np.where(is_second, second_in[idx], first_in[idx])
-    outtime = np.where(is_second, second_out[idx], first_out[idx])
     icustay = 200001 + 2 * (start + idx) + is_second
     severity = rng.normal(size=n_stays)
     if spec.severity_mean:
@@ -657,14 +911,42 @@ def _patients_batch(
         + np.sqrt(1 - SEVERITY_LOADING**2) * rng.normal(size=n_stays)
         for name in RISK_VARIABLES
     }
+    latents = {name: rng.normal(size=n_stays) for name in PHENOTYPE_LATENTS}
+    # The first stay's LOS: long ones grow with the severity.
+    scale = los_scale(severity[:count])
+    los_h = np.where(long_stay, LONG_STAY_MIN_H + los_unit * scale, short_los)
+    first_out = first_in + (los_h * 3600).astype(np.int64)
+    second_in = first_out + (gap_h * 3600).astype(np.int64)
+    second_out = second_in + (second_los * 3600).astype(np.int64)
+    last_out = np.where(two_stays, second_out, first_out)
+    intime = np.where(is_second, second_in[idx], first_in[idx])
+    outtime = np.where(is_second, second_out[idx], first_out[idx])
+
     base_risk = planted_risk(z)
     risk = planted_risk(z, shift_coefficients(spec), shift_intercept(spec))
     died_stay = rng.random(n_stays) < risk
     # The admission's outcome is the one of its first stay (the cohort keeps only
     # admissions with one ICU stay, so second stays never reach the task).
     died = died_stay[:count]
+    # Where the death happens. In the ICU (at OUTTIME) for 70% of the deaths of one-stay
+    # admissions whose long stay leaves room for the whole deterioration after the first
+    # 48 h (onset = LOS - W >= 48.5 h, so the in-hospital-mortality window never shows
+    # it); otherwise 24.5-72 h after the last ICU discharge, so that no decompensation
+    # sample (all within the ICU stay) is within 24 h of a death it gives no sign of.
+    window_h = rng.uniform(*DETERIORATION_WINDOW_H, count)
+    in_icu_u = rng.random(count)
+    icu_death = (
+        died
+        & ~two_stays
+        & long_stay
+        & (in_icu_u < P_ICU_DEATH)
+        & (los_h - window_h >= LONG_STAY_MIN_H)
+    )
+    post_icu = (rng.uniform(*POST_ICU_DEATH_H, count) * 3600).astype(np.int64)
+    death_at = np.where(icu_death, first_out, last_out + post_icu)
+    onset_first = np.where(icu_death, (first_out - first_in) / 3600.0 - window_h, np.nan)
+    onset = np.where(is_second, np.nan, onset_first[idx])
     disch = last_out + (rng.uniform(6.0, 120.0, count) * 3600).astype(np.int64)
-    death_at = last_out + (rng.uniform(0.5, 48.0, count) * 3600).astype(np.int64)
     disch = np.where(died, death_at, disch)
     dob = first_in - (age * 365.0 * 86400).astype(np.int64)
     dob = np.where(shifted, dob - np.int64(300 * 365 * 86400), dob)
@@ -765,19 +1047,45 @@ def _patients_batch(
             "LOS": np.round((outtime - intime) / 3600.0, 2),
         }
     )
-    n_codes = rng.integers(3, 9, count)
-    n_codes = np.where(rng.random(count) < 0.02, 0, n_codes)
-    code_adm = np.repeat(np.arange(count), n_codes)
+    # Phenotypes, per admission from its first stay: label k is present with the planted
+    # probability; a present label gets one of its codes, every admission 1-5 codes outside
+    # the 25, in random order; 2% of admissions have no diagnosis row at all.
+    inputs = {
+        "s": severity[:count],
+        **{f"z_{name}": z[name][:count] for name in RISK_VARIABLES},
+        **{name: latents[name][:count] for name in PHENOTYPE_LATENTS},
+    }
+    pheno_p = phenotype_probabilities(inputs)
+    present = rng.random(pheno_p.shape) < pheno_p
+    pick = rng.random(pheno_p.shape)
+    n_filler = rng.integers(1, 6, count)
+    # n_filler distinct filler codes: those of the smallest random keys.
+    filler_rank = np.argsort(np.argsort(rng.random((count, len(_FILLER_CODES))), axis=1), axis=1)
+    filler_adm, filler_pick = np.nonzero(filler_rank < n_filler[:, None])
+    no_codes = rng.random(count) < 0.02
+    adm_p, label = np.nonzero(present)
+    code_index = _PHENOTYPE_OFFSETS[label] + np.minimum(
+        (pick[adm_p, label] * _PHENOTYPE_LENGTHS[label]).astype(np.int64),
+        _PHENOTYPE_LENGTHS[label] - 1,
+    )
+    code_adm = np.concatenate([adm_p, filler_adm])
+    codes = np.concatenate([_PHENOTYPE_CODES[code_index], _FILLER_CODES[filler_pick]])
+    order_key = rng.random(len(code_adm))
+    keep = ~no_codes[code_adm]
+    code_adm, codes, order_key = code_adm[keep], codes[keep], order_key[keep]
+    order = np.lexsort((order_key, code_adm))
+    code_adm, codes = code_adm[order], codes[order]
+    per_adm = np.bincount(code_adm, minlength=count)
+    seq = np.arange(len(code_adm)) - np.repeat(np.cumsum(per_adm) - per_adm, per_adm) + 1
     diagnoses = pl.DataFrame(
         {
             "SUBJECT_ID": subject[code_adm],
             "HADM_ID": hadm[code_adm],
-            "SEQ_NUM": np.concatenate([np.arange(1, k + 1) for k in n_codes]).astype(np.int64)
-            if len(code_adm)
-            else np.array([], dtype=np.int64),
-            "ICD9_CODE": rng.choice(ICD9_CODES, len(code_adm)),
+            "SEQ_NUM": seq.astype(np.int64),
+            "ICD9_CODE": pl.Series(codes, dtype=pl.String),
         }
     )
+    death_hour = np.where(died[idx], (death_at[idx] - intime) / 3600.0, np.nan)
     truth = pl.DataFrame(
         {
             "subject_id": subject[idx],
@@ -785,8 +1093,13 @@ def _patients_batch(
             "icustay_id": icustay,
             "true_risk": risk,
             "died": np.where(is_second, died[idx], died_stay).astype(np.int64),
+            "true_los_hours": (outtime - intime) / 3600.0,
+            "los_scale_hours": np.where(is_second | ~long_stay[idx], np.nan, scale[idx]),
+            "true_death_hour": death_hour,
+            "onset_hour": onset,
+            **{column: pheno_p[idx, k] for k, column in enumerate(PHENOTYPE_COLUMNS)},
         }
-    )
+    ).fill_nan(None)
     if record:
         # What a benchmark needs per stay: which cohort, the risk a model of the base
         # cohort should give (the base formula on the same levels) and the latent levels.
@@ -795,7 +1108,12 @@ def _patients_batch(
             base_risk=base_risk,
             severity=severity,
             **{f"z_{name}": z[name] for name in RISK_VARIABLES},
+            **{f"latent_{name}": latents[name] for name in PHENOTYPE_LATENTS},
         )
+    respiratory = sigmoid(
+        RESPIRATORY_VENTILATION[0] + RESPIRATORY_VENTILATION[1] * latents["respiratory"]
+    )
+    weight_noise = np.sqrt(1 - METABOLIC_WEIGHT**2) * rng.normal(size=n_stays)
     stays = _Stays(
         subject=subject[idx],
         hadm=hadm[idx],
@@ -806,10 +1124,15 @@ def _patients_batch(
         z=z,
         severity=severity,
         arterial=rng.random(n_stays) < 0.4,
-        ventilated=rng.random(n_stays) < 0.35,
-        weight=np.clip(rng.normal(80.0, 18.0, n_stays), 40, 200),
+        ventilated=rng.random(n_stays) < respiratory,
+        weight=np.clip(
+            80.0 + 18.0 * (METABOLIC_WEIGHT * latents["metabolic"] + weight_noise), 40, 200
+        ),
         height=np.clip(rng.normal(170.0, 10.0, n_stays), 145, 205),
+        onset=onset,
+        neuro=latents["neuro"],
     )
+    hourly = _hourly_truth(stays, died[idx], death_hour, scale[idx])
     tables = {
         "PATIENTS": patients,
         "ADMISSIONS": admissions,
@@ -817,8 +1140,31 @@ def _patients_batch(
         "TRANSFERS": transfers,
         "DIAGNOSES_ICD": diagnoses,
         "truth": truth,
+        "hourly": hourly,
     }
     return stays, tables
+
+
+def _hourly_truth(
+    stays: _Stays, died: np.ndarray, death_hour: np.ndarray, scale: np.ndarray
+) -> pl.DataFrame:
+    """The decompensation and length-of-stay sample hours of each stay and their risk.
+
+    The hours are the benchmark's: integers ``t`` with ``FIRST_SAMPLE_HOUR <= t <=
+    min(LOS, hours to DEATHTIME) + 1e-6``, LOS as ICUSTAYS.LOS (days, 4 decimals) * 24.
+    Every stay has a charted event within its first 2 h, so the first-event bound never binds.
+    """
+    los = np.round((stays.outtime - stays.intime) / 86400.0, 4) * 24.0
+    lived = np.where(died, death_hour, np.inf)
+    last = np.floor(np.minimum(los, lived) + 1e-6).astype(np.int64)
+    counts = np.maximum(last - FIRST_SAMPLE_HOUR + 1, 0)
+    stay = np.repeat(np.arange(len(los)), counts)
+    first = np.cumsum(counts) - counts
+    hour = FIRST_SAMPLE_HOUR + np.arange(len(stay)) - np.repeat(first, counts)
+    risk = decompensation_risk(hour - stays.onset[stay], scale[stay])
+    return pl.DataFrame(
+        {"icustay_id": stays.icustay[stay], "hour": hour.astype(np.int64), "true_decomp_risk": risk}
+    )
 
 
 def _schedule(rng, stays: _Stays, every_h: float, jitter_h: float, start_h: float = 0.0):
@@ -833,9 +1179,18 @@ def _schedule(rng, stays: _Stays, every_h: float, jitter_h: float, start_h: floa
     return stay[keep], hours[keep]
 
 
-def _level(stays: _Stays, name: str, stay: np.ndarray) -> np.ndarray:
+def _drift(stays: _Stays, stay: np.ndarray, hours: np.ndarray) -> np.ndarray:
+    """Fraction (0-1) of the full deterioration at ``hours``: 0 before the onset, or none."""
+    since = hours - stays.onset[stay]
+    return np.clip(np.nan_to_num(since, nan=0.0) / DETERIORATION_RAMP_H, 0.0, 1.0)
+
+
+def _level(stays: _Stays, name: str, stay: np.ndarray, hours: np.ndarray) -> np.ndarray:
     centre, scale, _ = LEVELS[name]
-    return centre + scale * stays.z[name][stay]
+    level = stays.z[name][stay]
+    if DETERIORATION[name]:
+        level = level + DETERIORATION[name] * _drift(stays, stay, hours)
+    return centre + scale * level
 
 
 def _chart_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.DataFrame:
@@ -866,7 +1221,7 @@ def _chart_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.Data
         keep = rng.random(len(stay)) > 0.08
         s, h = stay[keep], hours[keep]
         noise = LEVELS[name][2]
-        value = _level(stays, name, s) + rng.normal(0.0, noise, len(s))
+        value = _level(stays, name, s, h) + rng.normal(0.0, noise, len(s))
         if name == "spo2":
             value = np.minimum(np.round(value), 100.0)
         else:
@@ -879,7 +1234,7 @@ def _chart_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.Data
             add("dbp", s, h, None, dbp)
     # Temperature every 4 h: Fahrenheit for CareVue, Celsius for MetaVision.
     stay, hours = _schedule(rng, stays, 4.0, 1.0)
-    celsius = _level(stays, "temp", stay) + rng.normal(0, LEVELS["temp"][2], len(stay))
+    celsius = _level(stays, "temp", stay, hours) + rng.normal(0, LEVELS["temp"][2], len(stay))
     mv = stays.metavision[stay]
     if spec.temperature_fahrenheit:
         # Every stay in Fahrenheit: MetaVision's own Fahrenheit item, CareVue's as ever.
@@ -889,11 +1244,17 @@ def _chart_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.Data
         add("temp", stay, hours, None, np.round(np.where(mv, celsius, celsius * 9 / 5 + 32), 1))
     # Fingerstick glucose every 6 h (or a shifted site's interval).
     stay, hours = _schedule(rng, stays, spec.glucose_every_h, spec.glucose_jitter_h, 0.5)
-    value = _level(stays, "glucose", stay) + rng.normal(0, LEVELS["glucose"][2], len(stay))
+    value = _level(stays, "glucose", stay, hours) + rng.normal(0, LEVELS["glucose"][2], len(stay))
     add("glucose_chart", stay, hours, None, np.round(np.maximum(value, 30.0)))
     # GCS every 4 h, from severity: components for both systems, total for CareVue.
     stay, hours = _schedule(rng, stays, 4.0, 1.0, 0.2)
-    total = 15.0 - 2.5 * np.maximum(stays.severity[stay], 0.0) + rng.normal(0, 1.0, len(stay))
+    total = (
+        15.0
+        - 2.5 * np.maximum(stays.severity[stay], 0.0)
+        - NEURO_GCS * np.maximum(stays.neuro[stay], 0.0)
+        - GCS_DETERIORATION * _drift(stays, stay, hours)
+        + rng.normal(0, 1.0, len(stay))
+    )
     total = np.clip(np.round(total), 3, 15)
     eye = np.clip(np.ceil(total * 4 / 15), 1, 4)
     verbal = np.clip(np.round(total * 5 / 15), 1, 5)
@@ -1007,11 +1368,12 @@ def _lab_rows(rng: np.random.Generator, stays: _Stays, spec: Shift) -> pl.DataFr
     stay, hours = _schedule(rng, stays, spec.labs_every_h, spec.labs_jitter_h, -6.0)
     for itemid in LAB_ITEMS:
         if itemid == 50931:
-            value = _level(stays, "glucose", stay) + rng.normal(0, LEVELS["glucose"][2], len(stay))
+            value = _level(stays, "glucose", stay, hours)
+            value = value + rng.normal(0, LEVELS["glucose"][2], len(stay))
             value = np.round(np.maximum(value, 30.0))
             text = pl.Series(value).cast(pl.Int64).cast(pl.String)
         elif itemid == 50820:
-            value = _level(stays, "ph", stay) + rng.normal(0, LEVELS["ph"][2], len(stay))
+            value = _level(stays, "ph", stay, hours) + rng.normal(0, LEVELS["ph"][2], len(stay))
             if spec.ph_offset:
                 value = value + spec.ph_offset
             value = np.round(value, 2)

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 from features.mimic.extract import extract
 from features.mimic.tables import read_header
 from features.mimic.variables import load_variables
-from features.synthetic import COEFFICIENTS, INTERCEPT, generate, planted_risk
+from features.synthetic import COEFFICIENTS, INTERCEPT, TASK_COLUMNS, generate, planted_risk
 
 TABLES = [
     "PATIENTS",
@@ -29,6 +29,7 @@ TABLES = [
     "D_ITEMS",
     "D_LABITEMS",
     "DIAGNOSES_ICD",
+    "D_ICD_DIAGNOSES",
 ]
 
 
@@ -58,7 +59,8 @@ def test_writes_every_table_in_mimic_format(tmp_path):
     assert items & known and items - known  # the 17 variables and other items, as in MIMIC
     assert any(i < 220000 for i in items) and any(i >= 220000 for i in items)
     truth = pl.read_csv(tmp_path / "db" / "synthetic_truth.csv")
-    assert truth.columns == ["subject_id", "hadm_id", "icustay_id", "true_risk", "died"]
+    assert truth.columns[:5] == ["subject_id", "hadm_id", "icustay_id", "true_risk", "died"]
+    assert truth.columns[5:] == list(TASK_COLUMNS)
     assert truth.height == summary["icustays"]
 
 

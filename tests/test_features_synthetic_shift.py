@@ -23,34 +23,42 @@ from features.synthetic import (
     SHIFT_FILE,
     SHIFT_NAMES,
     SHIFTS,
+    TASK_COLUMNS,
     TRUTH_FILE,
+    TRUTH_HOURLY_FILE,
     Shift,
     generate,
     planted_risk,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-#: The last commit before shifts existed; its generator is the reference for shift=None.
-REFERENCE_COMMIT = "b58def6"
+#: The commit whose generator is the reference for shift=None: the last one that changed the
+#: base cohort on purpose (it planted the decompensation, length-of-stay and phenotype
+#: truth; before it, the commit before shifts existed, b58def6). Where that commit is not
+#: in the history (a squashed merge, an exported tree) the committed digest is the reference.
+REFERENCE_COMMIT: str | None = "d1b6546"
 #: sha256 prefixes of generate(patients=40, seed=3, batch_patients=16) from the generator
-#: at REFERENCE_COMMIT (with polars 2.1.0 and numpy 2.4.6), computed before shifts were
-#: added. Used only where the repository's history is not at hand to rerun that code; the
-#: rerun is preferred because it compares under whatever library versions are installed.
+#: at REFERENCE_COMMIT (with polars 2.1.0 and numpy 2.4.6). Used only where the
+#: repository's history is not at hand to rerun that code; the rerun is preferred because
+#: it compares under whatever library versions are installed.
 REFERENCE_DIGEST = {
-    "ADMISSIONS.csv": "17380ae7c0a46b6b",
-    "CHARTEVENTS.csv": "88da390e6865e7b0",
-    "DIAGNOSES_ICD.csv": "bf6393f44cc24dcc",
+    "ADMISSIONS.csv": "65e9b159af84979d",
+    "CHARTEVENTS.csv": "b001b5b8b2895490",
+    "DIAGNOSES_ICD.csv": "75a207504d247d1f",
+    "D_ICD_DIAGNOSES.csv": "37270ca8f7fecee9",
     "D_ITEMS.csv": "833ef747489c6103",
     "D_LABITEMS.csv": "47bcb71fc624fbaa",
-    "ICUSTAYS.csv": "2883be221786f09d",
-    "LABEVENTS.csv": "81d3e9594e169d62",
-    "OUTPUTEVENTS.csv": "b637b456e4b3ff03",
-    "PATIENTS.csv": "1cd3e2e0554c04fd",
-    "TRANSFERS.csv": "396b816d26d4dc7f",
-    "synthetic_truth.csv": "fc794944d3ebf9d7",
+    "ICUSTAYS.csv": "220194c48320dcc3",
+    "LABEVENTS.csv": "f88795883c545280",
+    "OUTPUTEVENTS.csv": "9f9d5ebe4103299f",
+    "PATIENTS.csv": "72237fe22527b813",
+    "TRANSFERS.csv": "baf21f0d8b637bec",
+    "synthetic_truth.csv": "285eb4f891f547c6",
+    "synthetic_truth_hourly.csv": "f5dc4972a33525e1",
 }
 TABLES = sorted(REFERENCE_DIGEST)
 Z_COLUMNS = [f"z_{name}" for name in COEFFICIENTS]
+LATENTS = ["latent_neuro", "latent_metabolic", "latent_respiratory"]
 PATIENTS = 300
 SEED = 21
 
@@ -128,6 +136,8 @@ def raw_age_years(db: Path) -> np.ndarray:
 
 def _reference_generator(tmp_path: Path):
     """The generator module as it was at REFERENCE_COMMIT, or None without git history."""
+    if REFERENCE_COMMIT is None:
+        return None
     try:
         source = subprocess.run(
             ["git", "show", f"{REFERENCE_COMMIT}:features/synthetic.py"],
@@ -151,12 +161,12 @@ def _reference_generator(tmp_path: Path):
     return module
 
 
-def test_no_shift_gives_the_bytes_of_the_generator_before_shifts(tmp_path):
+def test_no_shift_gives_the_bytes_of_the_reference_generator(tmp_path):
     generate(tmp_path / "now", patients=40, seed=3, batch_patients=16)
     assert SHIFT_FILE not in digest(tmp_path / "now")
     reference = _reference_generator(tmp_path)
     if reference is None:
-        # No history to rerun the old code (e.g. an exported tree): the committed digest.
+        # No history to rerun the reference (e.g. an exported tree): the committed digest.
         assert digest(tmp_path / "now", 16) == REFERENCE_DIGEST
         return
     reference.generate(tmp_path / "before", patients=40, seed=3, batch_patients=16)
@@ -170,9 +180,10 @@ def test_recording_the_base_adds_truth_columns_and_changes_nothing_else(cohorts)
         if table != TRUTH_FILE:
             assert recorded_files[table] == plain_files[table], table
     truth = recorded["truth"]
-    assert truth.columns[:5] == plain["truth"].columns
+    n_plain = 5 + len(TASK_COLUMNS)
+    assert truth.columns[:n_plain] == plain["truth"].columns
     assert truth.select(plain["truth"].columns).equals(plain["truth"])
-    assert truth.columns[5:] == ["shift", "base_risk", "severity", *Z_COLUMNS]
+    assert truth.columns[n_plain:] == ["shift", "base_risk", "severity", *Z_COLUMNS, *LATENTS]
     assert (truth["shift"] == "none").all()
     assert np.array_equal(truth["base_risk"].to_numpy(), truth["true_risk"].to_numpy())
     assert recorded["record"]["name"] == "none" and recorded["summary"]["shift"] == "none"
@@ -344,14 +355,38 @@ def test_older_sicker_is_outside_the_base_range_with_the_same_formula(cohorts):
 def test_mechanism_changes_only_the_outcome(cohorts):
     base, mech = cohorts["recorded"], cohorts["mechanism"]
     base_files, mech_files = digest(base["db"]), digest(mech["db"])
+    # The outcome and its terminal course: who dies where, and the values of the hours
+    # before a death in the ICU (always after the first 48 h).
+    outcome = {"PATIENTS.csv", "ADMISSIONS.csv", "CHARTEVENTS.csv", "LABEVENTS.csv"}
     for table in TABLES:
-        if table not in ("PATIENTS.csv", "ADMISSIONS.csv", TRUTH_FILE):
+        if table not in outcome | {TRUTH_FILE, TRUTH_HOURLY_FILE}:
             assert mech_files[table] == base_files[table], table
-    # Same stays, same measurements, same grid: nothing in the inputs shifts.
+    # Same stays, same measurements in the first 48 h, same grid: nothing in the inputs of
+    # the in-hospital-mortality task shifts.
     assert np.array_equal(mech["grid"], base["grid"])
     assert mech["stays"]["icustay_id"].equals(base["stays"]["icustay_id"])
-    keep = ["icustay_id", "severity", *Z_COLUMNS, "base_risk"]
+    keep = ["icustay_id", "severity", *Z_COLUMNS, "base_risk", "true_los_hours"]
     assert mech["truth"].select(keep).equals(base["truth"].select(keep))
+    # The chart rows differ only in stays whose ICU death differs, after their onset.
+    onsets = {}
+    for name in ("recorded", "mechanism"):
+        truth = cohorts[name]["truth"].select("icustay_id", pl.col("onset_hour").cast(pl.Float64))
+        onsets[name] = dict(zip(truth["icustay_id"], truth["onset_hour"], strict=True))
+    changed = {i for i in onsets["recorded"] if onsets["recorded"][i] != onsets["mechanism"][i]}
+    assert changed  # some deaths in the unit differ (and their deterioration with them)
+    rows = {
+        name: pl.read_csv(
+            cohorts[name]["db"] / "CHARTEVENTS.csv",
+            columns=["ROW_ID", "ICUSTAY_ID", "VALUE"],
+            schema_overrides={"ICUSTAY_ID": pl.Int64, "VALUE": pl.String},
+        )
+        for name in ("recorded", "mechanism")
+    }
+    assert rows["recorded"].height == rows["mechanism"].height
+    diff = rows["recorded"]["VALUE"].ne_missing(rows["mechanism"]["VALUE"]).to_numpy()
+    assert diff.any()
+    differing = rows["recorded"].filter(pl.Series(diff))["ICUSTAY_ID"].drop_nulls()
+    assert set(differing.to_list()) <= changed
 
 
 def test_mechanism_records_its_coefficients_and_recomputes_the_risk(cohorts):
