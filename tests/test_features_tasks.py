@@ -265,3 +265,20 @@ def test_scoring_a_stay_still_in_the_icu_reads_every_hour_so_far(tmp_path):
     assert split.target is None and split.values.shape == (int(stays["hours"].sum()), 76)
     with pytest.raises(FeatureFolderError, match="is a scoring folder"):
         load_task_split(out, "train")
+
+
+def test_synthetic_truth_reaches_the_task_folders(tmp_path):
+    from features.synthetic import generate
+
+    generate(tmp_path / "mimic", patients=300, seed=1)
+    extract_all(
+        tmp_path / "mimic", tmp_path / "f", tasks=("decompensation", "phenotyping"), progress=False
+    )
+    samples = pl.read_parquet(tmp_path / "f" / "decompensation" / "samples.parquet")
+    # Every sample has its planted 24-h risk, and the positives are where it is high.
+    assert samples["true_decomp_risk"].null_count() == 0
+    positives = samples.filter(pl.col("label") == 1)["true_decomp_risk"]
+    assert positives.height > 0 and positives.min() > 0
+    assert samples["true_decomp_risk"].mean() == pytest.approx(samples["label"].mean(), abs=0.01)
+    stays = pl.read_parquet(tmp_path / "f" / "phenotyping" / "stays.parquet")
+    assert {"true_los_hours", "true_pheno_0", "true_pheno_24"} <= set(stays.columns)

@@ -130,6 +130,8 @@ from features.mimic.tasks import (
 from features.mimic.variables import channel_names
 
 TRUTH_FILE = "synthetic_truth.csv"
+#: The generator's planted hourly risk of death within 24 h (decompensation's reference).
+HOURLY_TRUTH_FILE = "synthetic_truth_hourly.csv"
 DATETIME_US = pl.Datetime("us")
 #: Everything a feature folder holds; a folder with anything else is never replaced.
 FOLDER_FILES = frozenset({STAYS_FILE, GRID_FILE, MANIFEST_FILE})
@@ -261,6 +263,24 @@ def _read_truth(mimic_dir: Path, *, every_column: bool = False) -> pl.DataFrame 
             raise MimicInputError(f"{path}: column {column} is missing")
     keep = [c for c in truth.columns if c.startswith("true_")] if every_column else ["true_risk"]
     return truth.select("icustay_id", *keep)
+
+
+def _with_hourly_truth(mimic_dir: Path, samples: pl.DataFrame) -> pl.DataFrame:
+    """Decompensation samples with the generator's ``true_decomp_risk``, if it planted one."""
+    path = mimic_dir / HOURLY_TRUTH_FILE
+    if not path.exists():
+        return samples
+    schema = {"icustay_id": pl.Int64, "hour": pl.Int32, "true_decomp_risk": pl.Float64}
+    try:
+        truth = pl.read_csv(path, schema_overrides=schema)
+    except pl.exceptions.PolarsError as err:
+        raise MimicInputError(f"{path}: cannot read the synthetic hourly truth: {err}") from err
+    missing = [column for column in schema if column not in truth.columns]
+    if missing:
+        raise MimicInputError(f"{path}: column {missing[0]} is missing")
+    return samples.join(
+        truth.select(list(schema)), on=["icustay_id", "hour"], how="left", maintain_order="left"
+    )
 
 
 def extract(
@@ -705,6 +725,8 @@ def _finish_whole_stay(
     lengths = np.diff(offsets)
     with steps.step(f"{task} samples"):
         samples, positives, labels = _task_samples(task, stays, diagnoses)
+        if task == "decompensation":
+            samples = _with_hourly_truth(common.mimic_dir, samples)
     with steps.step(f"{label}splits and normaliser"):
         stays = common.split_of(stays)
         in_train = (stays["split"] == "train").to_numpy()
