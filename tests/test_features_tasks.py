@@ -278,7 +278,7 @@ def test_synthetic_truth_reaches_the_task_folders(tmp_path):
     # Every sample has its planted 24-h risk, and the positives are where it is high.
     assert samples["true_decomp_risk"].null_count() == 0
     positives = samples.filter(pl.col("label") == 1)["true_decomp_risk"]
-    assert positives.height > 0 and positives.min() > 0
+    assert positives.len() > 0 and positives.min() > 0
     assert samples["true_decomp_risk"].mean() == pytest.approx(samples["label"].mean(), abs=0.01)
     stays = pl.read_parquet(tmp_path / "f" / "phenotyping" / "stays.parquet")
     assert {"true_los_hours", "true_pheno_0", "true_pheno_24"} <= set(stays.columns)
