@@ -118,3 +118,122 @@ def test_stay_batch_samples_read_exactly_the_rows_before_their_hour():
                                      rank1=rank1.Rank1Config(ensemble_size=k)))  # fmt: skip
     batch, y = next(iter(loader))
     assert rank1_model(rank1.tile(batch, k)).shape == (k * y.shape[0],)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_length_of_stay_metrics_kappa_and_mad_use_the_bucket_means():
+    from sklearn.metrics import cohen_kappa_score
+
+    from pipeline.tasks import LOS_BUCKET_MEAN_HOURS, task_metrics
+
+    y = np.array([0, 1, 9, 3])
+    predicted = np.array([0, 2, 9, 1])
+    logits = np.full((2, 4, 10), -5.0)
+    logits[:, np.arange(4), predicted] = 5.0
+    remaining = np.array([10.0, 30.0, 600.0, 80.0])
+    out = task_metrics(TASKS["length-of-stay"], logits, y, remaining_hours=remaining)
+    assert out["kappa"] == pytest.approx(cohen_kappa_score(y, predicted, weights="linear"))
+    means = np.asarray(LOS_BUCKET_MEAN_HOURS)[predicted]
+    assert out["mad"] == pytest.approx(np.mean(np.abs(means - remaining)))
+    assert {"nll", "brier", "ece", "accuracy"} <= set(out)
+
+
+def test_phenotyping_metrics_and_per_label_temperatures():
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.tasks import fit_scaler, sample_uncertainty, task_metrics
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 25)) < 0.3).astype(np.int64)
+    signal = (2 * y - 1) * rng.uniform(0.2, 3, 25)  # label j's logits scaled by its own factor
+    logits = np.stack([signal + rng.normal(0, 1, y.shape) for _ in range(3)])
+    spec = TASKS["phenotyping"]
+    out = task_metrics(spec, logits, y)
+    p = 1 / (1 + np.exp(-logits))
+    p = p.mean(0)
+    assert out["micro_auroc"] == pytest.approx(roc_auc_score(y.ravel(), p.ravel()))
+    macro = np.mean([roc_auc_score(y[:, j], p[:, j]) for j in range(25)])
+    assert out["macro_auroc"] == pytest.approx(macro)
+    scaler = fit_scaler(spec, logits * 4, y)  # over-confident by 4: T near 4 on every label
+    assert len(scaler.temperatures) == 25
+    assert (
+        task_metrics(spec, scaler.apply(logits * 4), y)["nll"]
+        < task_metrics(spec, logits * 4, y)["nll"]
+    )
+    parts = sample_uncertainty(spec, logits)
+    assert parts.total.shape == (200, 25)
+    np.testing.assert_allclose(parts.total, parts.aleatoric + parts.epistemic, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def _task_config(method="rank1", steps=8):
+    from pipeline.config import OptimConfig, ScheduleConfig, TrainConfig
+
+    return TrainConfig(
+        method=method, ensemble_size=2, batch_size=4, optim=OptimConfig(lr=3e-3),
+        schedule=ScheduleConfig(length=steps, kl_anneal=4), eval_every=4,
+        checkpoint_every=0, num_eval_samples=2, device="cpu",
+    )  # fmt: skip
+
+
+_SMALL = EHRConfig(projection_dim=4, rnn_dim=8, hidden_dim=8)
+
+
+@pytest.mark.integration  # MLflow end to end
+@pytest.mark.parametrize(
+    ("task", "method"),
+    [
+        ("decompensation", "rank1"),
+        ("length-of-stay", "deterministic"),
+        ("phenotyping", "rank1"),
+        ("decompensation", "ensemble"),
+    ],
+)
+def test_train_task_logs_the_benchmark_metrics(task, method, mlflow_store):
+    import mlflow
+
+    from pipeline.tasks import train_task
+
+    def split(seed):
+        if task == "phenotyping":
+            return phenotype_data(n=16, seed=seed)
+        return per_hour_data(task, n=12, seed=seed)
+
+    torch.set_num_threads(1)
+    result = train_task(
+        task, split(0), split(1), split(2), _task_config(method), model_config=_SMALL,
+        progress=False,
+    )  # fmt: skip
+    run = mlflow.MlflowClient(tracking_uri=mlflow_store).get_run(result.run_id)
+    experiment = mlflow.MlflowClient(tracking_uri=mlflow_store).get_experiment(
+        run.info.experiment_id
+    )
+    assert experiment.name == f"mimic-{task}"
+    metrics, params = run.data.metrics, run.data.params
+    assert run.data.tags["task"] == task
+    assert params["model.output_dim"] == str(TASKS[task].output_dim)
+    benchmark = {
+        "decompensation": ("auroc", "auprc"),
+        "length-of-stay": ("kappa", "mad"),
+        "phenotyping": ("macro_auroc", "micro_auroc"),
+    }[task]
+    for key in (*benchmark, "nll", "brier", "ece"):
+        assert f"test/{key}" in metrics and f"test_calibrated/{key}" in metrics, key
+    assert "test_calibrated/uncertainty/mean_epistemic" in metrics
+    curve = "train/member_1/val_nll" if method == "ensemble" else "train/val_nll"
+    history = mlflow.MlflowClient(tracking_uri=mlflow_store).get_metric_history(
+        result.run_id, curve
+    )
+    assert [point.step for point in history] == [4, 8]
+    m = result.metrics
+    assert np.isfinite(m.test_nll) and m.temperature > 0
+    for key in benchmark:
+        assert getattr(m, f"test_{key}") == pytest.approx(metrics[f"test/{key}"], nan_ok=True)
+    if method == "deterministic":
+        assert m.test_mean_epistemic == 0.0
+    else:
+        assert m.test_mean_epistemic > 0.0
