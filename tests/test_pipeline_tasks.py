@@ -237,3 +237,19 @@ def test_train_task_logs_the_benchmark_metrics(task, method, mlflow_store):
         assert m.test_mean_epistemic == 0.0
     else:
         assert m.test_mean_epistemic > 0.0
+
+
+def test_the_trainer_resumes_stay_batches_at_any_step_with_the_runs_seed():
+    from pipeline.train.batches import training_batches
+    from pipeline.train.distributed import DistInfo
+
+    data = per_hour_data("decompensation", n=20)
+    loader = StayBatches(data, TASKS["decompensation"], batch_size=4, seed=0)
+    info = DistInfo()
+    batches = training_batches(loader, 4, seed=11, info=info)
+    assert loader.seed == 11 and batches.steps_per_epoch == 5
+    stream = batches.from_step(0)
+    first = [next(stream)[1] for _ in range(12)]
+    resumed = batches.from_step(7)
+    for expected in first[7:]:
+        assert torch.equal(next(resumed)[1], expected)
