@@ -54,6 +54,21 @@ def test_los_bucket_follows_the_benchmarks_custom_bins():
     assert los_bucket(hours).tolist() == [0, 0, 1, 1, 7, 8, 8, 9, 9]
 
 
+def test_load_task_split_reads_the_arrays_of_a_split_file(tmp_path):
+    from pipeline.tasks import load_task_split
+
+    data = per_hour_data("length-of-stay", n=4)
+    arrays = {name: getattr(data, name) for name in ("values", "offsets", "stay", "hour",
+                                                      "label", "remaining_hours")}  # fmt: skip
+    np.savez(tmp_path / "val.npz", **arrays)
+    loaded = load_task_split(tmp_path, "val")
+    assert loaded.labels is None and loaded.n_samples == data.n_samples
+    np.testing.assert_array_equal(loaded.remaining_hours, data.remaining_hours)
+    pheno = phenotype_data(n=3)
+    np.savez(tmp_path / "test.npz", values=pheno.values, offsets=pheno.offsets, labels=pheno.labels)
+    assert load_task_split(tmp_path, "test").n_samples == 3
+
+
 def test_task_data_refuses_hours_beyond_a_stay():
     data = per_hour_data("decompensation", n=3)
     hour = data.hour.copy()
@@ -233,6 +248,20 @@ def test_train_task_logs_the_benchmark_metrics(task, method, mlflow_store):
     assert np.isfinite(m.test_nll) and m.temperature > 0
     for key in benchmark:
         assert getattr(m, f"test_{key}") == pytest.approx(metrics[f"test/{key}"], nan_ok=True)
+    # The logged model is the task's model and predicts as the returned one does.
+    from pipeline import tracking
+
+    logged = tracking.load_model(result.run_id, map_location="cpu")
+    member = logged.members[0] if method == "ensemble" else logged
+    assert member.config.output_dim == TASKS[task].output_dim
+    assert member.config.per_step == TASKS[task].per_step
+    batch, _ = next(iter(StayBatches(split(2), TASKS[task], 3, shuffle=False)))
+    k = result.model.ensemble_size
+    for model in (logged, result.model):
+        model.eval()
+        rank1.set_sampling(model, "mean")
+    with torch.no_grad():
+        torch.testing.assert_close(logged(rank1.tile(batch, k)), result.model(rank1.tile(batch, k)))
     if method == "deterministic":
         assert m.test_mean_epistemic == 0.0
     else:
