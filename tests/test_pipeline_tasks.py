@@ -221,7 +221,7 @@ def test_train_task_logs_the_benchmark_metrics(task, method, mlflow_store):
     torch.set_num_threads(1)
     result = train_task(
         task, split(0), split(1), split(2), _task_config(method), model_config=_SMALL,
-        progress=False,
+        progress=False, dataset="synthetic",
     )  # fmt: skip
     run = mlflow.MlflowClient(tracking_uri=mlflow_store).get_run(result.run_id)
     experiment = mlflow.MlflowClient(tracking_uri=mlflow_store).get_experiment(
@@ -229,7 +229,7 @@ def test_train_task_logs_the_benchmark_metrics(task, method, mlflow_store):
     )
     assert experiment.name == f"mimic-{task}"
     metrics, params = run.data.metrics, run.data.params
-    assert run.data.tags["task"] == task
+    assert run.data.tags["task"] == task and run.data.tags["dataset"] == "synthetic"
     assert params["model.output_dim"] == str(TASKS[task].output_dim)
     benchmark = {
         "decompensation": ("auroc", "auprc"),

@@ -129,6 +129,7 @@ def train_task(
     checkpoint_dir: Any = None,
     resume: bool = False,
     progress: bool = True,
+    dataset: str = "mimic-iii",
 ) -> TrainingResult[TaskMetrics]:
     """Train and evaluate a task model on three splits; log one MLflow run.
 
@@ -149,6 +150,7 @@ def train_task(
         checkpoint_dir: Trainer checkpoints folder (None: none written).
         resume: Continue from the checkpoint in ``checkpoint_dir``.
         progress: Show a progress bar.
+        dataset: The run's ``dataset`` tag (e.g. ``synthetic-mimic-iii`` for generated data).
 
     Returns:
         The run id, the model, its fits and the key metrics (:class:`TaskMetrics`).
@@ -175,7 +177,7 @@ def train_task(
             for what, value in (("stays", split.n_stays), ("samples", split.n_samples))
         },
     }
-    tags = {"task": spec.name, "model": model_tag(config, "lstm"), "dataset": "mimic-iii"}
+    tags = {"task": spec.name, "model": model_tag(config, "lstm"), "dataset": dataset}
     device = resolve_device(config.device)
     return run_training(
         lambda: EHRModel(model_config),
