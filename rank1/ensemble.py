@@ -50,14 +50,18 @@ def tile(x: Tensor, ensemble_size: int) -> Tensor:
     """Repeat a batch once per member, member-major.
 
     Args:
-        x: A batch of shape ``(B, ...)``.
+        x: A batch of shape ``(B, ...)``, or a structured batch with its own
+            ``tile(ensemble_size)`` (e.g. :class:`rank1.models.StayBatch`).
         ensemble_size: The number of members K.
 
     Returns:
-        A tensor of shape ``(K * B, ...)`` whose rows ``[k*B, (k+1)*B)`` are a copy of ``x``.
+        A tensor of shape ``(K * B, ...)`` whose rows ``[k*B, (k+1)*B)`` are a copy of ``x``
+        (a structured batch: what its ``tile`` returns).
     """
     if ensemble_size < 1:
         raise ValueError(f"ensemble_size must be >= 1, got {ensemble_size}")
+    if not isinstance(x, Tensor):
+        return x.tile(ensemble_size)
     return x.repeat(ensemble_size, *([1] * (x.dim() - 1)))
 
 
@@ -65,15 +69,18 @@ def untile(y: Tensor, ensemble_size: int) -> Tensor:
     """Split a member-major batch into one slice per member.
 
     Args:
-        y: A tensor of shape ``(K * B, ...)``.
+        y: A tensor of shape ``(K * B, ...)``, or a structured batch with its own
+            ``untile(ensemble_size)`` (e.g. :class:`rank1.models.StayBatch`).
         ensemble_size: The number of members K.
 
     Returns:
-        A view of shape ``(K, B, ...)``.
+        A view of shape ``(K, B, ...)`` (a structured batch: the list of its K parts).
 
     Raises:
         ValueError: If the leading dimension is not divisible by K.
     """
+    if not isinstance(y, Tensor):
+        return y.untile(ensemble_size)
     b = check_divisible(y.shape[0], ensemble_size, "output batch")
     return y.view(ensemble_size, b, *y.shape[1:])
 

@@ -106,6 +106,101 @@ def test_ehr_model_rank1_and_deterministic_twin():
     assert det.ensemble_size == 1 and model.ensemble_size == 4
 
 
+def _mean_draws(model):
+    # Posterior means: every call is the same function, so outputs can be compared.
+    if model.config.bayesian:
+        rank1.set_sampling(model, "mean")
+    return model
+
+
+@pytest.mark.parametrize("bayesian", [True, False])
+@pytest.mark.parametrize("output_dim", [1, 10])
+def test_ehr_per_step_outputs_are_causal_and_padding_free(bayesian, output_dim):
+    torch.manual_seed(0)
+    cfg = EHRConfig(
+        input_features=5, projection_dim=4, rnn_dim=8, hidden_dim=6,
+        output_dim=output_dim, per_step=True, bayesian=bayesian,
+    )  # fmt: skip
+    model = _mean_draws(EHRModel(cfg))
+    k = model.ensemble_size
+    x = torch.randn(3, 20, 5)
+    out = model(rank1.tile(x, k))
+    width = () if output_dim == 1 else (output_dim,)
+    assert out.shape == (k * 3, 20, *width)
+    # Changing the rows after step t leaves the outputs at steps <= t as they were.
+    t = 7
+    x2 = x.clone()
+    x2[:, t + 1 :] = torch.randn(3, 20 - t - 1, 5) * 50
+    out2 = model(rank1.tile(x2, k))
+    torch.testing.assert_close(out2[:, : t + 1], out[:, : t + 1])
+    assert not torch.allclose(out2[:, t + 1 :], out[:, t + 1 :])
+    # A stay alone (its own length) and padded to a longer batch: the same outputs.
+    alone = model(rank1.tile(x[1:2, :9], k))
+    torch.testing.assert_close(rank1.untile(out, k)[:, 1, :9], rank1.untile(alone, k)[:, 0])
+
+
+def test_ehr_stay_batch_gathers_samples_and_tiles_like_a_tensor():
+    torch.manual_seed(0)
+    k = 4
+    cfg = EHRConfig(input_features=5, projection_dim=4, rnn_dim=8, hidden_dim=6, per_step=True)
+    model = _mean_draws(EHRModel(cfg))
+    values = torch.randn(2, 12, 5)
+    values[1, 6:] = 0.0
+    batch = rank1.models.StayBatch(
+        values, torch.tensor([12, 6]), torch.tensor([0, 0, 1]), torch.tensor([4, 11, 5])
+    )
+    tiled = rank1.tile(batch, k)
+    assert tiled.values.shape == (k * 2, 12, 5) and tiled.num_samples == k * 3
+    out = model(tiled)
+    assert out.shape == (k * 3,)
+    grid = rank1.untile(model(rank1.tile(values, k)), k)  # (K, 2, T)
+    expected = grid[:, [0, 0, 1], [4, 11, 5]]  # (K, 3)
+    torch.testing.assert_close(rank1.untile(out, k), expected)
+    parts = rank1.untile(tiled, k)
+    assert len(parts) == k
+    for part in parts:
+        torch.testing.assert_close(part.sample_row, batch.sample_row)
+        torch.testing.assert_close(part.values, batch.values)
+    # A deep ensemble splits the tiled batch into its members' parts.
+    members = [EHRModel(dataclasses.replace(cfg, bayesian=False)) for _ in range(2)]
+    ensemble = DeepEnsemble(members)
+    both = ensemble(rank1.tile(batch, 2))
+    torch.testing.assert_close(both[:3], members[0](batch))
+    torch.testing.assert_close(both[3:], members[1](batch))
+
+
+@pytest.mark.parametrize("bayesian", [True, False])
+def test_ehr_last_step_head_of_25_labels_reads_each_stays_last_hour(bayesian):
+    torch.manual_seed(0)
+    cfg = EHRConfig(
+        input_features=5, projection_dim=4, rnn_dim=8, hidden_dim=6, output_dim=25,
+        bayesian=bayesian,
+    )  # fmt: skip
+    model = _mean_draws(EHRModel(cfg))
+    k = model.ensemble_size
+    values = torch.randn(3, 10, 5)
+    lengths = torch.tensor([10, 4, 7])
+    out = model(rank1.tile(values, k), lengths=lengths)
+    assert out.shape == (k * 3, 25)
+    padded = values.clone()
+    padded[1, 4:] = 99.0
+    torch.testing.assert_close(model(rank1.tile(padded, k), lengths=lengths), out)
+    # The same through a StayBatch of one sample per stay (at its last step).
+    batch = rank1.models.StayBatch(padded, lengths, torch.arange(3), lengths - 1)
+    torch.testing.assert_close(model(rank1.tile(batch, k)), out)
+    alone = model(rank1.tile(values[1:2, :4], k))
+    torch.testing.assert_close(rank1.untile(out, k)[:, 1], rank1.untile(alone, k)[:, 0])
+
+
+def test_ehr_default_config_keeps_the_ihm_state_dict_names():
+    model = EHRModel(EHRConfig(rnn_dim=6, hidden_dim=3))
+    names = set(model.state_dict())
+    assert {"output.weight", "output.bias", "lstm.weight_ih_l0", "projection.weight"} <= names
+    assert model.output.weight.shape == (1, 3)
+    heads = EHRModel(EHRConfig(rnn_dim=6, hidden_dim=3, output_dim=10, per_step=True))
+    assert set(heads.state_dict()) == names
+
+
 @pytest.mark.parametrize("bayesian", [True, False])
 def test_ehr_output_layer_has_the_references_he_normal_kernel(bayesian):
     # records-research Rank1BayesianRNN: DenseRank1(1, kernel_initializer="he_normal"); the
@@ -177,7 +272,9 @@ def test_model_json_written_before_rank1_config_was_frozen_still_loads():
         },
     }
     spec = ModelSpec.from_dict(stored)
-    assert spec.to_dict() == stored
+    # The task heads' two fields came later; a config stored without them is the IHM model.
+    added = {"output_dim": 1, "per_step": False}
+    assert spec.to_dict() == {"kind": "ehr", "config": {**stored["config"], **added}}
     model = spec.build()
     assert model.lstm.rank1 == Rank1Config(prior_stddev=1.0) == model.output.rank1
     model.load_state_dict(build("ehr", spec.config).state_dict(), strict=True)

@@ -126,6 +126,8 @@ class LoaderBatches:
     Exact only if the loader's order depends on nothing but the epoch (a sampler with
     ``set_epoch``, e.g. :class:`EpochShuffleSampler` or ``DistributedSampler``, or a seeded
     generator re-seeded per epoch). An :class:`EpochShuffleSampler` gets the run's seed.
+    An iterable that orders its own batches (``pipeline.tasks.StayBatches``) is treated as
+    its own sampler: its ``set_seed`` and ``set_epoch`` are called the same way.
 
     Args:
         loader: A DataLoader (anything with ``len``) of this process's ``(x, y)`` batches.
@@ -135,8 +137,8 @@ class LoaderBatches:
     def __init__(self, loader: Iterable, seed: int) -> None:
         self.loader = loader
         self.steps_per_epoch = len(loader)  # type: ignore[arg-type]
-        sampler = getattr(loader, "sampler", None)
-        if isinstance(sampler, EpochShuffleSampler):
+        sampler = _sampler_of(loader)
+        if isinstance(sampler, EpochShuffleSampler) or sampler is loader:
             # The config's seed, the same on every process: torch.initial_seed() there is
             # offset by the rank (per-process noise), which would give each process its
             # own permutation and overlapping shares.
@@ -146,13 +148,21 @@ class LoaderBatches:
         """The loader's batches from ``step`` on, endlessly."""
         epoch, position = divmod(step, self.steps_per_epoch)
         while True:
-            sampler = getattr(self.loader, "sampler", None)
+            sampler = _sampler_of(self.loader)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
             for i, (x, y) in enumerate(self.loader):
                 if i >= position:
                     yield x, y
             epoch, position = epoch + 1, 0
+
+
+def _sampler_of(loader: Iterable) -> object:
+    """A DataLoader's sampler, or the iterable itself when it seeds its own order."""
+    sampler = getattr(loader, "sampler", None)
+    if sampler is None and hasattr(loader, "set_epoch") and hasattr(loader, "set_seed"):
+        return loader
+    return sampler
 
 
 def training_batches(

@@ -6,7 +6,7 @@ plus that spec as JSON, never a pickled object.
 """
 
 from rank1.models.deep_ensemble import DeepEnsemble
-from rank1.models.ehr import EHRConfig, EHRModel
+from rank1.models.ehr import EHRConfig, EHRModel, StayBatch
 from rank1.models.resnet import ResNet50, ResNet50Config
 from rank1.models.small_cnn import SmallCNN, SmallCNNConfig
 from rank1.models.spec import (
@@ -33,6 +33,7 @@ __all__ = [
     "ResNet50Config",
     "SmallCNN",
     "SmallCNNConfig",
+    "StayBatch",
     "WideResNet",
     "WideResNetConfig",
     "build",

@@ -37,6 +37,11 @@ KINDS: dict[str, tuple[type[nn.Module], type]] = {
     "resnet50": (ResNet50, ResNet50Config),
 }
 DEEP_ENSEMBLE = "deep_ensemble"
+#: Config fields added after models were first stored: a stored config without them
+#: rebuilds with their defaults (the model it described); every other key stays required.
+ADDED_FIELDS: dict[type, frozenset[str]] = {
+    EHRConfig: frozenset({"output_dim", "per_step"}),
+}
 #: Longest value quoted in an error message.
 _QUOTE_CHARS = 40
 
@@ -210,6 +215,8 @@ def _from_plain(hint: Any, value: Any, where: str) -> Any:
     """``value`` (parsed JSON) as type ``hint``, checked; only what model configs use."""
     if dataclasses.is_dataclass(hint):
         names = [f.name for f in dataclasses.fields(hint)]
+        if isinstance(value, Mapping):
+            names = [n for n in names if n in value or n not in ADDED_FIELDS.get(hint, ())]
         _check_keys(value, set(names), where)
         hints = typing.get_type_hints(hint)
         fields = {name: _from_plain(hints[name], value[name], f"{where}.{name}") for name in names}
