@@ -9,12 +9,12 @@ import polars as pl
 import pytest
 
 from pipeline.report.tasks import (
-    LOS_BUCKET_MEAN_HOURS,
     decompensation_report,
     length_of_stay_report,
     phenotyping_report,
     write_task_report,
 )
+from pipeline.tasks import LOS_BUCKET_MEAN_HOURS
 
 
 def _samples(hours_per_stay: dict[int, list[int]]) -> pl.DataFrame:

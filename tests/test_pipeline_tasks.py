@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import rank1
-from pipeline.tasks import TASKS, StayBatches, TaskData, los_bucket
+from features.mimic.tasks import los_bucket
+from pipeline.tasks import TASKS, StayBatches, TaskData
 from rank1.models import EHRConfig, EHRModel
 
 FEATURES = 6
@@ -49,24 +50,20 @@ def phenotype_data(n: int = 24, seed: int = 0) -> TaskData:
     return TaskData(values, offsets, labels=labels)
 
 
-def test_los_bucket_follows_the_benchmarks_custom_bins():
-    hours = np.array([0, 23.9, 24, 47, 7 * 24 + 1, 8 * 24, 13.9 * 24, 14 * 24, 1000])
-    assert los_bucket(hours).tolist() == [0, 0, 1, 1, 7, 8, 8, 9, 9]
-
-
-def test_load_task_split_reads_the_arrays_of_a_split_file(tmp_path):
+def test_load_task_split_reads_an_extracted_folder(tmp_path):
+    from features.mimic.extract import extract_all
+    from features.synthetic import generate
     from pipeline.tasks import load_task_split
 
-    data = per_hour_data("length-of-stay", n=4)
-    arrays = {name: getattr(data, name) for name in ("values", "offsets", "stay", "hour",
-                                                      "label", "remaining_hours")}  # fmt: skip
-    np.savez(tmp_path / "val.npz", **arrays)
-    loaded = load_task_split(tmp_path, "val")
-    assert loaded.labels is None and loaded.n_samples == data.n_samples
-    np.testing.assert_array_equal(loaded.remaining_hours, data.remaining_hours)
-    pheno = phenotype_data(n=3)
-    np.savez(tmp_path / "test.npz", values=pheno.values, offsets=pheno.offsets, labels=pheno.labels)
-    assert load_task_split(tmp_path, "test").n_samples == 3
+    generate(tmp_path / "mimic", patients=120, seed=0)
+    extract_all(
+        tmp_path / "mimic", tmp_path / "f", tasks=("length-of-stay", "phenotyping"), progress=False
+    )
+    loaded = load_task_split(tmp_path / "f" / "length-of-stay", "val")
+    assert loaded.labels is None and loaded.n_samples > 0
+    np.testing.assert_array_equal(loaded.label, los_bucket(loaded.remaining_hours))
+    pheno = load_task_split(tmp_path / "f" / "phenotyping", "test")
+    assert pheno.labels.shape == (pheno.n_stays, 25)
 
 
 def test_task_data_refuses_hours_beyond_a_stay():

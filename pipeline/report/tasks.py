@@ -36,6 +36,7 @@ from pipeline.metrics import to_numpy
 from pipeline.provenance import Provenance
 from pipeline.report.html import _CSS, _figure_html, metrics_html, provenance_html
 from pipeline.report.table import DEFAULT_COVERAGE, ID_COLUMNS
+from pipeline.tasks.data import LOS_BUCKET_MEAN_HOURS
 from pipeline.uncertainty import (
     DEFAULT_INTERVAL,
     PredictiveUncertainty,
@@ -55,20 +56,6 @@ LOS_BUCKETS = (
     ("7_8d", "7-8 days"),
     ("8_14d", "8-14 days"),
     ("gt_14d", "over 14 days"),
-)
-#: mimic3-benchmarks' estimate of the remaining hours for each predicted bucket (the
-#: mean remaining stay of its training samples, ``CustomBins.means``), used for its MAD.
-LOS_BUCKET_MEAN_HOURS = (
-    11.450379,
-    35.070846,
-    59.206531,
-    83.382723,
-    107.487817,
-    131.579534,
-    155.643957,
-    179.660558,
-    254.306624,
-    585.325890,
 )
 #: Decompensation trajectories drawn on the page (most uncertain, then highest risk).
 TRAJECTORY_PLOTS = 12

@@ -19,7 +19,7 @@ from pipeline.tasks.data import (
     TaskName,
     TaskSpec,
     load_task_split,
-    los_bucket,
+    task_data,
     task_spec,
 )
 from pipeline.tasks.evaluate import (
@@ -44,7 +44,7 @@ __all__ = [
     "TaskSpec",
     "fit_scaler",
     "load_task_split",
-    "los_bucket",
+    "task_data",
     "predict_task",
     "sample_uncertainty",
     "task_metrics",

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from features.mimic.task_names import SequenceTask
+from features.mimic.tasks import LOS_BUCKET_DAYS
 from pipeline.objective import Likelihood
 
-TaskName = Literal["decompensation", "length-of-stay", "phenotyping"]
+if TYPE_CHECKING:
+    from features.mimic.loader import TaskSplit
 
-#: mimic3-benchmarks CustomBins: edges of the 10 remaining-LOS buckets, in days.
-LOS_BUCKET_DAYS = (0, 1, 2, 3, 4, 5, 6, 7, 8, 14)
+#: The task names (one place: the extraction's).
+TaskName = SequenceTask
 #: The hours the benchmark predicts for each bucket (its CustomBins means), for the MAD.
 LOS_BUCKET_MEAN_HOURS = (
     11.450379, 35.070846, 59.206531, 83.382723, 107.487817,
@@ -69,12 +71,6 @@ def task_spec(task: str) -> TaskSpec:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
     return TASKS[task]
-
-
-def los_bucket(remaining_hours: np.ndarray) -> np.ndarray:
-    """The CustomBins bucket 0..9 of remaining lengths of stay given in hours."""
-    days = np.asarray(remaining_hours, dtype=np.float64) / 24.0
-    return (np.searchsorted(np.asarray(LOS_BUCKET_DAYS[1:]), days, side="right")).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -158,15 +154,12 @@ class TaskData:
         return self.n_stays if self.labels is not None else int(self.stay.shape[0])  # type: ignore[union-attr]
 
 
-#: The arrays of a split file, as the extraction writes them.
-_ARRAYS = ("values", "offsets", "stay", "hour", "label", "remaining_hours", "labels")
-
-
 def load_task_split(features_dir: str | os.PathLike, split: str) -> TaskData:
-    """Read one split of a task's feature folder: ``<features_dir>/<split>.npz``.
+    """Read one split of a whole-stay task folder as :class:`TaskData`.
 
-    The file holds the arrays of :class:`TaskData` under the same names (those a task
-    does not have left out).
+    The folder is what ``features.mimic.extract.extract(..., task=...)`` writes; its loader
+    (:func:`features.mimic.loader.load_task_split`) normalises the rows with the folder's
+    training statistics.
 
     Args:
         features_dir: The task's feature folder.
@@ -175,6 +168,22 @@ def load_task_split(features_dir: str | os.PathLike, split: str) -> TaskData:
     Returns:
         The split's :class:`TaskData` (checked).
     """
-    path = Path(features_dir) / f"{split}.npz"
-    with np.load(path, allow_pickle=False) as arrays:
-        return TaskData(**{name: arrays[name] for name in _ARRAYS if name in arrays.files})
+    from features.mimic.loader import load_task_split as load
+
+    return task_data(load(features_dir, split))
+
+
+def task_data(part: TaskSplit) -> TaskData:
+    """The :class:`TaskData` of a split the extraction's loader read (labels required)."""
+    if part.target is None:
+        raise ValueError(f"the {part.task} split has no labels (a scoring folder?)")
+    if part.task == "phenotyping":
+        return TaskData(part.values, part.offsets, labels=part.target)
+    return TaskData(
+        part.values,
+        part.offsets,
+        stay=part.stay,
+        hour=part.hour,
+        label=part.target,
+        remaining_hours=part.remaining_hours,
+    )
