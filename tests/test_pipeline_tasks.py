@@ -279,3 +279,44 @@ def test_the_trainer_resumes_stay_batches_at_any_step_with_the_runs_seed():
     resumed = batches.from_step(7)
     for expected in first[7:]:
         assert torch.equal(next(resumed)[1], expected)
+
+
+@pytest.fixture(scope="module")
+def task_folders(tmp_path_factory):
+    from features.mimic.extract import extract_all
+    from features.synthetic import generate
+
+    root = tmp_path_factory.mktemp("task-folders")
+    generate(root / "mimic", patients=150, seed=0)
+    extract_all(root / "mimic", root / "f", tasks=("decompensation", "phenotyping"), progress=False)
+    return root / "f"
+
+
+@pytest.mark.integration  # MLflow end to end, from an extracted folder to the report
+@pytest.mark.parametrize("task", ["decompensation", "phenotyping"])
+def test_a_task_run_reports_its_folder_per_patient(task, task_folders, mlflow_store, tmp_path):
+    import stat
+
+    import polars as pl
+
+    from features.mimic.loader import FeatureFolderError
+    from pipeline.tasks.job import report_task, train_task_folder
+
+    torch.set_num_threads(1)
+    result = train_task_folder(
+        task_folders / task, _task_config("rank1", steps=6), model_config=_SMALL, progress=False
+    )
+    paths = report_task(result.run_id, task_folders / task, tmp_path / "report")
+    rows = pl.read_csv(paths["csv"])
+    test = pl.read_parquet(task_folders / task / "stays.parquet").filter(pl.col("split") == "test")
+    if task == "decompensation":
+        samples = pl.read_parquet(task_folders / task / "samples.parquet")
+        expected = samples.join(test.select("icustay_id"), on="icustay_id").height
+        assert rows.height == expected and rows["risk"].is_between(0, 1).all()
+        assert "trajectories" in paths["html"].read_text().lower()
+    else:
+        assert rows.height == test.height * 25
+    assert stat.S_IMODE(paths["html"].stat().st_mode) == 0o600
+    other = "phenotyping" if task == "decompensation" else "decompensation"
+    with pytest.raises(FeatureFolderError, match="not the"):
+        report_task(result.run_id, task_folders / other, tmp_path / "other")

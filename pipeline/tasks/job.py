@@ -13,26 +13,35 @@ test uncertainty means, the temperature and the model. Only cohort-level numbers
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import polars as pl
 import torch
 
 from pipeline import tracking
+from pipeline.calibration import TemperatureScaler
 from pipeline.config import TrainConfig
 from pipeline.ehr import model_config_for
 from pipeline.jobs import RunSpec, TrainingResult, model_tag, run_training
 from pipeline.predict import model_ensemble_size, predict_logits
+from pipeline.report.table import DEFAULT_COVERAGE
 from pipeline.tasks.batching import StayBatches
-from pipeline.tasks.data import TaskData, TaskSpec, task_spec
+from pipeline.tasks.data import TaskData, TaskSpec, load_task_split, task_data, task_spec
 from pipeline.tasks.evaluate import (
+    LabelTemperatures,
     Scaler,
     fit_scaler,
     sample_uncertainty,
     task_metrics,
 )
 from pipeline.train import dist_info, resolve_device
+
+if TYPE_CHECKING:
+    from features.mimic.manifest import TaskManifest
 
 CALIBRATION_FILE = "calibration/temperature.json"
 #: Most stays in one evaluation pass (the whole stays of long-stay tasks are large).
@@ -130,6 +139,7 @@ def train_task(
     resume: bool = False,
     progress: bool = True,
     dataset: str = "mimic-iii",
+    data_params: dict[str, Any] | None = None,
 ) -> TrainingResult[TaskMetrics]:
     """Train and evaluate a task model on three splits; log one MLflow run.
 
@@ -151,6 +161,7 @@ def train_task(
         resume: Continue from the checkpoint in ``checkpoint_dir``.
         progress: Show a progress bar.
         dataset: The run's ``dataset`` tag (e.g. ``synthetic-mimic-iii`` for generated data).
+        data_params: More ``data.*`` params to log (e.g. the feature folder's fingerprint).
 
     Returns:
         The run id, the model, its fits and the key metrics (:class:`TaskMetrics`).
@@ -175,7 +186,8 @@ def train_task(
             f"{name}_{what}": value
             for name, split in (("train", train), ("val", val), ("test", test))
             for what, value in (("stays", split.n_stays), ("samples", split.n_samples))
-        },
+        }
+        | dict(data_params or {}),
     }
     tags = {"task": spec.name, "model": model_tag(config, "lstm"), "dataset": dataset}
     device = resolve_device(config.device)
@@ -246,3 +258,150 @@ def _calibration_record(scaler: Scaler, k: int, config: TrainConfig) -> dict[str
         "num_eval_samples": config.num_eval_samples,
         "fitted_on": "val",
     }
+
+
+#: The run param holding :func:`task_fingerprint` of the training feature folder.
+FINGERPRINT_PARAM = "data.feature_fingerprint"
+
+
+def task_fingerprint(manifest: TaskManifest) -> str:
+    """A short hash of what a task model reads from a folder: task, channels, normaliser.
+
+    Returns:
+        16 hex digits (:func:`pipeline.scoring_bundle.fingerprint` of the channels and the
+        normaliser, with the task in place of the grid's hours).
+    """
+    from pipeline.scoring_bundle import fingerprint
+
+    if manifest.normaliser is None:
+        raise ValueError(f"a {manifest.purpose} folder has no normaliser to fingerprint")
+    return fingerprint(manifest.channels, manifest.task, manifest.normaliser)  # type: ignore[arg-type]
+
+
+def train_task_folder(
+    features_dir: str | os.PathLike,
+    config: TrainConfig,
+    **options: Any,
+) -> TrainingResult[TaskMetrics]:
+    """:func:`train_task` on the three splits of a whole-stay task folder.
+
+    Args:
+        features_dir: A folder written by ``features.mimic.extract.extract(..., task=...)``.
+        config: Training config.
+        **options: :func:`train_task`'s keyword arguments (experiment, model_config, ...).
+
+    Returns:
+        As :func:`train_task`; the run records the folder's fingerprint
+        (``data.feature_fingerprint``), which :func:`report_task` checks.
+    """
+    from features.mimic.loader import load_task_manifest
+
+    manifest = load_task_manifest(features_dir)
+    splits = [load_task_split(features_dir, name) for name in ("train", "val", "test")]
+    dataset = "synthetic-mimic-iii" if manifest.truth_columns else "mimic-iii"
+    return train_task(
+        manifest.task,
+        *splits,
+        config,
+        dataset=options.pop("dataset", dataset),
+        data_params={"feature_fingerprint": task_fingerprint(manifest)},
+        **options,
+    )
+
+
+def _load_scaler(record: dict[str, Any]) -> Scaler:
+    """The calibration a task run logged (one temperature, or one per label)."""
+    if record.get("method") == "temperature_scaling_per_label":
+        return LabelTemperatures(tuple(record["temperatures"]))
+    return TemperatureScaler.from_dict(record)
+
+
+def report_task(
+    run_id: str,
+    features_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    coverage: float = DEFAULT_COVERAGE,
+) -> dict[str, Path]:
+    """Write the per-patient report of one split with a task run's model and calibration.
+
+    Args:
+        run_id: An MLflow run written by :func:`train_task_folder`.
+        features_dir: The task folder the run was trained on (same fingerprint).
+        out_dir: Report folder (created owner-only; files 0600).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        coverage: Share of stays kept; the most uncertain rest are flagged ``refer``.
+
+    Returns:
+        Paths by kind (:func:`pipeline.report.tasks.write_task_report`).
+
+    Raises:
+        FeatureFolderError: If the folder is not the one the run was trained on.
+        ValueError: If the split has no samples.
+    """
+    from features.mimic.loader import FeatureFolderError, load_task_manifest
+    from features.mimic.loader import load_task_split as load_split
+    from features.mimic.manifest import MANIFEST_FILE
+    from pipeline.provenance import Provenance
+    from pipeline.report.tasks import (
+        decompensation_report,
+        length_of_stay_report,
+        phenotyping_report,
+        write_task_report,
+    )
+
+    manifest = load_task_manifest(features_dir)
+    params = tracking.run_params(run_id)
+    actual, recorded = task_fingerprint(manifest), params.get(FINGERPRINT_PARAM)
+    if recorded is not None and recorded != actual:
+        raise FeatureFolderError(
+            f"{Path(features_dir) / MANIFEST_FILE}: not the {manifest.task} folder run "
+            f"{run_id} was trained on (fingerprint {actual}, expected {recorded})"
+        )
+    part = load_split(features_dir, split)
+    data = task_data(part)
+    if data.n_samples == 0:
+        raise ValueError(f"{features_dir}: the {split} split has no samples")
+    spec = task_spec(manifest.task)
+    model = tracking.load_model(run_id, map_location="cpu")
+    record = tracking.load_dict(run_id, CALIBRATION_FILE)
+    scaler = _load_scaler(record)
+    config = TrainConfig(num_eval_samples=int(record.get("num_eval_samples", 1)), device="cpu")
+    logits, target = predict_task(model, spec, data, config, torch.device("cpu"))
+    logits = logits.numpy()
+    ids = part.stays.select("subject_id", "hadm_id", "icustay_id")
+    if spec.name == "phenotyping":
+        temperatures = getattr(scaler, "temperatures", None) or scaler.temperature
+        report = phenotyping_report(
+            ids, logits, temperatures, part.label_names, labels=target, coverage=coverage
+        )
+    else:
+        samples = ids[part.stay.tolist()].with_columns(hour=pl.Series(part.hour))
+        if spec.name == "decompensation":
+            samples = samples.with_columns(label=pl.Series(target.astype(np.int64)))
+            report = decompensation_report(samples, logits, scaler.temperature, coverage=coverage)
+        else:
+            samples = samples.with_columns(
+                remaining_hours=pl.Series(part.remaining_hours), bucket=pl.Series(target)
+            )
+            report = length_of_stay_report(samples, logits, scaler.temperature, coverage=coverage)
+    scored = task_metrics(
+        spec,
+        scaler.apply(logits),
+        target,
+        remaining_hours=data.remaining_hours,
+        num_members=model_ensemble_size(model),
+    )
+    metrics = {f"{split} {name}": value for name, value in scored.items() if name != "n"}
+    method = params.get("train.method")
+    provenance = Provenance(
+        run_id=run_id,
+        model_name="model",
+        model_id=tracking.logged_model_id(run_id, "model"),
+        method=method,
+        posterior=params.get("train.posterior") if method == "rank1" else None,
+        feature_fingerprint=actual,
+        split=split,
+    )
+    return write_task_report(report, out_dir, provenance=provenance, metrics=metrics)
