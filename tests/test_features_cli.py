@@ -54,3 +54,28 @@ def test_synth_writes_a_named_shift_and_refuses_an_unknown_one(tmp_path):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "second-site" in lines[0] and "third-site" in lines[0]
     assert not (tmp_path / "bad").exists()
+
+
+def test_extract_all_tasks_then_a_mismatched_task_is_refused(tmp_path):
+    runner.invoke(app, ["synth", "--patients", "60", "--out", str(tmp_path / "db")])
+    out = tmp_path / "features"
+    result = runner.invoke(
+        app, ["extract", "--mimic-dir", str(tmp_path / "db"), "--out", str(out), "--task", "all"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "hourly samples:" in result.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "decompensation",
+        "ihm",
+        "length-of-stay",
+        "phenotyping",
+    ]
+    result = runner.invoke(
+        app, ["train", "--features", str(out / "phenotyping"), "--task", "ihm", "--steps", "1"]
+    )
+    assert result.exit_code == 1
+    assert "--task ihm:" in result.output and "is a phenotyping feature folder" in result.output
+    result = runner.invoke(
+        app, ["extract", "--mimic-dir", str(tmp_path / "db"), "--out", str(out), "--task", "x"]
+    )
+    assert result.exit_code == 1 and "--task: expected one of" in result.output

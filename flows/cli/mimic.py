@@ -162,14 +162,20 @@ def train_command(
     ] = None,
     device: options.Device = None,
     config_file: options.TrainConfigFile = None,
-    experiment: options.Experiment = EXPERIMENT,
+    experiment: options.ExperimentOrDefault = None,
     run_name: options.RunName = None,
     checkpoint_dir: options.CheckpointDir = None,
     resume: options.Resume = False,
     register_as: options.RegisterAs = _TRAIN.register_as,
     promote_if_better: options.PromoteIfBetter = _TRAIN.promote_if_better,
+    task: options.Task = None,
 ) -> None:
-    """Train an EHR model (rank-1 BNN, deterministic or deep ensemble), log and register it."""
+    """Train an EHR model (rank-1 BNN, deterministic or deep ensemble), log and register it.
+
+    The task is the feature folder's: in-hospital mortality (logged to mimic-ehr and
+    registered), or a whole-stay task (logged to mimic-<task>; not registered, since
+    scoring serves in-hospital mortality only).
+    """
     from pipeline.config import ConfigError, TrainConfig, check_device
 
     try:
@@ -198,6 +204,12 @@ def train_command(
     from rank1.models import EHRConfig
 
     model_config = EHRConfig(**_given(rnn_dim=rnn_dim, hidden_dim=hidden_dim))
+    if folder_task(features, task) != "ihm":
+        _train_whole_stay_task(
+            features, config, experiment, model_config, run_name, checkpoint_dir, resume
+        )
+        return
+    experiment = experiment or EXPERIMENT
     try:
         result = train_ehr(
             features,
@@ -218,6 +230,56 @@ def train_command(
     if result.registered is not None:
         typer.echo(f"registered {result.registered.describe()}")
     print_uis([experiment], prefect_runs=False)
+
+
+def folder_task(features: Path, task: str | None) -> str:
+    """The ``--task`` of a feature folder: its own, checked against a given one."""
+    from features.mimic.manifest import TASK, read_manifest_header
+    from features.mimic.task_names import TASKS
+
+    if task is not None and task not in TASKS:
+        fail(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
+    header = read_manifest_header(features)
+    if header is None:
+        fail(f"{features}: not a feature folder (no readable manifest.json); run rank1 extract")
+    own = "ihm" if header.task == TASK else header.task
+    if task is not None and task != own:
+        fail(f"--task {task}: {features} is a {own} feature folder")
+    return own
+
+
+def _train_whole_stay_task(
+    features: Path,
+    config: Any,
+    experiment: str | None,
+    model_config: Any,
+    run_name: str | None,
+    checkpoint_dir: Path | None,
+    resume: bool,
+) -> None:
+    """``rank1 train`` on a decompensation, length-of-stay or phenotyping folder."""
+    from features.mimic.loader import FeatureFolderError
+    from pipeline.tasks.job import train_task_folder
+
+    try:
+        result = train_task_folder(
+            features,
+            config,
+            experiment=experiment,
+            model_config=model_config,
+            run_name=run_name,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+        )
+    except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
+        fail(error_line(err))
+    typer.echo(f"run_id {result.run_id}")
+    for key, value in vars(result.metrics).items():
+        if value is not None:
+            typer.echo(f"  {key:<34} {value:.4f}")
+    from pipeline.tasks import task_spec
+
+    print_uis([experiment or task_spec(folder_task(features, None)).experiment], prefect_runs=False)
 
 
 def train_overrides(
@@ -292,13 +354,20 @@ def report_command(
     coverage: Annotated[
         float, typer.Option("--coverage", min=0.0, max=1.0, help="Share not referred.")
     ] = _REPORT.coverage,
+    task: options.Task = None,
 ) -> None:
-    """Write the per-patient risk and uncertainty report of one split (Parquet/CSV/HTML)."""
+    """Write the per-patient risk and uncertainty report of one split (Parquet/CSV/HTML).
+
+    For a whole-stay task folder: decompensation's hourly risk trajectories, length of
+    stay's bucket distributions or phenotyping's per-label risks.
+    """
     from features.mimic.loader import FeatureFolderError
     from pipeline.ehr import report_ehr
+    from pipeline.tasks.job import report_task
 
+    writer = report_ehr if folder_task(features, task) == "ihm" else report_task
     try:
-        paths = report_ehr(run, features, out, split=split, coverage=coverage)
+        paths = writer(run, features, out, split=split, coverage=coverage)
     except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
         fail(error_line(err))
     for kind, path in paths.items():

@@ -127,3 +127,14 @@ def severity_levels(text: str) -> list[int]:
         return [int(level) for level in text.split(",")]
     except ValueError:
         fail(f"--severities must be comma-separated integers, got {text!r}")
+
+
+#: The benchmark task of a feature folder (``--task``); None: the folder's own.
+Task = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        help="ihm | decompensation | length-of-stay | phenotyping (default: the feature "
+        "folder's task; given, it must match).",
+    ),
+]
