@@ -142,6 +142,7 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
     from pipeline import tracking
     from pipeline.ehr import train_ehr
     from pipeline.jobs import describe_length
+    from pipeline.tasks.job import train_task_folder
 
     logger = get_run_logger()
     config = params.train_config(method)
@@ -158,11 +159,29 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
         # Owner-only (the weights are fitted to patient data); an existing folder of the
         # user's keeps its mode. save_checkpoint makes an ensemble's m<k> folders alike.
         folder = make_private_dir(params.checkpoint_dir / method)
-        key = training_key(config, model_config, params.features_dir, params.experiment)
-        for run_id in tracking.fail_stale_runs(params.experiment, key):
+        experiment = _task_experiment(params) or params.experiment
+        key = training_key(config, model_config, params.features_dir, experiment)
+        for run_id in tracking.fail_stale_runs(experiment, key):
             logger.info("MLflow run %s was left RUNNING by a dead process: marked FAILED", run_id)
         plan = plan_resume(folder, key)
         logger.info("%s: %s (%s)", method, plan.reason, folder)
+    resume = plan is not None and plan.resume
+    if _whole_stay_task(params.features_dir) is not None:
+        result = train_task_folder(
+            params.features_dir,
+            config,
+            experiment=_task_experiment(params),
+            model_config=model_config,
+            run_name=run_name,
+            checkpoint_dir=folder,
+            resume=resume,
+            progress=params.progress,
+        )
+        if plan is not None:
+            mark_complete(folder, plan.key, result.run_id)
+        shown = {k: round(v, 4) for k, v in vars(result.metrics).items() if v is not None}
+        logger.info("%s: %s (MLflow run %s)", method, shown, result.run_id)
+        return result.run_id
     result = train_ehr(
         params.features_dir,
         config,
@@ -170,7 +189,7 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
         model_config=model_config,
         run_name=run_name,
         checkpoint_dir=folder,
-        resume=plan is not None and plan.resume,
+        resume=resume,
         progress=params.progress,
         resume_key=plan.key if plan is not None else None,
         register_as=params.register_as,
@@ -196,16 +215,39 @@ def train_model(params: TrainParams, method: str, run_name: str | None) -> str:
     return result.run_id
 
 
+def _whole_stay_task(features_dir: Path) -> str | None:
+    """The task of a whole-stay feature folder, or None for in-hospital mortality."""
+    from features.mimic.manifest import TASK, read_manifest_header
+
+    header = read_manifest_header(features_dir)
+    return None if header is None or header.task == TASK else header.task
+
+
+def _task_experiment(params: TrainParams) -> str | None:
+    """A whole-stay task's experiment: ``mimic-<task>`` unless another one was chosen."""
+    from pipeline.config import EHR_EXPERIMENT
+    from pipeline.tasks import task_spec
+
+    task = _whole_stay_task(params.features_dir)
+    if task is None:
+        return None
+    return task_spec(task).experiment if params.experiment == EHR_EXPERIMENT else params.experiment
+
+
 @retried_task(2, 10, timeout_seconds=REPORT_TIMEOUT_S)
 def write_report(params: ReportParams) -> dict[str, str]:
-    """Write the per-patient report with ``pipeline.ehr.report_ehr`` (owner-only files).
+    """Write the per-patient report of a run (owner-only files).
+
+    ``pipeline.ehr.report_ehr``, or ``pipeline.tasks.job.report_task`` for a whole-stay task.
 
     Returns:
-        Paths of the ``parquet``, ``csv``, ``json`` (provenance and warnings) and ``html`` files.
+        Paths of the report's files by kind (``html`` among them).
     """
     from pipeline.ehr import report_ehr
+    from pipeline.tasks.job import report_task
 
-    paths = report_ehr(
+    writer = report_ehr if _whole_stay_task(params.features_dir) is None else report_task
+    paths = writer(
         params.run_id,
         params.features_dir,
         params.out_dir,

@@ -394,11 +394,15 @@ class ClinicalParams(TrainSettings, SplitSettings, _Coverage):
     Attributes:
         mimic_dir: Folder with the raw MIMIC-III tables.
         out_dir: Output root: ``features/`` and ``reports/<method>/`` are written in it.
+        task: The benchmark task (``ihm``, ``decompensation``, ``length-of-stay``,
+            ``phenotyping``); a whole-stay task logs to ``mimic-<task>`` when
+            ``experiment`` is the default one, and is not registered.
         force_extract: Extract even when the inputs are unchanged.
     """
 
     mimic_dir: ExistingDir
     out_dir: Path = Path("outputs/mimic")
+    task: Task = "ihm"
     force_extract: bool = False
 
     @property
@@ -420,7 +424,11 @@ class ClinicalParams(TrainSettings, SplitSettings, _Coverage):
         """The parameters of its ``extract_mimic`` sub-flow."""
         split = self.model_dump(include=set(SplitSettings.model_fields))
         return ExtractParams(
-            mimic_dir=self.mimic_dir, out_dir=self.features_dir, force=self.force_extract, **split
+            mimic_dir=self.mimic_dir,
+            out_dir=self.features_dir,
+            task=self.task,
+            force=self.force_extract,
+            **split,
         )
 
     def train_params(self) -> TrainParams:

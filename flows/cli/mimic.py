@@ -241,7 +241,8 @@ def folder_task(features: Path, task: str | None) -> str:
         fail(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
     header = read_manifest_header(features)
     if header is None:
-        fail(f"{features}: not a feature folder (no readable manifest.json); run rank1 extract")
+        # The in-hospital-mortality loaders say what is wrong with the folder, in one line.
+        return task or "ihm"
     own = "ihm" if header.task == TASK else header.task
     if task is not None and task != own:
         fail(f"--task {task}: {features} is a {own} feature folder")
@@ -589,8 +590,18 @@ def pipeline_command(
     ] = False,
     register_as: options.RegisterAs = _CLINICAL.register_as,
     promote_if_better: options.PromoteIfBetter = _CLINICAL.promote_if_better,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task", help="ihm | decompensation | length-of-stay | phenotyping (default ihm)."
+        ),
+    ] = _CLINICAL.task,
 ) -> None:
-    """Run the clinical pipeline flow: extract, train, calibrate, report (Prefect + MLflow)."""
+    """Run the clinical pipeline flow: extract, train, calibrate, report (Prefect + MLflow).
+
+    A whole-stay task logs to mimic-<task> (unless --experiment names another) and is not
+    registered.
+    """
     import sys
 
     from flows.mimic import clinical_pipeline
@@ -615,9 +626,12 @@ def pipeline_command(
             "force_extract": force_extract,
             "register_as": register_as,
             "promote_if_better": promote_if_better,
+            "task": task,
             "progress": sys.stderr.isatty(),
         },
     )
+    if task != "ihm" and experiment == EXPERIMENT:
+        experiment = f"mimic-{task}"
     state = "extracted" if result["extracted"] else "unchanged inputs, kept"
     typer.echo(f"features: {result['features_dir']} ({state})")
     for method, run_id in result["runs"].items():
