@@ -648,6 +648,7 @@ def main() -> None:
                 # The run with the median wall time stands for the kind; all are kept.
                 entry[kind] = sorted(done, key=lambda r: r["seconds"])[(len(done) - 1) // 2]
                 entry[f"{kind} seconds"] = [round(r["seconds"], 3) for r in done]
+                entry[f"{kind} cpu"] = [round(r["cpu"], 3) for r in done]
         rows.append(entry)
         print(json.dumps(entry), flush=True)
     print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
