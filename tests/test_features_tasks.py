@@ -282,3 +282,11 @@ def test_synthetic_truth_reaches_the_task_folders(tmp_path):
     assert samples["true_decomp_risk"].mean() == pytest.approx(samples["label"].mean(), abs=0.01)
     stays = pl.read_parquet(tmp_path / "f" / "phenotyping" / "stays.parquet")
     assert {"true_los_hours", "true_pheno_0", "true_pheno_24"} <= set(stays.columns)
+
+
+def test_extract_all_writes_the_hourly_rows_once(task_folders):
+    # The three whole-stay folders share one hourly.npy (hard links), owner-only.
+    files = [task_folders / task / "hourly.npy" for task in ("decompensation", "phenotyping")]
+    first, second = (path.stat() for path in files)
+    assert first.st_ino == second.st_ino and first.st_nlink == 3
+    assert first.st_mode & 0o777 == 0o600

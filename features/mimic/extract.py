@@ -62,6 +62,7 @@ the other's place would lose work.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -484,50 +485,57 @@ def _extract_all_into(
             union, events, validation = _whole_stay_events(mimic_dir, root, union)
         if union.height == 0:
             raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
+        # What in-hospital mortality and the warnings need from the events, taken before the
+        # hourly rows are built, so that the event frame is freed first (it is, with the
+        # rows, the largest thing the extraction holds).
+        ihm_task = ihm_warnings = whole_stays = whole_warnings = None
+        if "ihm" in tmps:
+            first = events.filter(pl.col("bin") < HOURS)
+            in_union = ihm.join(union.select("icustay_id"), on="icustay_id", how="semi")
+            ihm_task = _with_event_counts(in_union, first)
+            ihm_steps.append(_count("events_in_first_48h", ihm_task))
+            ihm_warnings = _unobserved_variables(first, ihm_task)
+            del first
+            if ihm_task.height == 0:
+                raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
+        if whole is not None:
+            whole_stays = union.join(whole.select("icustay_id"), on="icustay_id", how="semi")
+            whole_steps.append(_count("events_in_stay", whole_stays))
+            whole_warnings = _unobserved_variables(
+                events.filter(pl.col("stay").is_in(whole_stays["icustay_id"].implode())),
+                whole_stays,
+                "in any whole stay",
+            )
         with steps.step("hourly rows: bins, forward fill, masks"):
-            hourly, offsets = _hourly_rows(union, events)
+            bins = last_per_bin(events)
+            del events
+            hourly, offsets = build_hourly(bins, union["icustay_id"].to_numpy(), _stay_hours(union))
+            del bins
         common = _Common(
             mimic_dir, fingerprints, steps, validation, seed, val_fraction, test_fraction
         )
         manifests: dict[str, FeatureManifest | TaskManifest] = {}
-        if "ihm" in tmps:
-            first = events.filter(pl.col("bin") < HOURS)
-            task = _with_event_counts(
-                ihm.join(union.select("icustay_id"), on="icustay_id", how="semi"), first
-            )
-            ihm_steps.append(_count("events_in_first_48h", task))
-            warnings = _unobserved_variables(first, task)
-            if task.height == 0:
-                raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
-            rows = _rows_of(union, offsets, task, HOURS)
-            grid = hourly[rows].reshape(task.height, HOURS, hourly.shape[1])
+        if ihm_task is not None:
+            rows = _rows_of(union, offsets, ihm_task, HOURS)
+            grid = hourly[rows].reshape(ihm_task.height, HOURS, hourly.shape[1])
             manifests["ihm"] = _finish_ihm(
-                common, tmps["ihm"], task, grid, ihm_steps, warnings, "ihm: "
+                common, tmps["ihm"], ihm_task, grid, ihm_steps, ihm_warnings, "ihm: "
             )
-            del grid
-        if whole is not None:
-            stays = union.join(whole.select("icustay_id"), on="icustay_id", how="semi")
-            whole_steps.append(_count("events_in_stay", stays))
-            warnings = _unobserved_variables(
-                events.filter(pl.col("stay").is_in(stays["icustay_id"].implode())),
-                stays,
-                "in any whole stay",
-            )
-            if stays.height != union.height:
-                rows = _rows_of(union, offsets, stays, None)
-                hourly, offsets = hourly[rows], stay_offsets(_stay_hours(stays))
-            del events
+            del grid, rows
+        if whole_stays is not None:
+            if whole_stays.height != union.height:
+                rows = _rows_of(union, offsets, whole_stays, None)
+                hourly, offsets = hourly[rows], stay_offsets(_stay_hours(whole_stays))
+            shared = _whole_stays(common, whole_stays, hourly, offsets, "whole stays: ")
             for task in whole_tasks:
                 manifests[task] = _finish_whole_stay(
                     common,
                     tmps[task],
                     task,
-                    stays,
-                    hourly,
-                    offsets,
+                    shared,
                     diagnoses,
                     list(whole_steps),
-                    warnings,
+                    whole_warnings,
                     f"{task}: ",
                 )
     return manifests
@@ -699,35 +707,37 @@ def _extract_task_into(
         common = _Common(
             mimic_dir, fingerprints, steps, validation, seed, val_fraction, test_fraction
         )
-        return _finish_whole_stay(
-            common, tmp, task, stays, hourly, offsets, diagnoses, cohort_steps, warnings
-        )
+        shared = _whole_stays(common, stays, hourly, offsets)
+        return _finish_whole_stay(common, tmp, task, shared, diagnoses, cohort_steps, warnings)
 
 
-def _finish_whole_stay(
-    common: _Common,
-    tmp: Path,
-    task: SequenceTask,
-    stays: pl.DataFrame,
-    hourly: np.ndarray,
-    offsets: np.ndarray,
-    diagnoses: pl.DataFrame,
-    cohort_steps: list[dict[str, object]],
-    warnings: list[str],
-    label: str = "",
-) -> TaskManifest:
-    """Samples, splits, normaliser, stays table and manifest of a whole-stay task folder.
+@dataclass(frozen=True)
+class _WholeStays:
+    """What the whole-stay task folders of one extraction share: stays, rows, statistics.
 
-    ``hourly`` holds the ``(rows, 76)`` hourly rows of ``stays`` laid end to end in their
-    order, ``offsets`` their ``(stays + 1,)`` offsets; ``label`` prefixes the step names.
+    Attributes:
+        stays: The task stays with their split.
+        table: Their ``stays.parquet`` table.
+        hourly: ``(rows, 76)`` hourly rows of ``stays`` laid end to end in their order.
+        offsets: ``(stays + 1,)`` their offsets.
+        normaliser: The normaliser fitted on every hour of the training stays.
+        written: The first ``hourly.npy`` written, which the other folders link to.
     """
-    steps = common.steps
+
+    stays: pl.DataFrame
+    table: pl.DataFrame
+    hourly: np.ndarray
+    offsets: np.ndarray
+    normaliser: dict[str, list[float]]
+    written: list[Path]
+
+
+def _whole_stays(
+    common: _Common, stays: pl.DataFrame, hourly: np.ndarray, offsets: np.ndarray, label: str = ""
+) -> _WholeStays:
+    """Splits, normaliser and stays table of the whole-stay tasks (the same for all three)."""
     lengths = np.diff(offsets)
-    with steps.step(f"{task} samples"):
-        samples, positives, labels = _task_samples(task, stays, diagnoses)
-        if task == "decompensation":
-            samples = _with_hourly_truth(common.mimic_dir, samples)
-    with steps.step(f"{label}splits and normaliser"):
+    with common.steps.step(f"{label}splits and normaliser"):
         stays = common.split_of(stays)
         in_train = (stays["split"] == "train").to_numpy()
         normaliser = fit_normaliser(hourly, np.flatnonzero(np.repeat(in_train, lengths)))
@@ -743,24 +753,47 @@ def _finish_whole_stay(
                 pl.col("death_hours"),
             ],
         )
+    return _WholeStays(stays, table, hourly, offsets, normaliser, [])
+
+
+def _finish_whole_stay(
+    common: _Common,
+    tmp: Path,
+    task: SequenceTask,
+    shared: _WholeStays,
+    diagnoses: pl.DataFrame,
+    cohort_steps: list[dict[str, object]],
+    warnings: list[str],
+    label: str = "",
+) -> TaskManifest:
+    """The samples and manifest of one whole-stay task folder, and its data files.
+
+    The hourly rows are written once per extraction: a second folder gets a hard link to
+    the first one's ``hourly.npy`` (a copy where the file system cannot link).
+    """
+    steps = common.steps
+    with steps.step(f"{task} samples"):
+        samples, positives, labels = _task_samples(task, shared.stays, diagnoses)
+        if task == "decompensation":
+            samples = _with_hourly_truth(common.mimic_dir, samples)
     with steps.step(f"{label}write feature folder"):
         sources = common.sources(TASK_SOURCE_TABLES)
-        _write_task_data(tmp, table, hourly, samples)
+        _write_task_data(tmp, shared.table, shared.hourly, samples, shared.written)
         manifest = _task_manifest(
             common.mimic_dir,
             task,
             sources,
             cohort_steps,
             common.validation,
-            table,
-            offsets,
+            shared.table,
+            shared.offsets,
             samples,
             warnings,
             steps.with_total(),
             positives=positives,
             labels=labels,
-            split=common.split(table),
-            normaliser=Normaliser(fitted_on="train", **normaliser),
+            split=common.split(shared.table),
+            normaliser=Normaliser(fitted_on="train", **shared.normaliser),
         )
         manifest.write(tmp)
     return manifest
@@ -1097,13 +1130,31 @@ def _write_data(tmp: Path, stays: pl.DataFrame, grid: np.ndarray) -> None:
 
 
 def _write_task_data(
-    tmp: Path, stays: pl.DataFrame, hourly: np.ndarray, samples: pl.DataFrame
+    tmp: Path,
+    stays: pl.DataFrame,
+    hourly: np.ndarray,
+    samples: pl.DataFrame,
+    written: list[Path] | None = None,
 ) -> None:
-    """Write ``stays.parquet``, ``hourly.npy`` and ``samples.parquet`` owner-only."""
+    """Write ``stays.parquet``, ``hourly.npy`` and ``samples.parquet`` owner-only.
+
+    With ``written`` holding an ``hourly.npy`` of the same rows (another task folder of this
+    extraction), that file is hard-linked instead of written again; a link that fails (the
+    folders on different file systems) falls back to writing. The first file written is
+    appended to ``written``.
+    """
     with create_private_file(tmp / STAYS_FILE) as handle:
         stays.write_parquet(handle)
-    with create_private_file(tmp / HOURLY_FILE) as handle:
-        np.save(handle, hourly, allow_pickle=False)
+    if written:
+        try:
+            os.link(written[0], tmp / HOURLY_FILE)
+        except OSError:
+            written = None
+    if not written:
+        with create_private_file(tmp / HOURLY_FILE) as handle:
+            np.save(handle, hourly, allow_pickle=False)
+        if written is not None:
+            written.append(tmp / HOURLY_FILE)
     with create_private_file(tmp / SAMPLES_FILE) as handle:
         samples.write_parquet(handle)
 

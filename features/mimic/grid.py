@@ -152,7 +152,8 @@ def fit_normaliser(grid: np.ndarray, rows: np.ndarray | None = None) -> dict[str
         raise ValueError("need at least two training hours to fit the normaliser")
     total = np.zeros(width)
     total_sq = np.zeros(width)
-    block_rows = 4096 if grid.ndim == 3 else 4096 * 48
+    # Blocks of 4,096 grids (as ever), or of 32,768 hourly rows: about 20 MiB of float64.
+    block_rows = 4096 if grid.ndim == 3 else 32768
     for start in range(0, len(rows), block_rows):
         block = grid[rows[start : start + block_rows]].reshape(-1, width).astype(np.float64)
         total += block.sum(axis=0)
