@@ -79,11 +79,17 @@ def build_hourly(
     order = np.argsort(stay_ids, kind="stable")
     sorted_ids = stay_ids[order]
     stay = bins["stay"].to_numpy()
-    pos = np.searchsorted(sorted_ids, stay)
-    if np.any(pos >= n_stays) or np.any(sorted_ids[np.minimum(pos, n_stays - 1)] != stay):
+    # Look each run of equal consecutive stay ids up once (last_per_bin's output is sorted
+    # by stay, so a few thousand lookups instead of one per bin).
+    starts = np.flatnonzero(np.concatenate([[True], stay[1:] != stay[:-1]]))[: stay.size]
+    run_ids = stay[starts]
+    run_pos = np.searchsorted(sorted_ids, run_ids)
+    if np.any(run_pos >= n_stays) or np.any(
+        sorted_ids[np.minimum(run_pos, n_stays - 1)] != run_ids
+    ):
         raise ValueError("events refer to stays that are not in the stay list")
+    stay_row = np.repeat(order[run_pos], np.diff(np.append(starts, len(stay))))
     hour = bins["bin"].to_numpy().astype(np.int64)
-    stay_row = order[pos]
     if np.any(hour >= lengths[stay_row]) or np.any(hour < 0):
         raise ValueError("events fall outside their stay's hours")
     row = offsets[stay_row] + hour
