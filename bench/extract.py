@@ -82,7 +82,7 @@ def run_kind(kind: str, data: str, out: str) -> dict:
         return {"stays": m.stays, "timings": m.timings_s}
     if kind == "ours-all":
         from features.mimic.extract import extract_all
-        from features.mimic.tasks import TASKS
+        from features.mimic.task_names import TASKS
 
         ms = extract_all(data, out, tasks=TASKS, progress=False)
         whole = ms["decompensation"]
