@@ -393,7 +393,8 @@ def report_task(
         remaining_hours=data.remaining_hours,
         num_members=model_ensemble_size(model),
     )
-    metrics = {f"{split} {name}": value for name, value in scored.items() if name != "n"}
+    shown = (*_BENCHMARK[spec.name], "nll", "brier", "ece")
+    metrics = {f"{split} {name}": scored[name] for name in shown if name in scored}
     method = params.get("train.method")
     provenance = Provenance(
         run_id=run_id,
