@@ -10,6 +10,7 @@ and ``report`` call :mod:`pipeline.ehr`, ``promote`` moves a registry alias
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, get_args
 
@@ -204,14 +205,17 @@ def train_command(
     from rank1.models import EHRConfig
 
     model_config = EHRConfig(**_given(rnn_dim=rnn_dim, hidden_dim=hidden_dim))
-    if folder_task(features, task) != "ihm":
-        _train_whole_stay_task(
-            features, config, experiment, model_config, run_name, checkpoint_dir, resume
-        )
-        return
-    experiment = experiment or EXPERIMENT
+    own = folder_task(features, task)
+    if own == "ihm":
+        experiment = experiment or EXPERIMENT
+        job: Any = partial(train_ehr, register_as=register_as, promote_if_better=promote_if_better)
+    else:
+        from pipeline.tasks import task_spec
+        from pipeline.tasks.job import train_task_folder
+
+        experiment, job = experiment or task_spec(own).experiment, train_task_folder
     try:
-        result = train_ehr(
+        result = job(
             features,
             config,
             experiment=experiment,
@@ -219,8 +223,6 @@ def train_command(
             run_name=run_name,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
-            register_as=register_as,
-            promote_if_better=promote_if_better,
         )
     except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
         fail(error_line(err))
@@ -247,40 +249,6 @@ def folder_task(features: Path, task: str | None) -> str:
     if task is not None and task != own:
         fail(f"--task {task}: {features} is a {own} feature folder")
     return own
-
-
-def _train_whole_stay_task(
-    features: Path,
-    config: Any,
-    experiment: str | None,
-    model_config: Any,
-    run_name: str | None,
-    checkpoint_dir: Path | None,
-    resume: bool,
-) -> None:
-    """``rank1 train`` on a decompensation, length-of-stay or phenotyping folder."""
-    from features.mimic.loader import FeatureFolderError
-    from pipeline.tasks.job import train_task_folder
-
-    try:
-        result = train_task_folder(
-            features,
-            config,
-            experiment=experiment,
-            model_config=model_config,
-            run_name=run_name,
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-        )
-    except (FeatureFolderError, OSError, ValueError, RuntimeError) as err:
-        fail(error_line(err))
-    typer.echo(f"run_id {result.run_id}")
-    for key, value in vars(result.metrics).items():
-        if value is not None:
-            typer.echo(f"  {key:<34} {value:.4f}")
-    from pipeline.tasks import task_spec
-
-    print_uis([experiment or task_spec(folder_task(features, None)).experiment], prefect_runs=False)
 
 
 def train_overrides(
