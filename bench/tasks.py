@@ -7,7 +7,9 @@ probabilities), extracts decompensation, length of stay and phenotyping from it 
 twin and a deep ensemble on each task with ``pipeline.tasks.train_task`` (into a throw-away
 MLflow store), for several training seeds. Per task, method and seed it records the
 benchmark's metrics on the test split (decompensation AUROC/AUPRC, length-of-stay kappa
-and MAD, phenotyping macro/micro AUROC) beside the calibrated NLL and ECE, and the same
+and MAD, phenotyping macro/micro AUROC) beside the calibrated NLL and ECE, what referring
+the 20% most uncertain samples gains in retained NLL over random referral
+(``test_referral_gain_80``; epistemic ranking, total for the deterministic model), and the same
 numbers of the *planted* reference on the same test samples:
 
 - decompensation: the generator's hourly risk of death within 24 h (``true_decomp_risk``,
@@ -179,13 +181,15 @@ def run_one(task: str, method: str, seed: int, folder: Path, steps: int) -> dict
 #: The columns of each task's table (everything else is in the JSON lines and --out).
 COLUMNS = {
     "decompensation": ("test_auroc", "test_auprc", "planted_auroc", "test_calibrated_nll",
-                       "test_calibrated_ece", "ece_vs_planted", "test_mean_epistemic", "seconds"),
+                       "test_calibrated_ece", "ece_vs_planted", "test_mean_epistemic",
+                       "test_referral_gain_80", "seconds"),
     "length-of-stay": ("test_kappa", "test_mad", "model_kappa_on_long", "planted_kappa",
                        "model_mad_on_long", "planted_mad", "test_calibrated_nll",
-                       "test_calibrated_ece", "test_mean_epistemic", "seconds"),
+                       "test_calibrated_ece", "test_mean_epistemic", "test_referral_gain_80",
+                       "seconds"),
     "phenotyping": ("test_macro_auroc", "test_micro_auroc", "planted_macro_auroc",
                     "mean_abs_gap_vs_planted", "test_calibrated_nll", "test_calibrated_ece",
-                    "test_mean_epistemic", "seconds"),
+                    "test_mean_epistemic", "test_referral_gain_80", "seconds"),
 }  # fmt: skip
 
 

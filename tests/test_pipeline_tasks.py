@@ -320,3 +320,32 @@ def test_a_task_run_reports_its_folder_per_patient(task, task_folders, mlflow_st
     other = "phenotyping" if task == "decompensation" else "decompensation"
     with pytest.raises(FeatureFolderError, match="not the"):
         report_task(result.run_id, task_folders / other, tmp_path / "other")
+
+
+def test_referral_keeps_the_samples_the_members_agree_on():
+    from pipeline.metrics import mixture_nll
+    from pipeline.tasks import TASKS, task_referral
+    from pipeline.tasks.evaluate import sample_nll
+
+    rng = np.random.default_rng(0)
+    n = 200
+    y = rng.integers(0, 2, size=n)
+    # Members agree (confident, right) on the first half; they disagree on the second,
+    # where the mixture is a coin flip: referring those must lower the retained NLL.
+    agree = np.where(y[: n // 2] == 1, 4.0, -4.0)
+    logits = np.empty((4, n))
+    logits[:, : n // 2] = agree
+    logits[:, n // 2 :] = np.array([[6.0], [-6.0], [6.0], [-6.0]])
+    spec = TASKS["decompensation"]
+    np.testing.assert_allclose(sample_nll(spec, logits, y).mean(), mixture_nll(logits, y))
+    referral = task_referral(spec, logits, y)
+    assert referral.by == "epistemic"
+    assert referral.retained_nll[referral.coverages.index(0.5)] < 0.05
+    assert referral.gain(0.8) > 0.05
+    assert referral.random_nll == pytest.approx(mixture_nll(logits, y))
+    one_path = task_referral(spec, logits[:1], y)
+    assert one_path.by == "total"
+    pheno = task_referral(
+        TASKS["phenotyping"], rng.normal(size=(2, 10, 25)), rng.integers(0, 2, (10, 25))
+    )
+    assert len(pheno.retained_nll) == len(pheno.coverages)

@@ -28,6 +28,7 @@ from pipeline.tasks.evaluate import (
     fit_scaler,
     sample_uncertainty,
     task_metrics,
+    task_referral,
 )
 from pipeline.tasks.job import TaskMetrics, predict_task, train_task
 
@@ -48,6 +49,7 @@ __all__ = [
     "predict_task",
     "sample_uncertainty",
     "task_metrics",
+    "task_referral",
     "task_spec",
     "train_task",
 ]

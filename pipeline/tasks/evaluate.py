@@ -29,7 +29,7 @@ from pipeline.metrics import (
     to_numpy,
 )
 from pipeline.tasks.data import LOS_BUCKET_MEAN_HOURS, TaskSpec
-from pipeline.uncertainty import decompose
+from pipeline.uncertainty import decompose, n_retained
 
 
 @dataclass(frozen=True)
@@ -180,3 +180,73 @@ def sample_uncertainty(spec: TaskSpec, member_logits: Any) -> SampleUncertainty:
         *(np.stack([getattr(u, name) for u in per_label], axis=1)
           for name in ("total", "aleatoric", "epistemic"))
     )  # fmt: skip
+
+
+#: Coverages of the task referral curves: the share of samples the model keeps.
+REFERRAL_COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+@dataclass(frozen=True)
+class TaskReferral:
+    """Retained NLL when the most uncertain samples are referred, against random referral.
+
+    Attributes:
+        by: The ranking uncertainty (``epistemic``; ``total`` for a one-path model).
+        coverages: Shares of samples kept.
+        retained_nll: Mean NLL of the samples kept at each coverage.
+        random_nll: The mean NLL of all samples: what random referral keeps on average.
+    """
+
+    by: str
+    coverages: tuple[float, ...]
+    retained_nll: tuple[float, ...]
+    random_nll: float
+
+    def gain(self, coverage: float) -> float:
+        """``random_nll - retained_nll`` at a coverage (> 0: referral by uncertainty helps)."""
+        return self.random_nll - self.retained_nll[self.coverages.index(coverage)]
+
+    def metrics(self) -> dict[str, float]:
+        """MLflow metrics: ``referral/nll_at_80`` per coverage, ``referral/random_nll``."""
+        out = {
+            f"referral/nll_at_{round(100 * c)}": v
+            for c, v in zip(self.coverages, self.retained_nll, strict=True)
+        }
+        return {**out, "referral/random_nll": self.random_nll}
+
+
+def sample_nll(spec: TaskSpec, member_logits: Any, labels: Any) -> np.ndarray:
+    """Each sample's mixture NLL (phenotyping: the mean over its 25 labels), nats."""
+    logits, y = to_numpy(member_logits), to_numpy(labels)
+    if spec.labels_per_sample > 1:
+        p = np.stack([mixture_probs(logits[..., j]) for j in range(y.shape[1])], axis=1)
+        p = np.clip(np.where(y > 0.5, p, 1.0 - p), 1e-12, 1.0)
+        return -np.log(p).mean(axis=1)
+    probs = mixture_probs(logits)
+    if probs.ndim == 1:
+        probs = np.stack([1.0 - probs, probs], axis=1)
+    picked = probs[np.arange(probs.shape[0]), y.astype(np.int64)]
+    return -np.log(np.clip(picked, 1e-12, 1.0))
+
+
+def task_referral(
+    spec: TaskSpec,
+    member_logits: Any,
+    labels: Any,
+    coverages: tuple[float, ...] = REFERRAL_COVERAGES,
+) -> TaskReferral:
+    """The referral curve of a task's (calibrated) predictions.
+
+    Samples are ranked by their epistemic uncertainty (phenotyping: its mean over the
+    labels), or by the total for a one-path model, whose epistemic part is zero; the most
+    uncertain ``1 - coverage`` are referred.
+    """
+    logits = to_numpy(member_logits)
+    parts = sample_uncertainty(spec, logits)
+    by = "epistemic" if logits.shape[0] > 1 else "total"
+    score = getattr(parts, by)
+    score = score.mean(axis=1) if score.ndim == 2 else score
+    nll = sample_nll(spec, logits, labels)
+    kept = np.argsort(score, kind="stable")  # least uncertain first
+    retained = tuple(float(nll[kept[: n_retained(c, len(nll))]].mean()) for c in coverages)
+    return TaskReferral(by, tuple(coverages), retained, float(nll.mean()))

@@ -37,6 +37,7 @@ from pipeline.tasks.evaluate import (
     fit_scaler,
     sample_uncertainty,
     task_metrics,
+    task_referral,
 )
 from pipeline.train import dist_info, resolve_device
 
@@ -71,6 +72,9 @@ class TaskMetrics:
         test_mean_total: Mean total uncertainty of the calibrated test predictions, nats.
         test_mean_aleatoric: Its aleatoric part.
         test_mean_epistemic: Its epistemic part.
+        test_referral_gain_80: Mean test NLL minus the NLL of the 80% least uncertain
+            samples (epistemic ranking; total for a deterministic model): > 0 when referring
+            the most uncertain 20% helps more than referring at random.
         test_auroc: Decompensation AUROC.
         test_auprc: Decompensation AUPRC.
         test_kappa: Length-of-stay linear-weighted Cohen's kappa.
@@ -89,6 +93,7 @@ class TaskMetrics:
     test_mean_total: float
     test_mean_aleatoric: float
     test_mean_epistemic: float
+    test_referral_gain_80: float
     test_auroc: float | None = None
     test_auprc: float | None = None
     test_kappa: float | None = None
@@ -231,6 +236,8 @@ def _evaluate(
         "test_calibrated/": metrics(calibrated, test, test_y),
     }
     uncertainty = sample_uncertainty(spec, calibrated).means()
+    referral = task_referral(spec, calibrated, test_y)
+    tracking.log_metrics(referral.metrics(), prefix="test_calibrated/")
     for prefix, values in results.items():
         tracking.log_metrics(values, prefix=prefix)
     tracking.log_metrics(uncertainty, prefix="test_calibrated/uncertainty/")
@@ -246,6 +253,7 @@ def _evaluate(
         test_calibrated_nll=cal["nll"],
         test_calibrated_ece=cal["ece"],
         temperature=scaler.temperature,
+        test_referral_gain_80=referral.gain(0.8),
         **{f"test_{name}": value for name, value in uncertainty.items()},
         **benchmark,
     )
