@@ -259,8 +259,12 @@ def pandas_extract(mimic_dir: str, out_dir: str) -> int:
     mimic = Path(mimic_dir)
     root = _pandas_root(mimic)
     task = root[root.los.notna() & (root.los * 24 >= 48 - 1e-6)]
-    diag = _read(mimic, "DIAGNOSES_ICD", ["subject_id", "hadm_id"]).drop_duplicates()
-    task = task.merge(diag, on=["subject_id", "hadm_id"])
+    # Only diagnoses whose code D_ICD_DIAGNOSES knows count, as in the benchmark.
+    code = {"icd9_code": str, "ICD9_CODE": str}
+    diag = _read(mimic, "DIAGNOSES_ICD", ["subject_id", "hadm_id", "icd9_code"], dtype=code)
+    dictionary = _read(mimic, "D_ICD_DIAGNOSES", ["icd9_code"], dtype=code)
+    diag = diag[diag.icd9_code.isin(dictionary.icd9_code)][["subject_id", "hadm_id"]]
+    task = task.merge(diag.drop_duplicates(), on=["subject_id", "hadm_id"])
     cand = task[["subject_id", "icustay_id", "intime", "outtime"]].rename(
         columns={"icustay_id": "stay"}
     )
@@ -344,7 +348,7 @@ def pandas_extract_all(mimic_dir: str, out_root: str) -> dict:
     dictionary = _read(mimic, "D_ICD_DIAGNOSES", ["icd9_code"], dtype=code)
     known = diag[diag.icd9_code.isin(dictionary.icd9_code)]
     keys = ["subject_id", "hadm_id"]
-    union = root.merge(diag[keys].drop_duplicates(), on=keys)
+    union = root.merge(known[keys].drop_duplicates(), on=keys)
     union = union[union.los.notna()].copy()
     union["length_hours"] = union.los * 24
     union["death_hours"] = (union.deathtime - union.intime).dt.total_seconds() / 3600

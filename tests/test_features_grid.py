@@ -83,6 +83,7 @@ def write_tiny_mimic(folder: Path, *, upper: bool = False) -> Path:
         [f"1,5,11,1,carevue,MICU,MICU,7,7,{INTIME},2150-01-03 22:00:00,2.5"],
     )
     write("DIAGNOSES_ICD", "row_id,subject_id,hadm_id,seq_num,icd9_code", ["1,5,11,1,4019"])
+    write("D_ICD_DIAGNOSES", "row_id,icd9_code,short_title,long_title", ["1,4019,Hypertension,x"])
     chart = [
         f"{i},5,{hadm},{icu},{item},{time},{value},{uom}"
         for i, (item, time, value, uom, icu, hadm) in enumerate(CHART_ROWS, start=1)

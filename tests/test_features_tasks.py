@@ -204,8 +204,8 @@ def test_loader_gives_the_samples_their_stay(task_folders):
 
 
 def test_ihm_folder_of_extract_all_equals_extract(task_folders, tmp_path):
-    # In-hospital mortality keeps the stays of 48 h or more: B, and D, whose diagnosis the
-    # dictionary does not know (its rule asks for any diagnosis, as it did before).
+    # In-hospital mortality keeps the stays of 48 h or more with a known diagnosis: B (D is
+    # 48 h long, but its only code is unknown to D_ICD_DIAGNOSES, as in the benchmark).
     src = task_folders.parent / "mimic"
     alone = tmp_path / "ihm"
     extract(src, alone, val_fraction=0.01, test_fraction=0.01, progress=False)
@@ -213,7 +213,7 @@ def test_ihm_folder_of_extract_all_equals_extract(task_folders, tmp_path):
         np.load(alone / "grid.npy"), np.load(task_folders / "ihm" / "grid.npy")
     )
     ihm = pl.read_parquet(alone / "stays.parquet")["icustay_id"].to_list()
-    assert ihm == [102, 104]
+    assert ihm == [102]
 
 
 def test_folders_of_one_task_are_refused_by_another(task_folders, tmp_path):

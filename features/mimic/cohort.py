@@ -10,8 +10,8 @@ The steps and their order follow mimic3-benchmarks (``extract_subjects``):
    birth shifted about 300 years back in MIMIC-III and are set to 90; drop age < 18.
 
 The label is in-hospital mortality: DOD or DEATHTIME inside [ADMITTIME, DISCHTIME].
-The task-level exclusions (length of stay under 48 h, no diagnoses, no event in the first
-48 h) are applied later, once events are known (see :mod:`features.mimic.extract`).
+The task-level exclusions (length of stay under 48 h, no known diagnosis, no event in the
+first 48 h) are applied later, once events are known (see :mod:`features.mimic.extract`).
 """
 
 from __future__ import annotations
@@ -113,12 +113,24 @@ def root_stays(
     return stays, steps
 
 
-def admissions_with_diagnoses(mimic_dir: str | Path) -> pl.DataFrame:
-    """Admissions (``subject_id``, ``hadm_id``) that have at least one ICD-9 diagnosis.
+def known_diagnoses(mimic_dir: str | Path) -> pl.DataFrame:
+    """Diagnoses whose code D_ICD_DIAGNOSES lists (``subject_id``, ``hadm_id``, ``icd9_code``).
 
-    mimic3-benchmarks joins each stay's static data to its diagnosis flags with an inner
-    join, so a stay whose admission has no diagnosis row gets an empty episode file and is
-    skipped by the task builder.
+    mimic3-benchmarks reads diagnoses through an inner join with the code dictionary, so a
+    code it does not list is neither a phenotype label nor a diagnosis of the stay.
     """
     diagnoses = read_table(mimic_dir, "DIAGNOSES_ICD")
+    dictionary = read_table(mimic_dir, "D_ICD_DIAGNOSES").select("icd9_code").unique()
+    return diagnoses.join(dictionary, on="icd9_code", how="semi").select(
+        "subject_id", "hadm_id", "icd9_code"
+    )
+
+
+def admissions_with_diagnoses(diagnoses: pl.DataFrame) -> pl.DataFrame:
+    """Admissions (``subject_id``, ``hadm_id``) with at least one known diagnosis.
+
+    mimic3-benchmarks joins each stay's static data to its diagnosis flags (of the codes
+    D_ICD_DIAGNOSES knows, :func:`known_diagnoses`) with an inner join, so a stay whose
+    admission has none gets an empty episode file and is skipped by every task builder.
+    """
     return diagnoses.select("subject_id", "hadm_id").unique()

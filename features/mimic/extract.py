@@ -75,7 +75,7 @@ import numpy as np
 import polars as pl
 
 from features.io import OutputFolder, create_private_file
-from features.mimic.cohort import admissions_with_diagnoses, root_stays
+from features.mimic.cohort import admissions_with_diagnoses, known_diagnoses, root_stays
 from features.mimic.events import (
     EPS,
     HOURS,
@@ -124,7 +124,6 @@ from features.mimic.tables import (
 from features.mimic.task_names import SEQUENCE_TASKS, TASKS, SequenceTask, Task
 from features.mimic.tasks import (
     hourly_samples,
-    known_diagnoses,
     phenotype_labels,
     phenotype_names,
 )
@@ -389,7 +388,8 @@ def _extract_into(
         fingerprints = _hash_sources(hasher, paths)
         with steps.step("cohort: stays, admissions, patients"):
             root, cohort_steps = root_stays(mimic_dir)
-            task = _ihm_candidates(root, admissions_with_diagnoses(mimic_dir), cohort_steps)
+            diagnosed = admissions_with_diagnoses(known_diagnoses(mimic_dir))
+            task = _ihm_candidates(root, diagnosed, cohort_steps)
         with steps.step("events: validate and cut the first 48 h"):
             events, validation = window_events(mimic_dir, root, task, hours=HOURS)
             task = _with_event_counts(task, events)
@@ -445,8 +445,7 @@ def extract_all(
     check_split_fractions(val_fraction, test_fraction)
     mimic_dir = Path(mimic_dir)
     outputs = {task: _output_folder(Path(out_root) / task, "training", task) for task in tasks}
-    names = TASK_SOURCE_TABLES if set(tasks) - {"ihm"} else SOURCE_TABLES
-    paths = _check_tables(mimic_dir, names, TRAINING_RULES)
+    paths = _check_tables(mimic_dir, SOURCE_TABLES, TRAINING_RULES)
     with ExitStack() as stack:
         tmps = {task: stack.enter_context(output.writing()) for task, output in outputs.items()}
         return _extract_all_into(
@@ -469,16 +468,13 @@ def _extract_all_into(
         fingerprints = _hash_sources(hasher, paths)
         with steps.step("cohort: stays, admissions, patients, diagnoses"):
             root, root_steps = root_stays(mimic_dir)
-            diagnosed = admissions_with_diagnoses(mimic_dir)
+            diagnoses = known_diagnoses(mimic_dir)
             ihm_steps, whole_steps = list(root_steps), list(root_steps)
-            ihm = _ihm_candidates(root, diagnosed, ihm_steps)
-            diagnoses = known_diagnoses(mimic_dir) if whole_tasks else None
-            whole = None
-            if diagnoses is not None:
-                whole = _whole_stay_cohort(root, diagnoses, whole_steps)
-            # Every candidate of any task: in-hospital mortality's rule (any diagnosis) is
-            # the wider one; each task's own rule is applied to the result.
-            union = _whole_stay_cohort(root, diagnosed, [])
+            ihm = _ihm_candidates(root, admissions_with_diagnoses(diagnoses), ihm_steps)
+            whole = _whole_stay_cohort(root, diagnoses, whole_steps) if whole_tasks else None
+            # Every candidate of any task (in-hospital mortality's stays are whole-stay
+            # candidates of 48 h or more); each task's own rules are applied to the result.
+            union = _whole_stay_cohort(root, diagnoses, [])
             if not whole_tasks:
                 union = union.join(ihm.select("icustay_id"), on="icustay_id", how="semi")
         with steps.step("events: validate and cut whole stays"):
@@ -622,7 +618,7 @@ def _whole_stay_cohort(
         The stays with ``length_hours`` (the LOS in hours) and ``death_hours`` (hours from
         INTIME to DEATHTIME, or null).
     """
-    admitted = diagnoses.select("subject_id", "hadm_id").unique()
+    admitted = admissions_with_diagnoses(diagnoses)
     stays = root.join(admitted, on=["subject_id", "hadm_id"], how="semi")
     cohort_steps.append(_count("with_diagnoses", stays))
     stays = stays.filter(pl.col("los").is_not_null())

@@ -33,12 +33,21 @@ from features.mimic.tables import EVENT_TABLES, MimicInputError, file_fingerprin
 SCHEMA_VERSION = 1
 TASK = "in-hospital-mortality"
 #: The raw tables an extraction reads, in the order the manifest lists them.
-SOURCE_TABLES = ("PATIENTS", "ADMISSIONS", "ICUSTAYS", "DIAGNOSES_ICD", *EVENT_TABLES)
-#: The raw tables a scoring extraction reads: no DIAGNOSES_ICD (codes come at discharge).
-SCORING_SOURCE_TABLES = tuple(name for name in SOURCE_TABLES if name != "DIAGNOSES_ICD")
-#: The raw tables a whole-stay task extraction reads: D_ICD_DIAGNOSES too, because the
-#: benchmark keeps only diagnoses whose code the dictionary lists.
-TASK_SOURCE_TABLES = (*SOURCE_TABLES[:4], "D_ICD_DIAGNOSES", *EVENT_TABLES)
+SOURCE_TABLES = (
+    "PATIENTS",
+    "ADMISSIONS",
+    "ICUSTAYS",
+    "DIAGNOSES_ICD",
+    "D_ICD_DIAGNOSES",
+    *EVENT_TABLES,
+)
+#: The raw tables a scoring extraction reads: no diagnoses (codes come at discharge).
+SCORING_SOURCE_TABLES = tuple(
+    name for name in SOURCE_TABLES if name not in ("DIAGNOSES_ICD", "D_ICD_DIAGNOSES")
+)
+#: The raw tables a whole-stay task extraction reads: the same (D_ICD_DIAGNOSES because
+#: the benchmark keeps only diagnoses whose code the dictionary lists, for every task).
+TASK_SOURCE_TABLES = SOURCE_TABLES
 STAYS_FILE = "stays.parquet"
 GRID_FILE = "grid.npy"
 HOURLY_FILE = "hourly.npy"

@@ -33,13 +33,11 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from features.mimic.events import EPS
-from features.mimic.tables import read_table
 from features.mimic.task_names import SequenceTask
 
 #: A sample needs more than this many hours since INTIME (the benchmark's shortest_length).
@@ -95,24 +93,11 @@ def los_bucket(remaining_hours: np.ndarray) -> np.ndarray:
     return np.searchsorted(edges, np.asarray(remaining_hours), side="right").astype(np.int8)
 
 
-def known_diagnoses(mimic_dir: str | Path) -> pl.DataFrame:
-    """Diagnoses whose code D_ICD_DIAGNOSES lists (``subject_id``, ``hadm_id``, ``icd9_code``).
-
-    mimic3-benchmarks reads diagnoses through an inner join with the code dictionary, so a
-    code it does not list is neither a phenotype label nor a diagnosis of the stay.
-    """
-    diagnoses = read_table(mimic_dir, "DIAGNOSES_ICD")
-    dictionary = read_table(mimic_dir, "D_ICD_DIAGNOSES").select("icd9_code").unique()
-    return diagnoses.join(dictionary, on="icd9_code", how="semi").select(
-        "subject_id", "hadm_id", "icd9_code"
-    )
-
-
 def phenotype_labels(diagnoses: pl.DataFrame, stays: pl.DataFrame) -> pl.DataFrame:
     """The 25 phenotype labels of each stay, from its admission's diagnoses.
 
     Args:
-        diagnoses: :func:`known_diagnoses`.
+        diagnoses: :func:`features.mimic.cohort.known_diagnoses`.
         stays: The task's stays (``icustay_id``, ``subject_id``, ``hadm_id``), in order.
 
     Returns:
