@@ -249,16 +249,7 @@ class FeatureManifest(_Part):
 
     @model_validator(mode="after")
     def _fields_match_the_purpose(self) -> FeatureManifest:
-        # Each purpose has its own fields, present there and absent in the other: a
-        # training folder without a normaliser, or a scoring folder with labels, is broken.
-        own = _PURPOSE_FIELDS[self.purpose]
-        other = _PURPOSE_FIELDS["scoring" if self.purpose == "training" else "training"]
-        missing = [name for name in own if getattr(self, name) is None]
-        if missing:
-            raise ValueError(f"a {self.purpose} folder needs {', '.join(missing)}")
-        extra = [name for name in other if getattr(self, name) is not None]
-        if extra:
-            raise ValueError(f"a {self.purpose} folder has no {', '.join(extra)}")
+        _check_purpose_fields(self, _PURPOSE_FIELDS)
         return self
 
     @model_validator(mode="after")
@@ -372,14 +363,10 @@ class TaskManifest(_Part):
 
     @model_validator(mode="after")
     def _fields_match_the_purpose(self) -> TaskManifest:
-        own = ("split", "normaliser") if self.purpose == "training" else ("as_of",)
-        other = ("as_of",) if self.purpose == "training" else ("split", "normaliser", "positives")
-        missing = [name for name in own if getattr(self, name) is None]
-        if missing:
-            raise ValueError(f"a {self.purpose} folder needs {', '.join(missing)}")
-        extra = [name for name in other if getattr(self, name) is not None]
-        if extra:
-            raise ValueError(f"a {self.purpose} folder has no {', '.join(extra)}")
+        # A task folder's positives may be None in training too (length of stay has none).
+        _check_purpose_fields(
+            self, {"training": ("split", "normaliser"), "scoring": ("as_of",)}, ("positives",)
+        )
         return self
 
     @property
@@ -406,6 +393,33 @@ class TaskManifest(_Part):
     def write(self, folder: Path) -> None:
         """Write ``manifest.json`` into ``folder`` owner-only (0600) and atomically."""
         write_private_text(folder / MANIFEST_FILE, self.to_json())
+
+
+def _check_purpose_fields(
+    manifest: BaseModel,
+    fields: dict[str, tuple[str, ...]],
+    training_only: tuple[str, ...] = (),
+) -> None:
+    """Refuse a manifest that lacks its purpose's fields or has the other purpose's.
+
+    Each purpose has its own fields, present there and absent in the other: a training
+    folder without a normaliser, or a scoring folder with labels, is broken.
+
+    Args:
+        manifest: A manifest with a ``purpose``.
+        fields: Per purpose, the fields only it has (and must have).
+        training_only: Fields a scoring folder must not have, which a training one may
+            leave empty.
+    """
+    purpose = manifest.purpose  # type: ignore[attr-defined]
+    other = "scoring" if purpose == "training" else "training"
+    missing = [name for name in fields[purpose] if getattr(manifest, name) is None]
+    if missing:
+        raise ValueError(f"a {purpose} folder needs {', '.join(missing)}")
+    forbidden = fields[other] + (training_only if purpose == "scoring" else ())
+    extra = [name for name in forbidden if getattr(manifest, name) is not None]
+    if extra:
+        raise ValueError(f"a {purpose} folder has no {', '.join(extra)}")
 
 
 #: The fields only a folder of one purpose has.
