@@ -25,7 +25,7 @@ import torch
 from pipeline import tracking
 from pipeline.calibration import TemperatureScaler
 from pipeline.config import TrainConfig
-from pipeline.ehr import model_config_for
+from pipeline.ehr import model_config_for, run_provenance
 from pipeline.jobs import RunSpec, TrainingResult, model_tag, run_training
 from pipeline.predict import model_ensemble_size, predict_logits
 from pipeline.report.table import DEFAULT_COVERAGE
@@ -351,7 +351,6 @@ def report_task(
     from features.mimic.loader import FeatureFolderError, load_task_manifest
     from features.mimic.loader import load_task_split as load_split
     from features.mimic.manifest import MANIFEST_FILE
-    from pipeline.provenance import Provenance
     from pipeline.report.tasks import (
         decompensation_report,
         length_of_stay_report,
@@ -403,14 +402,5 @@ def report_task(
     )
     shown = (*_BENCHMARK[spec.name], "nll", "brier", "ece")
     metrics = {f"{split} {name}": scored[name] for name in shown if name in scored}
-    method = params.get("train.method")
-    provenance = Provenance(
-        run_id=run_id,
-        model_name="model",
-        model_id=tracking.logged_model_id(run_id, "model"),
-        method=method,
-        posterior=params.get("train.posterior") if method == "rank1" else None,
-        feature_fingerprint=actual,
-        split=split,
-    )
+    provenance = run_provenance(run_id, actual, split)
     return write_task_report(report, out_dir, provenance=provenance, metrics=metrics)
