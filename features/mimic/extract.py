@@ -94,7 +94,6 @@ from features.mimic.manifest import (
     SOURCE_TABLES,
     STAYS_FILE,
     TASK,
-    TASK_SOURCE_TABLES,
     Cohort,
     CohortStep,
     EventValidation,
@@ -323,15 +322,14 @@ def extract(
     check_split_fractions(val_fraction, test_fraction)
     mimic_dir = Path(mimic_dir)
     output = _output_folder(out_dir, "training", task)
-    if task != "ihm":
-        paths = _check_tables(mimic_dir, TASK_SOURCE_TABLES, TRAINING_RULES)
-        with output.writing() as tmp:
-            return _extract_task_into(
-                mimic_dir, paths, tmp, task, seed, val_fraction, test_fraction, progress
-            )
     paths = _check_tables(mimic_dir, SOURCE_TABLES, TRAINING_RULES)
     with output.writing() as tmp:
-        return _extract_into(mimic_dir, paths, tmp, seed, val_fraction, test_fraction, progress)
+        if task == "ihm":
+            return _extract_into(mimic_dir, paths, tmp, seed, val_fraction, test_fraction, progress)
+        # A whole-stay task alone is extract_all's shared stage with that one task.
+        return _extract_all_into(
+            mimic_dir, paths, {task: tmp}, seed, val_fraction, test_fraction, progress
+        )[task]
 
 
 @dataclass(frozen=True)
@@ -674,39 +672,6 @@ def _task_samples(
     return samples, None, ("remaining length of stay",)
 
 
-def _extract_task_into(
-    mimic_dir: Path,
-    paths: dict[str, Path],
-    tmp: Path,
-    task: SequenceTask,
-    seed: int,
-    val_fraction: float,
-    test_fraction: float,
-    progress: bool,
-) -> TaskManifest:
-    """The body of :func:`extract` for a whole-stay task: compute it all, write to ``tmp``."""
-    with ThreadPoolExecutor(max_workers=1) as hasher, _Steps(progress) as steps:
-        fingerprints = _hash_sources(hasher, paths)
-        with steps.step("cohort: stays, admissions, patients, diagnoses"):
-            root, cohort_steps = root_stays(mimic_dir)
-            diagnoses = known_diagnoses(mimic_dir)
-            stays = _whole_stay_cohort(root, diagnoses, cohort_steps)
-        with steps.step("events: validate and cut whole stays"):
-            stays, events, validation = _whole_stay_events(mimic_dir, root, stays)
-            cohort_steps.append(_count("events_in_stay", stays))
-            warnings = _unobserved_variables(events, stays, "in any whole stay")
-        if stays.height == 0:
-            raise MimicInputError(f"{mimic_dir}: no ICU stay is left for the task")
-        with steps.step("hourly rows: bins, forward fill, masks"):
-            hourly, offsets = _hourly_rows(stays, events)
-            del events
-        common = _Common(
-            mimic_dir, fingerprints, steps, validation, seed, val_fraction, test_fraction
-        )
-        shared = _whole_stays(common, stays, hourly, offsets)
-        return _finish_whole_stay(common, tmp, task, shared, diagnoses, cohort_steps, warnings)
-
-
 @dataclass(frozen=True)
 class _WholeStays:
     """What the whole-stay task folders of one extraction share: stays, rows, statistics.
@@ -773,7 +738,7 @@ def _finish_whole_stay(
         if task == "decompensation":
             samples = _with_hourly_truth(common.mimic_dir, samples)
     with steps.step(f"{label}write feature folder"):
-        sources = common.sources(TASK_SOURCE_TABLES)
+        sources = common.sources(SOURCE_TABLES)
         _write_task_data(tmp, shared.table, shared.hourly, samples, shared.written)
         manifest = _task_manifest(
             common.mimic_dir,

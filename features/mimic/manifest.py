@@ -45,9 +45,6 @@ SOURCE_TABLES = (
 SCORING_SOURCE_TABLES = tuple(
     name for name in SOURCE_TABLES if name not in ("DIAGNOSES_ICD", "D_ICD_DIAGNOSES")
 )
-#: The raw tables a whole-stay task extraction reads: the same (D_ICD_DIAGNOSES because
-#: the benchmark keeps only diagnoses whose code the dictionary lists, for every task).
-TASK_SOURCE_TABLES = SOURCE_TABLES
 STAYS_FILE = "stays.parquet"
 GRID_FILE = "grid.npy"
 HOURLY_FILE = "hourly.npy"
@@ -462,7 +459,7 @@ def outdated_reason(
     ):
         return "the split settings changed"
     recorded = manifest.source.tables
-    expected = SOURCE_TABLES if isinstance(manifest, FeatureManifest) else TASK_SOURCE_TABLES
+    expected = SOURCE_TABLES
     if set(recorded) != set(expected):
         return "the manifest records other source tables"
     try:
