@@ -137,6 +137,15 @@ def provenance_value(key: str, value: str | None) -> str:
     return _PROVENANCE_MISSING.get(key, NOT_RECORDED) if value is None else str(value)
 
 
+def page_head(title: str) -> str:
+    """The start of a self-contained report page: its head, inline CSS and title heading."""
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style></head><body>\n"
+        f"<h1>{html.escape(title)}</h1>"
+    )
+
+
 def metrics_html(metrics: Mapping[str, Any], title: str = "Model performance") -> str:
     """A heading and a two-column table of cohort-level metrics."""
     rows = "".join(
@@ -244,11 +253,7 @@ def render_html(
     columns = [c for c in table.columns if c in descriptions]
     provenance = provenance or Provenance()
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        page_head(title),
         _summary_html(table),
         _warnings_html(report_warnings(table, drift)),
         provenance_html(provenance),

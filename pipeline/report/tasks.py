@@ -34,7 +34,7 @@ from features.io import make_private_dir, write_private_bytes, write_private_tex
 from pipeline import plots
 from pipeline.metrics import to_numpy
 from pipeline.provenance import Provenance
-from pipeline.report.html import _CSS, _figure_html, metrics_html, provenance_html
+from pipeline.report.html import _figure_html, metrics_html, page_head, provenance_html
 from pipeline.report.table import DEFAULT_COVERAGE, ID_COLUMNS
 from pipeline.tasks.data import LOS_BUCKET_MEAN_HOURS
 from pipeline.uncertainty import (
@@ -426,11 +426,7 @@ def render_task_html(
     referred = int(report.stays["refer"].sum())
     share = referred / max(report.stays.height, 1)
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        page_head(title),
         f"<p>{report.stays.height} stays; {referred} of {report.stays.height} stays referred "
         f"({100 * share:.0f}%) by {html.escape(report.referral_by)} uncertainty.</p>",
         provenance_html(provenance),
