@@ -222,7 +222,7 @@ def test_folders_of_one_task_are_refused_by_another(task_folders, tmp_path):
     with pytest.raises(FeatureFolderError, match="in-hospital-mortality feature folder"):
         load_task_split(task_folders / "ihm", "train")
     src = task_folders.parent / "mimic"
-    with pytest.raises(MimicInputError, match="holds a phenotyping feature folder"):
+    with pytest.raises(MimicInputError, match="holds the feature folder of task phenotyping"):
         extract(src, task_folders / "phenotyping", task="decompensation", progress=False)
     with pytest.raises(ValueError, match="task: expected one of"):
         extract(src, tmp_path / "x", task="sepsis", progress=False)

@@ -220,8 +220,8 @@ def _output_folder(out_dir: str | Path, purpose: Purpose, task: Task = "ihm") ->
     known = set(MANIFEST_TASK.values())
     if header is not None and header.task in known and header.task != MANIFEST_TASK[task]:
         raise MimicInputError(
-            f"{out}: output folder holds a {header.task} feature folder; refusing to replace "
-            f"it with a {MANIFEST_TASK[task]} one (choose another output folder)"
+            f"{out}: output folder holds the feature folder of task {header.task}; refusing to "
+            f"replace it with one of task {MANIFEST_TASK[task]} (choose another output folder)"
         )
     output.check()
     return output
